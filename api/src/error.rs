@@ -1,0 +1,172 @@
+//! The one error type of the HTTP API. Every failure a client can see is one
+//! of these, rendered as `{"error": {"code": "...", "message": "..."}}` with
+//! the right status. Internal details (Redis errors, peer addresses' errors)
+//! are logged, not sent, except the node ids a 503 must name.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use shared::coordinator::{CoordError, NodeFailure};
+use shared::core::quorum::Consistency;
+use tracing::error;
+
+#[derive(Debug)]
+pub enum ApiError {
+    /// 400: the request is malformed; nothing was changed.
+    BadRequest { code: &'static str, message: String },
+    /// 401: credentials missing.
+    Unauthorized(&'static str),
+    /// 403: credentials wrong.
+    Forbidden(&'static str),
+    /// 404: no such route.
+    NoRoute(String),
+    /// 405.
+    MethodNotAllowed,
+    /// 413: body over the limit.
+    PayloadTooLarge { limit_bytes: usize },
+    /// 415: body is not JSON.
+    UnsupportedMediaType(String),
+    /// 503: the consistency level could not be reached.
+    Unavailable {
+        operation: &'static str,
+        consistency: Consistency,
+        required: usize,
+        replicas: Vec<String>,
+        answered: Vec<String>,
+        failed: Vec<NodeFailure>,
+    },
+    /// 503: too many requests in flight.
+    Overloaded,
+    /// 503: this node's own storage does not answer.
+    StorageUnavailable,
+    /// 500: a bug; details are in the log.
+    Internal,
+}
+
+impl ApiError {
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::BadRequest {
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn parts(&self) -> (StatusCode, &'static str, String, Value) {
+        match self {
+            ApiError::BadRequest { code, message } => (StatusCode::BAD_REQUEST, code, message.clone(), Value::Null),
+            ApiError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, "unauthorized", (*m).to_owned(), Value::Null),
+            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", (*m).to_owned(), Value::Null),
+            ApiError::NoRoute(path) => (
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no route {path}"),
+                Value::Null,
+            ),
+            ApiError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not accept that method".to_owned(),
+                Value::Null,
+            ),
+            ApiError::PayloadTooLarge { limit_bytes } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("request body is over the limit of {limit_bytes} bytes"),
+                json!({ "limit_bytes": limit_bytes }),
+            ),
+            ApiError::UnsupportedMediaType(got) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!("body must be JSON (Content-Type: application/json), got {got:?}"),
+                Value::Null,
+            ),
+            ApiError::Unavailable {
+                operation,
+                consistency,
+                required,
+                replicas,
+                answered,
+                failed,
+            } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "consistency_unreachable",
+                format!(
+                    "{operation} at consistency {consistency} needs {required} of {} replicas; {} answered: [{}]",
+                    replicas.len(),
+                    answered.len(),
+                    answered.join(", ")
+                ),
+                json!({
+                    "consistency": consistency,
+                    "required": required,
+                    "replicas": replicas,
+                    "answered": answered,
+                    "failed": failed,
+                }),
+            ),
+            ApiError::Overloaded => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "too many requests in flight; retry shortly".to_owned(),
+                Value::Null,
+            ),
+            ApiError::StorageUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_unavailable",
+                "this node's storage does not answer; try another node".to_owned(),
+                Value::Null,
+            ),
+            ApiError::Internal => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error; see the node's log".to_owned(),
+                Value::Null,
+            ),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, message, details) = self.parts();
+        let mut body = json!({ "code": code, "message": message });
+        if let (Value::Object(extra), Some(obj)) = (details, body.as_object_mut()) {
+            obj.extend(extra);
+        }
+        (status, Json(json!({ "error": body }))).into_response()
+    }
+}
+
+impl From<CoordError> for ApiError {
+    fn from(e: CoordError) -> Self {
+        match e {
+            CoordError::Unavailable {
+                operation,
+                consistency,
+                required,
+                replicas,
+                answered,
+                failed,
+            } => ApiError::Unavailable {
+                operation,
+                consistency,
+                required,
+                replicas,
+                answered,
+                failed,
+            },
+            CoordError::Storage(source) => {
+                error!(error = %source, "local storage failed");
+                ApiError::StorageUnavailable
+            }
+            CoordError::UnknownNode(node) => ApiError::bad_request("unknown_node", format!("unknown node {node:?}")),
+        }
+    }
+}
+
+impl From<shared::storage::StoreError> for ApiError {
+    fn from(e: shared::storage::StoreError) -> Self {
+        ApiError::from(CoordError::Storage(e))
+    }
+}

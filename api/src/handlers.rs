@@ -1,0 +1,511 @@
+//! Thin handlers: parse and check the request, call the coordinator, shape
+//! the answer. No decision about replicas or versions is made here.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+use shared::coordinator::{Coordinator, WriteReport};
+use shared::core::limits::{
+    APPLY_BATCH_LEN_MAX, READ_BATCH_LEN_MAX, RESTORE_BATCH_LEN_MAX, SNAPSHOT_PAGE_LEN_DEFAULT,
+    SNAPSHOT_PAGE_LEN_MAX, VALUE_DEPTH_MAX,
+};
+use shared::core::message::{ApplyRequest, ApplyResponse, KeyedRecord, ReadRequest, ReadResponse, ScanResponse};
+use shared::core::quorum::Consistency;
+use shared::core::record::Record;
+use shared::core::ring::{RING_SEED, key_position};
+use shared::core::validate::{json_depth, validate_key};
+
+use crate::error::ApiError;
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub coord: Arc<Coordinator>,
+}
+
+/// Header form of `?consistency=`.
+pub const CONSISTENCY_HEADER: &str = "x-consistency";
+
+type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
+
+fn params(q: Params) -> Result<HashMap<String, String>, ApiError> {
+    q.map(|Query(p)| p)
+        .map_err(|e| ApiError::bad_request("bad_query", format!("query string is malformed: {}", e.body_text())))
+}
+
+fn consistency(params: &HashMap<String, String>, headers: &HeaderMap, default: Consistency) -> Result<Consistency, ApiError> {
+    let raw = match params.get("consistency") {
+        Some(v) => Some(v.as_str()),
+        None => headers.get(CONSISTENCY_HEADER).map(|v| v.to_str().unwrap_or("<not text>")),
+    };
+    match raw {
+        None => Ok(default),
+        Some(v) => v.parse().map_err(|e: shared::core::quorum::ParseConsistencyError| {
+            ApiError::bad_request("bad_consistency", e.to_string())
+        }),
+    }
+}
+
+fn checked_key(state: &AppState, key: &str) -> Result<(), ApiError> {
+    validate_key(key, state.coord.config().key_bytes_max).map_err(|e| ApiError::bad_request("bad_key", e.to_string()))
+}
+
+fn key_param(state: &AppState, params: &HashMap<String, String>) -> Result<String, ApiError> {
+    let key = params
+        .get("key")
+        .ok_or_else(|| ApiError::bad_request("missing_key", "query parameter key is required, e.g. ?key=username123"))?;
+    checked_key(state, key)?;
+    Ok(key.clone())
+}
+
+fn path_key(state: &AppState, path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    let Path(key) = path.map_err(|e| ApiError::bad_request("bad_key", format!("key in path is malformed: {}", e.body_text())))?;
+    checked_key(state, &key)?;
+    Ok(key)
+}
+
+/// Accepts JSON bodies. `application/x-www-form-urlencoded` is tolerated
+/// because `curl -d` sends it by default; the body must still be JSON.
+fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let text = value.to_str().unwrap_or("").to_ascii_lowercase();
+    let mime = text.split(';').next().unwrap_or("").trim();
+    let ok = mime == "application/json"
+        || mime.ends_with("+json")
+        || mime == "application/x-www-form-urlencoded"
+        || mime == "text/plain"
+        || mime.is_empty();
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType(mime.chars().take(100).collect()))
+    }
+}
+
+fn body_bytes(state: &AppState, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    check_content_type(headers)?;
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge {
+                limit_bytes: state.coord.config().body_bytes_max(),
+            }
+        } else {
+            ApiError::bad_request("bad_body", format!("cannot read body: {}", rejection.body_text()))
+        }
+    })
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// Parses `{"key": "...", "value": <json>}`. With `path_key`, the body's key
+/// is optional but must match. Returns the key and the value's compact JSON.
+fn parse_write_body(state: &AppState, bytes: &[u8], path_key: Option<&str>) -> Result<(String, Box<RawValue>), ApiError> {
+    if bytes.is_empty() {
+        return Err(ApiError::bad_request("bad_json", "body is empty; send {\"key\": \"...\", \"value\": ...}"));
+    }
+    // serde_json refuses nesting deeper than 128 without recursing further,
+    // so a hostile 100,000-deep body is a plain parse error here.
+    let body: Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request("bad_json", format!("body is not valid JSON: {e}")))?;
+    let Value::Object(mut fields) = body else {
+        return Err(ApiError::bad_request(
+            "bad_json",
+            format!("body must be a JSON object, got {}", type_name(&body)),
+        ));
+    };
+    if let Some(unknown) = fields.keys().find(|k| *k != "key" && *k != "value") {
+        return Err(ApiError::bad_request(
+            "bad_json",
+            format!("unknown field {unknown:?}; expected key and value"),
+        ));
+    }
+    let body_key = match fields.remove("key") {
+        None => None,
+        Some(Value::String(k)) => Some(k),
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "bad_key",
+                format!("key must be a string, got {}", type_name(&other)),
+            ));
+        }
+    };
+    let key = match (path_key, body_key) {
+        (Some(p), Some(b)) if p != b => {
+            return Err(ApiError::bad_request(
+                "key_mismatch",
+                format!("key in body {b:?} differs from key in path {p:?}"),
+            ));
+        }
+        (Some(p), _) => p.to_owned(),
+        (None, Some(b)) => b,
+        (None, None) => return Err(ApiError::bad_request("missing_key", "field key is required")),
+    };
+    checked_key(state, &key)?;
+    let value = fields
+        .remove("value")
+        .ok_or_else(|| ApiError::bad_request("missing_value", "field value is required (any JSON, null included)"))?;
+    let depth = json_depth(&value);
+    if depth > VALUE_DEPTH_MAX {
+        return Err(ApiError::bad_request(
+            "value_too_deep",
+            format!("value nests {depth} levels; the limit is {VALUE_DEPTH_MAX}"),
+        ));
+    }
+    let text = serde_json::to_string(&value).map_err(|_| ApiError::Internal)?;
+    let limit = state.coord.config().value_bytes_max;
+    if text.len() > limit {
+        return Err(ApiError::bad_request(
+            "value_too_large",
+            format!("value is {} bytes of JSON; the limit is {limit} bytes", text.len()),
+        ));
+    }
+    let raw = RawValue::from_string(text).map_err(|_| ApiError::Internal)?;
+    Ok((key, raw))
+}
+
+fn write_response(report: WriteReport) -> Response {
+    let body = json!({
+        "key": report.key,
+        "version": report.version,
+        "deleted": report.deleted,
+        "consistency": report.consistency,
+        "required": report.required,
+        "replicas": report.replicas,
+        "acks": report.acks,
+        "failed": report.failed,
+    });
+    (StatusCode::OK, Json(body)).into_response()
+}
+
+async fn do_write(state: &AppState, key: String, value: Option<Box<RawValue>>, consistency: Consistency) -> Result<Response, ApiError> {
+    let report = state.coord.write(key, value, consistency).await?;
+    Ok(write_response(report))
+}
+
+async fn do_read(state: &AppState, key: String, consistency: Consistency) -> Result<Response, ApiError> {
+    let report = state.coord.read(key, consistency).await?;
+    match report.record {
+        Some(Record {
+            version,
+            value: Some(value),
+        }) => Ok((
+            StatusCode::OK,
+            Json(json!({ "key": report.key, "value": value, "version": version })),
+        )
+            .into_response()),
+        _ => Ok((StatusCode::NOT_FOUND, Json(json!({ "key": report.key, "value": null }))).into_response()),
+    }
+}
+
+/// `POST /kv/`, `PUT /kv/`: body `{"key": "...", "value": ...}`.
+pub async fn put_body(State(state): State<AppState>, headers: HeaderMap, q: Params, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    let params = params(q)?;
+    let consistency = consistency(&params, &headers, state.coord.config().write_consistency)?;
+    let bytes = body_bytes(&state, &headers, body)?;
+    let (key, value) = parse_write_body(&state, &bytes, None)?;
+    do_write(&state, key, Some(value), consistency).await
+}
+
+/// `GET /kv/?key=K`.
+pub async fn get_query(State(state): State<AppState>, headers: HeaderMap, q: Params) -> Result<Response, ApiError> {
+    let params = params(q)?;
+    let key = key_param(&state, &params)?;
+    let consistency = consistency(&params, &headers, state.coord.config().read_consistency)?;
+    do_read(&state, key, consistency).await
+}
+
+/// `DELETE /kv/?key=K`.
+pub async fn delete_query(State(state): State<AppState>, headers: HeaderMap, q: Params) -> Result<Response, ApiError> {
+    let params = params(q)?;
+    let key = key_param(&state, &params)?;
+    let consistency = consistency(&params, &headers, state.coord.config().write_consistency)?;
+    do_write(&state, key, None, consistency).await
+}
+
+/// `GET /kv/{key}`.
+pub async fn get_path(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    q: Params,
+) -> Result<Response, ApiError> {
+    let params = params(q)?;
+    let key = path_key(&state, path)?;
+    let consistency = consistency(&params, &headers, state.coord.config().read_consistency)?;
+    do_read(&state, key, consistency).await
+}
+
+/// `PUT /kv/{key}`: body `{"value": ...}`.
+pub async fn put_path(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    q: Params,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let params = params(q)?;
+    let key = path_key(&state, path)?;
+    let consistency = consistency(&params, &headers, state.coord.config().write_consistency)?;
+    let bytes = body_bytes(&state, &headers, body)?;
+    let (key, value) = parse_write_body(&state, &bytes, Some(&key))?;
+    do_write(&state, key, Some(value), consistency).await
+}
+
+/// `DELETE /kv/{key}`.
+pub async fn delete_path(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    q: Params,
+) -> Result<Response, ApiError> {
+    let params = params(q)?;
+    let key = path_key(&state, path)?;
+    let consistency = consistency(&params, &headers, state.coord.config().write_consistency)?;
+    do_write(&state, key, None, consistency).await
+}
+
+/// `GET /kv/route/?key=K`: the key's preference list, primary first.
+pub async fn route(State(state): State<AppState>, q: Params) -> Result<Response, ApiError> {
+    let params = params(q)?;
+    let key = key_param(&state, &params)?;
+    let replicas = state.coord.replicas(&key);
+    let health: BTreeMap<&str, &str> = replicas
+        .iter()
+        .map(|n| (n.as_str(), state.coord.peer_health(n).as_str()))
+        .collect();
+    Ok(Json(json!({
+        "key": key,
+        "position": format!("{:016x}", key_position(&key)),
+        "primary": replicas.first(),
+        "replicas": replicas,
+        "health": health,
+    }))
+    .into_response())
+}
+
+fn flag(params: &HashMap<String, String>, name: &str) -> Result<bool, ApiError> {
+    match params.get(name).map(|v| v.to_ascii_lowercase()) {
+        None => Ok(false),
+        Some(v) => match v.as_str() {
+            "" | "1" | "true" | "yes" | "on" => Ok(true),
+            "0" | "false" | "no" | "off" => Ok(false),
+            _ => Err(ApiError::bad_request("bad_query", format!("{name} must be true or false"))),
+        },
+    }
+}
+
+fn number<T: std::str::FromStr>(params: &HashMap<String, String>, name: &str, default: T) -> Result<T, ApiError> {
+    match params.get(name) {
+        None => Ok(default),
+        Some(v) => v
+            .parse()
+            .map_err(|_| ApiError::bad_request("bad_query", format!("{name} must be a non-negative integer"))),
+    }
+}
+
+/// `GET /snapshot/?cursor=C&limit=L&versions=true&tombstones=true`: this
+/// node's local data, one page at a time (`next_cursor` is null at the end).
+pub async fn snapshot(State(state): State<AppState>, q: Params) -> Result<Response, ApiError> {
+    let params = params(q)?;
+    let cursor: u64 = number(&params, "cursor", 0)?;
+    let limit: usize = number(&params, "limit", SNAPSHOT_PAGE_LEN_DEFAULT)?;
+    if limit == 0 || limit > SNAPSHOT_PAGE_LEN_MAX {
+        return Err(ApiError::bad_request(
+            "bad_query",
+            format!("limit must be between 1 and {SNAPSHOT_PAGE_LEN_MAX}"),
+        ));
+    }
+    let versions = flag(&params, "versions")?;
+    let tombstones = flag(&params, "tombstones")?;
+    let page = state.coord.scan_local(cursor, limit).await?;
+    let total_records = state.coord.store().len().await?;
+    let next_cursor = (page.next_cursor != 0).then(|| page.next_cursor.to_string());
+    let (count, data) = if versions {
+        let data: BTreeMap<String, Record> = page
+            .records
+            .into_iter()
+            .filter(|(_, r)| tombstones || !r.is_tombstone())
+            .collect();
+        (data.len(), serde_json::to_value(data).map_err(|_| ApiError::Internal)?)
+    } else {
+        let data: BTreeMap<String, Box<RawValue>> = page
+            .records
+            .into_iter()
+            .filter_map(|(k, r)| r.value.map(|v| (k, v)))
+            .collect();
+        (data.len(), serde_json::to_value(data).map_err(|_| ApiError::Internal)?)
+    };
+    Ok(Json(json!({
+        "node": state.coord.node_id(),
+        "count": count,
+        "data": data,
+        "next_cursor": next_cursor,
+        "total_records": total_records,
+    }))
+    .into_response())
+}
+
+/// `POST /restore/?from=node2`: pull this node's data from live peers now.
+pub async fn restore(State(state): State<AppState>, q: Params) -> Result<Response, ApiError> {
+    let params = params(q)?;
+    let report = state.coord.restore(params.get("from").cloned()).await?;
+    Ok(Json(report).into_response())
+}
+
+/// `GET /cluster/`: nodes and their health as this node sees them, the ring,
+/// and this node's counters.
+pub async fn cluster(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let coord = &state.coord;
+    let cfg = coord.config();
+    let ring = coord.ring();
+    let shares: BTreeMap<&str, f64> = ring
+        .nodes()
+        .iter()
+        .map(String::as_str)
+        .zip(ring.ownership())
+        .collect();
+    let peers = coord.peer_states();
+    let nodes: Vec<Value> = cfg
+        .nodes
+        .iter()
+        .map(|(id, url)| {
+            let is_self = *id == cfg.node_id;
+            let peer = peers.get(id);
+            json!({
+                "id": id,
+                "url": url,
+                "self": is_self,
+                "status": coord.peer_health(id),
+                "last_seen_ms": peer.and_then(|p| p.last_seen_ms),
+                "last_error": peer.and_then(|p| p.last_error.clone()),
+                "ring_share": shares.get(id.as_str()),
+            })
+        })
+        .collect();
+    let records = match coord.store().len().await {
+        Ok(n) => json!(n),
+        Err(e) => json!(format!("unavailable: {e}")),
+    };
+    let stats = &coord.stats;
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    Ok(Json(json!({
+        "node": cfg.node_id,
+        "nodes": nodes,
+        "replication_factor": cfg.replication_factor,
+        "read_consistency": cfg.read_consistency,
+        "write_consistency": cfg.write_consistency,
+        "background_sync": cfg.background_sync,
+        "ring": {
+            "hash": "xxh3_64",
+            "seed": format!("{RING_SEED:#018x}"),
+            "vnodes_per_node": ring.vnodes(),
+        },
+        "records": records,
+        "restore": coord.restore_state(),
+        "stats": {
+            "writes": load(&stats.writes),
+            "reads": load(&stats.reads),
+            "unavailable": load(&stats.unavailable),
+            "read_repairs": load(&stats.read_repairs),
+            "read_repairs_dropped": load(&stats.read_repairs_dropped),
+            "refused_versions": load(&stats.refused_versions),
+        },
+    }))
+    .into_response())
+}
+
+/// `GET /health`: liveness, with this node's storage status.
+pub async fn health(State(state): State<AppState>) -> Response {
+    match state.coord.store().ping().await {
+        Ok(()) => Json(json!({ "status": "ok", "node": state.coord.node_id(), "storage": "ok" })).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "status": "degraded",
+                "node": state.coord.node_id(),
+                "storage": format!("unavailable: {e}"),
+            })),
+        )
+            .into_response(),
+    }
+}
+
+fn internal_json<T: serde::de::DeserializeOwned>(state: &AppState, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let bytes = body_bytes(state, headers, body)?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request("bad_json", format!("malformed internal message: {e}")))
+}
+
+/// `POST /internal/apply`: store records where newer (replication, repair, hints).
+pub async fn internal_apply(State(state): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    let request: ApplyRequest = internal_json(&state, &headers, body)?;
+    if request.records.len() > APPLY_BATCH_LEN_MAX {
+        return Err(ApiError::bad_request(
+            "batch_too_large",
+            format!("at most {APPLY_BATCH_LEN_MAX} records per apply"),
+        ));
+    }
+    for KeyedRecord { key, .. } in &request.records {
+        checked_key(&state, key)?;
+    }
+    let results = state.coord.apply_local(request.records).await?;
+    Ok(Json(ApplyResponse {
+        node: state.coord.node_id().to_owned(),
+        results,
+    })
+    .into_response())
+}
+
+/// `POST /internal/read`: the local records of some keys.
+pub async fn internal_read(State(state): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    let request: ReadRequest = internal_json(&state, &headers, body)?;
+    if request.keys.len() > READ_BATCH_LEN_MAX {
+        return Err(ApiError::bad_request(
+            "batch_too_large",
+            format!("at most {READ_BATCH_LEN_MAX} keys per read"),
+        ));
+    }
+    let records = state.coord.store().get_many(&request.keys).await?;
+    Ok(Json(ReadResponse {
+        node: state.coord.node_id().to_owned(),
+        records,
+    })
+    .into_response())
+}
+
+/// `GET /internal/scan?cursor=C&count=N`: one page of local records, tombstones included.
+pub async fn internal_scan(State(state): State<AppState>, q: Params) -> Result<Response, ApiError> {
+    let params = params(q)?;
+    let cursor: u64 = number(&params, "cursor", 0)?;
+    let count: usize = number(&params, "count", RESTORE_BATCH_LEN_MAX)?;
+    let count = count.clamp(1, RESTORE_BATCH_LEN_MAX);
+    let page = state.coord.scan_local(cursor, count).await?;
+    Ok(Json(ScanResponse {
+        node: state.coord.node_id().to_owned(),
+        next_cursor: page.next_cursor,
+        records: page
+            .records
+            .into_iter()
+            .map(|(key, record)| KeyedRecord { key, record })
+            .collect(),
+    })
+    .into_response())
+}

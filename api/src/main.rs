@@ -1,0 +1,111 @@
+//! The `api` binary: one node's HTTP API.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use shared::config::Config;
+use shared::coordinator::Coordinator;
+use shared::storage::{RedisStore, Store, connect_redis};
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+/// How long the node keeps trying to reach its Redis at start.
+const REDIS_STARTUP_WAIT_S: u64 = 30;
+
+#[tokio::main]
+async fn main() {
+    if let Err(error) = run().await {
+        // One clear line; configuration errors name their variable.
+        eprintln!("api: {error:#}");
+        std::process::exit(2);
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
+    let _ = dotenvy::dotenv();
+    let cfg = Config::from_env().context("configuration error")?;
+    init_tracing();
+    if cfg.cluster_secret_is_default {
+        warn!("KV_CLUSTER_SECRET is not set: using the development default; set it in production");
+    }
+    let cfg = Arc::new(cfg);
+    let conn = connect_with_retry(&cfg).await?;
+    let store = Store::Redis(RedisStore::new(conn, &cfg.node_id));
+    let coord = Coordinator::new(Arc::clone(&cfg), store).context("cannot build the peer HTTP client")?;
+
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("KV_LISTEN: cannot bind {}", cfg.listen))?;
+    info!(
+        node = %cfg.node_id,
+        listen = %cfg.listen,
+        redis = %cfg.redis_url_redacted(),
+        nodes = cfg.nodes.len(),
+        replication_factor = cfg.replication_factor,
+        "node started"
+    );
+
+    if cfg.restore_on_start && cfg.nodes.len() > 1 {
+        let coord = Arc::clone(&coord);
+        tokio::spawn(async move {
+            coord.probe_peers().await;
+            coord.try_restore().await;
+        });
+    }
+
+    axum::serve(listener, api::app(coord))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("server failed")?;
+    info!("node stopped");
+    Ok(())
+}
+
+async fn connect_with_retry(cfg: &Config) -> anyhow::Result<redis::aio::ConnectionManager> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(REDIS_STARTUP_WAIT_S);
+    let mut delay = std::time::Duration::from_millis(100);
+    loop {
+        match connect_redis(cfg).await {
+            Ok(conn) => return Ok(conn),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                warn!(redis = %cfg.redis_url_redacted(), error = %e, "redis not reachable yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(2));
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("REDIS_URL: cannot reach {}", cfg.redis_url_redacted()));
+            }
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter: tracing_subscriber::filter::Targets = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| "info".parse().unwrap_or_default());
+    use tracing_subscriber::prelude::*;
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_target(false))
+        .with(filter)
+        .init();
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    info!("shutdown signal received");
+}

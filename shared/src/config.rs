@@ -1,0 +1,366 @@
+//! Node configuration from environment variables (and a `.env` file, loaded by
+//! the binaries before this runs).
+//!
+//! Every variable is optional except where noted; a bad value stops the
+//! process at start with one line naming the variable. The seed's names
+//! (`REDIS_HOST`, `REDIS_PORT`, `EMAIL_*`) keep working.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use thiserror::Error;
+
+use crate::core::limits::{
+    BODY_ENVELOPE_BYTES, CLOCK_DRIFT_MS_MAX_DEFAULT, CLUSTER_NODES_MAX, KEY_BYTES_MAX_DEFAULT,
+    PEER_CONNECT_TIMEOUT_MS_DEFAULT, PEER_REQUEST_TIMEOUT_MS_DEFAULT,
+    REDIS_CONNECT_TIMEOUT_MS_DEFAULT, REDIS_RESPONSE_TIMEOUT_MS_DEFAULT,
+    REPLICATION_FACTOR_DEFAULT, REQUESTS_IN_FLIGHT_MAX_DEFAULT, VALUE_BYTES_MAX_CEILING,
+    VALUE_BYTES_MAX_DEFAULT, VNODES_PER_NODE_DEFAULT,
+};
+use crate::core::quorum::Consistency;
+use crate::core::validate::validate_node_id;
+
+/// A configuration problem, naming the variable at fault.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{var}: {message}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub message: String,
+}
+
+fn err(var: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        var,
+        message: message.into(),
+    }
+}
+
+/// Everything a node (API or worker) needs to know.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `KV_NODE_ID`: this node's id (default `node1`).
+    pub node_id: String,
+    /// `KV_LISTEN`: address the API binds (default `127.0.0.1:8001`).
+    pub listen: SocketAddr,
+    /// `KV_PEERS`: every node of the cluster, this one included, as
+    /// `id=http://host:port,...` (default: this node alone).
+    pub nodes: BTreeMap<String, String>,
+    /// `KV_REPLICATION_FACTOR`: N (default 3), capped at the cluster size.
+    pub replication_factor: usize,
+    /// `KV_READ_CONSISTENCY` (default quorum).
+    pub read_consistency: Consistency,
+    /// `KV_WRITE_CONSISTENCY` (default quorum).
+    pub write_consistency: Consistency,
+    /// `REDIS_URL`, or `REDIS_HOST` + `REDIS_PORT` (+ `REDIS_DB`).
+    pub redis_url: String,
+    /// `KV_CLUSTER_SECRET`: shared by all nodes; guards `/internal/*`.
+    pub cluster_secret: String,
+    /// True when no secret was configured and the development default is used.
+    pub cluster_secret_is_default: bool,
+    /// `KV_API_TOKEN`: when set, clients must send `Authorization: Bearer <token>`.
+    pub api_token: Option<String>,
+    /// `KV_KEY_BYTES_MAX` (default 1024).
+    pub key_bytes_max: usize,
+    /// `KV_VALUE_BYTES_MAX` (default 1 MiB).
+    pub value_bytes_max: usize,
+    /// `KV_VNODES` (default 128). Must be equal on every node.
+    pub vnodes: usize,
+    /// `KV_CLOCK_DRIFT_MS_MAX` (default 60000): remote versions further ahead are refused.
+    pub clock_drift_ms_max: u64,
+    /// `KV_PEER_CONNECT_TIMEOUT_MS` (default 500).
+    pub peer_connect_timeout: Duration,
+    /// `KV_PEER_TIMEOUT_MS` (default 2000): whole request to a peer.
+    pub peer_request_timeout: Duration,
+    /// `KV_REDIS_CONNECT_TIMEOUT_MS` (default 1000).
+    pub redis_connect_timeout: Duration,
+    /// `KV_REDIS_TIMEOUT_MS` (default 2000): one Redis command.
+    pub redis_response_timeout: Duration,
+    /// `KV_HEARTBEAT_INTERVAL_S` (default 30, as in the seed).
+    pub heartbeat_interval: Duration,
+    /// `KV_BACKGROUND_SYNC` (default on).
+    pub background_sync: bool,
+    /// `KV_RESTORE_ON_START` (default on): pull missing data from peers at start.
+    pub restore_on_start: bool,
+    /// `KV_REQUESTS_IN_FLIGHT_MAX` (default 1024).
+    pub requests_in_flight_max: usize,
+}
+
+/// The development secret used when none is configured (logged as a warning).
+pub const CLUSTER_SECRET_DEFAULT: &str = "kv-dev-cluster-secret";
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Config::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads configuration through `lookup` (a test passes a map).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let get = |name: &str| lookup(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+
+        let node_id = get("KV_NODE_ID").unwrap_or_else(|| "node1".to_owned());
+        validate_node_id(&node_id).map_err(|e| err("KV_NODE_ID", e.to_string()))?;
+
+        let listen = match get("KV_LISTEN") {
+            Some(v) => v
+                .parse::<SocketAddr>()
+                .map_err(|_| err("KV_LISTEN", format!("must be host:port like 127.0.0.1:8001, got {v:?}")))?,
+            None => SocketAddr::from(([127, 0, 0, 1], 8001)),
+        };
+
+        let nodes = match get("KV_PEERS") {
+            Some(v) => parse_peers(&v)?,
+            None => BTreeMap::from([(node_id.clone(), format!("http://{listen}"))]),
+        };
+        if !nodes.contains_key(&node_id) {
+            return Err(err(
+                "KV_PEERS",
+                format!("must list this node's own id {node_id:?} with its URL"),
+            ));
+        }
+
+        let replication_factor: usize = parse_or(&get, "KV_REPLICATION_FACTOR", REPLICATION_FACTOR_DEFAULT)?;
+        if replication_factor == 0 {
+            return Err(err("KV_REPLICATION_FACTOR", "must be at least 1"));
+        }
+        let replication_factor = replication_factor.min(nodes.len());
+
+        let read_consistency = parse_or(&get, "KV_READ_CONSISTENCY", Consistency::Quorum)?;
+        let write_consistency = parse_or(&get, "KV_WRITE_CONSISTENCY", Consistency::Quorum)?;
+
+        let redis_url = match get("REDIS_URL") {
+            Some(url) => {
+                if !(url.starts_with("redis://") || url.starts_with("unix://")) {
+                    return Err(err("REDIS_URL", "must start with redis:// or unix://"));
+                }
+                url
+            }
+            None => {
+                let host = get("REDIS_HOST").unwrap_or_else(|| "127.0.0.1".to_owned());
+                let port: u16 = parse_or(&get, "REDIS_PORT", 6379)?;
+                let db: u32 = parse_or(&get, "REDIS_DB", 0)?;
+                format!("redis://{host}:{port}/{db}")
+            }
+        };
+
+        let (cluster_secret, cluster_secret_is_default) = match get("KV_CLUSTER_SECRET") {
+            Some(secret) if secret.len() < 8 => {
+                return Err(err("KV_CLUSTER_SECRET", "must be at least 8 characters"));
+            }
+            Some(secret) => (secret, false),
+            None => (CLUSTER_SECRET_DEFAULT.to_owned(), true),
+        };
+        let api_token = get("KV_API_TOKEN");
+
+        let key_bytes_max = parse_or(&get, "KV_KEY_BYTES_MAX", KEY_BYTES_MAX_DEFAULT)?;
+        if key_bytes_max == 0 || key_bytes_max > 64 * 1024 {
+            return Err(err("KV_KEY_BYTES_MAX", "must be between 1 and 65536"));
+        }
+        let value_bytes_max = parse_or(&get, "KV_VALUE_BYTES_MAX", VALUE_BYTES_MAX_DEFAULT)?;
+        if value_bytes_max == 0 || value_bytes_max > VALUE_BYTES_MAX_CEILING {
+            return Err(err(
+                "KV_VALUE_BYTES_MAX",
+                format!("must be between 1 and {VALUE_BYTES_MAX_CEILING}"),
+            ));
+        }
+        let vnodes = parse_or(&get, "KV_VNODES", VNODES_PER_NODE_DEFAULT)?;
+        if vnodes == 0 || vnodes > 4096 {
+            return Err(err("KV_VNODES", "must be between 1 and 4096"));
+        }
+        let clock_drift_ms_max = parse_or(&get, "KV_CLOCK_DRIFT_MS_MAX", CLOCK_DRIFT_MS_MAX_DEFAULT)?;
+
+        let millis = |var: &'static str, default: u64| -> Result<Duration, ConfigError> {
+            let ms: u64 = parse_or(&get, var, default)?;
+            if ms == 0 || ms > 600_000 {
+                return Err(err(var, "must be between 1 and 600000 milliseconds"));
+            }
+            Ok(Duration::from_millis(ms))
+        };
+        let peer_connect_timeout = millis("KV_PEER_CONNECT_TIMEOUT_MS", PEER_CONNECT_TIMEOUT_MS_DEFAULT)?;
+        let peer_request_timeout = millis("KV_PEER_TIMEOUT_MS", PEER_REQUEST_TIMEOUT_MS_DEFAULT)?;
+        let redis_connect_timeout = millis("KV_REDIS_CONNECT_TIMEOUT_MS", REDIS_CONNECT_TIMEOUT_MS_DEFAULT)?;
+        let redis_response_timeout = millis("KV_REDIS_TIMEOUT_MS", REDIS_RESPONSE_TIMEOUT_MS_DEFAULT)?;
+
+        let heartbeat_s: f64 = parse_or(&get, "KV_HEARTBEAT_INTERVAL_S", 30.0)?;
+        if !(0.05..=3600.0).contains(&heartbeat_s) {
+            return Err(err("KV_HEARTBEAT_INTERVAL_S", "must be between 0.05 and 3600 seconds"));
+        }
+
+        let background_sync = parse_bool(&get, "KV_BACKGROUND_SYNC", true)?;
+        let restore_on_start = parse_bool(&get, "KV_RESTORE_ON_START", true)?;
+        let requests_in_flight_max = parse_or(&get, "KV_REQUESTS_IN_FLIGHT_MAX", REQUESTS_IN_FLIGHT_MAX_DEFAULT)?;
+        if requests_in_flight_max == 0 {
+            return Err(err("KV_REQUESTS_IN_FLIGHT_MAX", "must be at least 1"));
+        }
+
+        Ok(Config {
+            node_id,
+            listen,
+            nodes,
+            replication_factor,
+            read_consistency,
+            write_consistency,
+            redis_url,
+            cluster_secret,
+            cluster_secret_is_default,
+            api_token,
+            key_bytes_max,
+            value_bytes_max,
+            vnodes,
+            clock_drift_ms_max,
+            peer_connect_timeout,
+            peer_request_timeout,
+            redis_connect_timeout,
+            redis_response_timeout,
+            heartbeat_interval: Duration::from_secs_f64(heartbeat_s),
+            background_sync,
+            restore_on_start,
+            requests_in_flight_max,
+        })
+    }
+
+    /// Largest request body the API accepts: a maximal key and value plus envelope.
+    pub fn body_bytes_max(&self) -> usize {
+        self.value_bytes_max + self.key_bytes_max * 6 + BODY_ENVELOPE_BYTES
+    }
+
+    /// The Redis URL with any password replaced, for logs.
+    pub fn redis_url_redacted(&self) -> String {
+        redact_url(&self.redis_url)
+    }
+}
+
+fn parse_or<T: FromStr>(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: T,
+) -> Result<T, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    match get(var) {
+        None => Ok(default),
+        Some(v) => v
+            .parse::<T>()
+            .map_err(|e| err(var, format!("cannot parse {v:?}: {e}"))),
+    }
+}
+
+fn parse_bool(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: bool,
+) -> Result<bool, ConfigError> {
+    match get(var).map(|v| v.to_ascii_lowercase()) {
+        None => Ok(default),
+        Some(v) => match v.as_str() {
+            "1" | "true" | "on" | "yes" => Ok(true),
+            "0" | "false" | "off" | "no" => Ok(false),
+            _ => Err(err(var, format!("must be on or off, got {v:?}"))),
+        },
+    }
+}
+
+/// Parses `id=http://host:port,id2=http://...`.
+pub fn parse_peers(spec: &str) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut nodes = BTreeMap::new();
+    for entry in spec.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (id, url) = entry
+            .split_once('=')
+            .ok_or_else(|| err("KV_PEERS", format!("entry {entry:?} must be id=http://host:port")))?;
+        let (id, url) = (id.trim(), url.trim().trim_end_matches('/'));
+        validate_node_id(id).map_err(|e| err("KV_PEERS", e.to_string()))?;
+        if !url.starts_with("http://") || url.len() <= "http://".len() {
+            return Err(err("KV_PEERS", format!("URL of {id} must start with http://, got {url:?}")));
+        }
+        if nodes.insert(id.to_owned(), url.to_owned()).is_some() {
+            return Err(err("KV_PEERS", format!("node id {id:?} is listed twice")));
+        }
+    }
+    if nodes.is_empty() {
+        return Err(err("KV_PEERS", "lists no node"));
+    }
+    if nodes.len() > CLUSTER_NODES_MAX {
+        return Err(err("KV_PEERS", format!("lists more than {CLUSTER_NODES_MAX} nodes")));
+    }
+    Ok(nodes)
+}
+
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}://***{}", &url[..scheme_end], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_follow_the_seed() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.node_id, "node1");
+        assert_eq!(c.redis_url, "redis://127.0.0.1:6379/0");
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(30));
+        assert_eq!(c.replication_factor, 1, "capped at the cluster size");
+        assert!(c.background_sync);
+        let c = config(&[("REDIS_HOST", "redis1"), ("REDIS_PORT", "6380")]).unwrap();
+        assert_eq!(c.redis_url, "redis://redis1:6380/0");
+    }
+
+    #[test]
+    fn peers_and_replication() {
+        let c = config(&[
+            ("KV_NODE_ID", "node2"),
+            ("KV_PEERS", "node1=http://a:1, node2=http://b:2/ ,node3=http://c:3"),
+            ("KV_REPLICATION_FACTOR", "5"),
+        ])
+        .unwrap();
+        assert_eq!(c.nodes.len(), 3);
+        assert_eq!(c.nodes["node2"], "http://b:2");
+        assert_eq!(c.replication_factor, 3);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[("KV_NODE_ID", "bad id")], "KV_NODE_ID"),
+            (&[("KV_LISTEN", "nowhere")], "KV_LISTEN"),
+            (&[("KV_PEERS", "node2=http://b:2")], "KV_PEERS"),
+            (&[("KV_PEERS", "node1=ftp://x")], "KV_PEERS"),
+            (&[("KV_PEERS", "node1=http://a,node1=http://b")], "KV_PEERS"),
+            (&[("KV_REPLICATION_FACTOR", "three")], "KV_REPLICATION_FACTOR"),
+            (&[("KV_REPLICATION_FACTOR", "0")], "KV_REPLICATION_FACTOR"),
+            (&[("KV_WRITE_CONSISTENCY", "most")], "KV_WRITE_CONSISTENCY"),
+            (&[("REDIS_PORT", "70000")], "REDIS_PORT"),
+            (&[("REDIS_URL", "http://x")], "REDIS_URL"),
+            (&[("KV_CLUSTER_SECRET", "short")], "KV_CLUSTER_SECRET"),
+            (&[("KV_VALUE_BYTES_MAX", "0")], "KV_VALUE_BYTES_MAX"),
+            (&[("KV_HEARTBEAT_INTERVAL_S", "0")], "KV_HEARTBEAT_INTERVAL_S"),
+            (&[("KV_BACKGROUND_SYNC", "maybe")], "KV_BACKGROUND_SYNC"),
+            (&[("KV_PEER_TIMEOUT_MS", "0")], "KV_PEER_TIMEOUT_MS"),
+        ];
+        for (vars, var) in cases {
+            let e = config(vars).unwrap_err();
+            assert_eq!(e.var, *var, "{vars:?} gave {e}");
+            assert!(e.to_string().starts_with(var));
+        }
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact_url("redis://:pw@host:1/0"), "redis://***@host:1/0");
+        assert_eq!(redact_url("redis://host:1/0"), "redis://host:1/0");
+    }
+}

@@ -1,0 +1,53 @@
+//! Every bound the store enforces, in one place, with units in the names.
+//!
+//! Defaults here are what a node uses when the operator sets nothing; most can
+//! be overridden by configuration (see `config.rs`), within the hard maxima.
+
+/// Default largest key, in bytes of UTF-8.
+pub const KEY_BYTES_MAX_DEFAULT: usize = 1024;
+/// Default largest value, in bytes of its compact JSON encoding.
+pub const VALUE_BYTES_MAX_DEFAULT: usize = 1024 * 1024;
+/// Room for the JSON envelope around key and value in a request body.
+pub const BODY_ENVELOPE_BYTES: usize = 16 * 1024;
+/// Hard ceiling on a configured value size, so a typo cannot allow 100 GB bodies.
+pub const VALUE_BYTES_MAX_CEILING: usize = 64 * 1024 * 1024;
+/// Deepest JSON nesting accepted in a value (serde_json also stops at 128).
+pub const VALUE_DEPTH_MAX: usize = 64;
+
+/// Replication factor used when the operator sets none (capped at cluster size).
+pub const REPLICATION_FACTOR_DEFAULT: usize = 3;
+/// Largest cluster a node accepts in its peer list.
+pub const CLUSTER_NODES_MAX: usize = 64;
+/// Virtual nodes per physical node on the ring.
+pub const VNODES_PER_NODE_DEFAULT: usize = 128;
+/// Longest node id, in bytes.
+pub const NODE_ID_BYTES_MAX: usize = 64;
+
+/// How far ahead of our wall clock a remote version may be before we refuse it
+/// (a "timestamp bomb" would otherwise freeze a key for that long).
+pub const CLOCK_DRIFT_MS_MAX_DEFAULT: u64 = 60_000;
+
+/// Snapshot page size when the client names none.
+pub const SNAPSHOT_PAGE_LEN_DEFAULT: usize = 1000;
+/// Largest snapshot page a client may ask for.
+pub const SNAPSHOT_PAGE_LEN_MAX: usize = 10_000;
+/// Records per batch when a node pulls data from a peer during restore.
+pub const RESTORE_BATCH_LEN_MAX: usize = 500;
+/// Records accepted in one internal apply request.
+pub const APPLY_BATCH_LEN_MAX: usize = 1000;
+/// Keys accepted in one internal read request.
+pub const READ_BATCH_LEN_MAX: usize = 1000;
+
+/// Timeout for connecting to a peer node.
+pub const PEER_CONNECT_TIMEOUT_MS_DEFAULT: u64 = 500;
+/// Timeout for a whole request to a peer node.
+pub const PEER_REQUEST_TIMEOUT_MS_DEFAULT: u64 = 2_000;
+/// Timeout for connecting to Redis.
+pub const REDIS_CONNECT_TIMEOUT_MS_DEFAULT: u64 = 1_000;
+/// Timeout for one Redis command.
+pub const REDIS_RESPONSE_TIMEOUT_MS_DEFAULT: u64 = 2_000;
+/// Requests served at once by one node before new ones wait.
+pub const REQUESTS_IN_FLIGHT_MAX_DEFAULT: usize = 1024;
+/// Background read-repair tasks in flight at once; further repairs are dropped
+/// (anti-entropy catches them later) rather than queued without bound.
+pub const READ_REPAIRS_IN_FLIGHT_MAX: usize = 256;

@@ -1,0 +1,103 @@
+//! Messages between nodes (`/internal/*`) and the payloads of background jobs.
+//!
+//! Plain serde data, no I/O. Every list carries a named bound, checked by the
+//! receiver before it does any work.
+
+use serde::{Deserialize, Serialize};
+
+use super::record::Record;
+
+/// A record with its key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyedRecord {
+    pub key: String,
+    pub record: Record,
+}
+
+/// `POST /internal/apply`: store these records where newer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApplyRequest {
+    /// The sending node, for logs and clock errors.
+    pub from: String,
+    pub records: Vec<KeyedRecord>,
+}
+
+/// Outcome of one record of an apply request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApplyStatus {
+    /// Stored: it was newer than the local copy.
+    Stored,
+    /// Not stored: the local copy is as new or newer (a replay is harmless).
+    Unchanged,
+    /// Refused: its version is too far in the future (clock drift limit).
+    Refused,
+}
+
+/// Answer to [`ApplyRequest`], one status per record in order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApplyResponse {
+    pub node: String,
+    pub results: Vec<ApplyStatus>,
+}
+
+/// `POST /internal/read`: the local records of these keys.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReadRequest {
+    pub keys: Vec<String>,
+}
+
+/// Answer to [`ReadRequest`], one entry per key in order (`None` = never seen).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReadResponse {
+    pub node: String,
+    pub records: Vec<Option<Record>>,
+}
+
+/// `GET /internal/scan?cursor=C&count=N`: one page of the local records.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScanResponse {
+    pub node: String,
+    /// 0 when the scan is complete.
+    pub next_cursor: u64,
+    pub records: Vec<KeyedRecord>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::hlc::Timestamp;
+    use crate::core::record::Version;
+    use serde_json::value::RawValue;
+
+    #[test]
+    fn a_json_null_value_is_not_a_tombstone_on_the_wire() {
+        let v = Version::new(Timestamp::new(1, 0), "n1");
+        let null_value = Record::value(v.clone(), RawValue::from_string("null".into()).unwrap());
+        let tomb = Record::tombstone(v);
+        let request = ApplyRequest {
+            from: "n1".into(),
+            records: vec![
+                KeyedRecord { key: "a".into(), record: null_value.clone() },
+                KeyedRecord { key: "b".into(), record: tomb.clone() },
+            ],
+        };
+        let json = serde_json::to_string(&request).unwrap();
+        let back: ApplyRequest = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.records[0].record, null_value);
+        assert!(!back.records[0].record.is_tombstone());
+        assert_eq!(back.records[1].record, tomb);
+        assert!(back.records[1].record.is_tombstone());
+    }
+
+    #[test]
+    fn malformed_records_are_rejected() {
+        for bad in [
+            r#"{"version":"1:0:n1"}"#,
+            r#"{"version":"1:0:n1","value":1,"deleted":true}"#,
+            r#"{"version":"bad","value":1}"#,
+        ] {
+            assert!(serde_json::from_str::<Record>(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! The pure core of the store: everything that decides, nothing that does I/O.
+//!
+//! Modules here never touch the network, Redis, the wall clock or randomness.
+//! Time comes in as `now_ms` arguments; adapters in the parent crate read the
+//! clock and pass it down. This keeps every rule of the store (placement,
+//! ordering of versions, merge, quorum counting, input limits) testable with
+//! plain unit tests and `proptest`, and replayable when something goes wrong.
+//!
+//! - [`ring`]: consistent hashing with virtual nodes and preference lists.
+//! - [`hlc`]: the hybrid logical clock that stamps every write.
+//! - [`record`]: versioned values and tombstones, and their last-writer-wins merge.
+//! - [`quorum`]: consistency levels and the tally that decides a quorum call.
+//! - [`limits`]: every bound the store enforces, with units in the names.
+//! - [`validate`]: key and node-id checks shared by the API and the peers.
+
+pub mod hlc;
+pub mod limits;
+pub mod membership;
+pub mod message;
+pub mod quorum;
+pub mod record;
+pub mod ring;
+pub mod validate;
