@@ -54,9 +54,21 @@ impl ApiError {
 
     fn parts(&self) -> (StatusCode, &'static str, String, Value) {
         match self {
-            ApiError::BadRequest { code, message } => (StatusCode::BAD_REQUEST, code, message.clone(), Value::Null),
-            ApiError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, "unauthorized", (*m).to_owned(), Value::Null),
-            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", (*m).to_owned(), Value::Null),
+            ApiError::BadRequest { code, message } => {
+                (StatusCode::BAD_REQUEST, code, message.clone(), Value::Null)
+            }
+            ApiError::Unauthorized(m) => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                (*m).to_owned(),
+                Value::Null,
+            ),
+            ApiError::Forbidden(m) => (
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                (*m).to_owned(),
+                Value::Null,
+            ),
             ApiError::NoRoute(path) => (
                 StatusCode::NOT_FOUND,
                 "not_found",
@@ -160,7 +172,9 @@ impl From<CoordError> for ApiError {
                 error!(error = %source, "local storage failed");
                 ApiError::StorageUnavailable
             }
-            CoordError::UnknownNode(node) => ApiError::bad_request("unknown_node", format!("unknown node {node:?}")),
+            CoordError::UnknownNode(node) => {
+                ApiError::bad_request("unknown_node", format!("unknown node {node:?}"))
+            }
         }
     }
 }

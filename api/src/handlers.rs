@@ -17,7 +17,9 @@ use shared::core::limits::{
     APPLY_BATCH_LEN_MAX, READ_BATCH_LEN_MAX, RESTORE_BATCH_LEN_MAX, SNAPSHOT_PAGE_LEN_DEFAULT,
     SNAPSHOT_PAGE_LEN_MAX, VALUE_DEPTH_MAX,
 };
-use shared::core::message::{ApplyRequest, ApplyResponse, KeyedRecord, ReadRequest, ReadResponse, ScanResponse};
+use shared::core::message::{
+    ApplyRequest, ApplyResponse, KeyedRecord, ReadRequest, ReadResponse, ScanResponse,
+};
 use shared::core::quorum::Consistency;
 use shared::core::record::Record;
 use shared::core::ring::{RING_SEED, key_position};
@@ -37,37 +39,61 @@ pub const CONSISTENCY_HEADER: &str = "x-consistency";
 type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
 
 fn params(q: Params) -> Result<HashMap<String, String>, ApiError> {
-    q.map(|Query(p)| p)
-        .map_err(|e| ApiError::bad_request("bad_query", format!("query string is malformed: {}", e.body_text())))
+    q.map(|Query(p)| p).map_err(|e| {
+        ApiError::bad_request(
+            "bad_query",
+            format!("query string is malformed: {}", e.body_text()),
+        )
+    })
 }
 
-fn consistency(params: &HashMap<String, String>, headers: &HeaderMap, default: Consistency) -> Result<Consistency, ApiError> {
+fn consistency(
+    params: &HashMap<String, String>,
+    headers: &HeaderMap,
+    default: Consistency,
+) -> Result<Consistency, ApiError> {
     let raw = match params.get("consistency") {
         Some(v) => Some(v.as_str()),
-        None => headers.get(CONSISTENCY_HEADER).map(|v| v.to_str().unwrap_or("<not text>")),
+        None => headers
+            .get(CONSISTENCY_HEADER)
+            .map(|v| v.to_str().unwrap_or("<not text>")),
     };
     match raw {
         None => Ok(default),
-        Some(v) => v.parse().map_err(|e: shared::core::quorum::ParseConsistencyError| {
-            ApiError::bad_request("bad_consistency", e.to_string())
-        }),
+        Some(v) => v
+            .parse()
+            .map_err(|e: shared::core::quorum::ParseConsistencyError| {
+                ApiError::bad_request("bad_consistency", e.to_string())
+            }),
     }
 }
 
 fn checked_key(state: &AppState, key: &str) -> Result<(), ApiError> {
-    validate_key(key, state.coord.config().key_bytes_max).map_err(|e| ApiError::bad_request("bad_key", e.to_string()))
+    validate_key(key, state.coord.config().key_bytes_max)
+        .map_err(|e| ApiError::bad_request("bad_key", e.to_string()))
 }
 
 fn key_param(state: &AppState, params: &HashMap<String, String>) -> Result<String, ApiError> {
-    let key = params
-        .get("key")
-        .ok_or_else(|| ApiError::bad_request("missing_key", "query parameter key is required, e.g. ?key=username123"))?;
+    let key = params.get("key").ok_or_else(|| {
+        ApiError::bad_request(
+            "missing_key",
+            "query parameter key is required, e.g. ?key=username123",
+        )
+    })?;
     checked_key(state, key)?;
     Ok(key.clone())
 }
 
-fn path_key(state: &AppState, path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
-    let Path(key) = path.map_err(|e| ApiError::bad_request("bad_key", format!("key in path is malformed: {}", e.body_text())))?;
+fn path_key(
+    state: &AppState,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<String, ApiError> {
+    let Path(key) = path.map_err(|e| {
+        ApiError::bad_request(
+            "bad_key",
+            format!("key in path is malformed: {}", e.body_text()),
+        )
+    })?;
     checked_key(state, &key)?;
     Ok(key)
 }
@@ -88,11 +114,17 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     if ok {
         Ok(())
     } else {
-        Err(ApiError::UnsupportedMediaType(mime.chars().take(100).collect()))
+        Err(ApiError::UnsupportedMediaType(
+            mime.chars().take(100).collect(),
+        ))
     }
 }
 
-fn body_bytes(state: &AppState, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+fn body_bytes(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Bytes, ApiError> {
     check_content_type(headers)?;
     body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -100,7 +132,10 @@ fn body_bytes(state: &AppState, headers: &HeaderMap, body: Result<Bytes, BytesRe
                 limit_bytes: state.coord.config().body_bytes_max(),
             }
         } else {
-            ApiError::bad_request("bad_body", format!("cannot read body: {}", rejection.body_text()))
+            ApiError::bad_request(
+                "bad_body",
+                format!("cannot read body: {}", rejection.body_text()),
+            )
         }
     })
 }
@@ -118,9 +153,16 @@ fn type_name(v: &Value) -> &'static str {
 
 /// Parses `{"key": "...", "value": <json>}`. With `path_key`, the body's key
 /// is optional but must match. Returns the key and the value's compact JSON.
-fn parse_write_body(state: &AppState, bytes: &[u8], path_key: Option<&str>) -> Result<(String, Box<RawValue>), ApiError> {
+fn parse_write_body(
+    state: &AppState,
+    bytes: &[u8],
+    path_key: Option<&str>,
+) -> Result<(String, Box<RawValue>), ApiError> {
     if bytes.is_empty() {
-        return Err(ApiError::bad_request("bad_json", "body is empty; send {\"key\": \"...\", \"value\": ...}"));
+        return Err(ApiError::bad_request(
+            "bad_json",
+            "body is empty; send {\"key\": \"...\", \"value\": ...}",
+        ));
     }
     // serde_json refuses nesting deeper than 128 without recursing further,
     // so a hostile 100,000-deep body is a plain parse error here.
@@ -157,12 +199,20 @@ fn parse_write_body(state: &AppState, bytes: &[u8], path_key: Option<&str>) -> R
         }
         (Some(p), _) => p.to_owned(),
         (None, Some(b)) => b,
-        (None, None) => return Err(ApiError::bad_request("missing_key", "field key is required")),
+        (None, None) => {
+            return Err(ApiError::bad_request(
+                "missing_key",
+                "field key is required",
+            ));
+        }
     };
     checked_key(state, &key)?;
-    let value = fields
-        .remove("value")
-        .ok_or_else(|| ApiError::bad_request("missing_value", "field value is required (any JSON, null included)"))?;
+    let value = fields.remove("value").ok_or_else(|| {
+        ApiError::bad_request(
+            "missing_value",
+            "field value is required (any JSON, null included)",
+        )
+    })?;
     let depth = json_depth(&value);
     if depth > VALUE_DEPTH_MAX {
         return Err(ApiError::bad_request(
@@ -175,7 +225,10 @@ fn parse_write_body(state: &AppState, bytes: &[u8], path_key: Option<&str>) -> R
     if text.len() > limit {
         return Err(ApiError::bad_request(
             "value_too_large",
-            format!("value is {} bytes of JSON; the limit is {limit} bytes", text.len()),
+            format!(
+                "value is {} bytes of JSON; the limit is {limit} bytes",
+                text.len()
+            ),
         ));
     }
     let raw = RawValue::from_string(text).map_err(|_| ApiError::Internal)?;
@@ -196,12 +249,21 @@ fn write_response(report: WriteReport) -> Response {
     (StatusCode::OK, Json(body)).into_response()
 }
 
-async fn do_write(state: &AppState, key: String, value: Option<Box<RawValue>>, consistency: Consistency) -> Result<Response, ApiError> {
+async fn do_write(
+    state: &AppState,
+    key: String,
+    value: Option<Box<RawValue>>,
+    consistency: Consistency,
+) -> Result<Response, ApiError> {
     let report = state.coord.write(key, value, consistency).await?;
     Ok(write_response(report))
 }
 
-async fn do_read(state: &AppState, key: String, consistency: Consistency) -> Result<Response, ApiError> {
+async fn do_read(
+    state: &AppState,
+    key: String,
+    consistency: Consistency,
+) -> Result<Response, ApiError> {
     let report = state.coord.read(key, consistency).await?;
     match report.record {
         Some(Record {
@@ -212,12 +274,21 @@ async fn do_read(state: &AppState, key: String, consistency: Consistency) -> Res
             Json(json!({ "key": report.key, "value": value, "version": version })),
         )
             .into_response()),
-        _ => Ok((StatusCode::NOT_FOUND, Json(json!({ "key": report.key, "value": null }))).into_response()),
+        _ => Ok((
+            StatusCode::NOT_FOUND,
+            Json(json!({ "key": report.key, "value": null })),
+        )
+            .into_response()),
     }
 }
 
 /// `POST /kv/`, `PUT /kv/`: body `{"key": "...", "value": ...}`.
-pub async fn put_body(State(state): State<AppState>, headers: HeaderMap, q: Params, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+pub async fn put_body(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    q: Params,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let params = params(q)?;
     let consistency = consistency(&params, &headers, state.coord.config().write_consistency)?;
     let bytes = body_bytes(&state, &headers, body)?;
@@ -226,7 +297,11 @@ pub async fn put_body(State(state): State<AppState>, headers: HeaderMap, q: Para
 }
 
 /// `GET /kv/?key=K`.
-pub async fn get_query(State(state): State<AppState>, headers: HeaderMap, q: Params) -> Result<Response, ApiError> {
+pub async fn get_query(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    q: Params,
+) -> Result<Response, ApiError> {
     let params = params(q)?;
     let key = key_param(&state, &params)?;
     let consistency = consistency(&params, &headers, state.coord.config().read_consistency)?;
@@ -234,7 +309,11 @@ pub async fn get_query(State(state): State<AppState>, headers: HeaderMap, q: Par
 }
 
 /// `DELETE /kv/?key=K`.
-pub async fn delete_query(State(state): State<AppState>, headers: HeaderMap, q: Params) -> Result<Response, ApiError> {
+pub async fn delete_query(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    q: Params,
+) -> Result<Response, ApiError> {
     let params = params(q)?;
     let key = key_param(&state, &params)?;
     let consistency = consistency(&params, &headers, state.coord.config().write_consistency)?;
@@ -308,17 +387,27 @@ fn flag(params: &HashMap<String, String>, name: &str) -> Result<bool, ApiError> 
         Some(v) => match v.as_str() {
             "" | "1" | "true" | "yes" | "on" => Ok(true),
             "0" | "false" | "no" | "off" => Ok(false),
-            _ => Err(ApiError::bad_request("bad_query", format!("{name} must be true or false"))),
+            _ => Err(ApiError::bad_request(
+                "bad_query",
+                format!("{name} must be true or false"),
+            )),
         },
     }
 }
 
-fn number<T: std::str::FromStr>(params: &HashMap<String, String>, name: &str, default: T) -> Result<T, ApiError> {
+fn number<T: std::str::FromStr>(
+    params: &HashMap<String, String>,
+    name: &str,
+    default: T,
+) -> Result<T, ApiError> {
     match params.get(name) {
         None => Ok(default),
-        Some(v) => v
-            .parse()
-            .map_err(|_| ApiError::bad_request("bad_query", format!("{name} must be a non-negative integer"))),
+        Some(v) => v.parse().map_err(|_| {
+            ApiError::bad_request(
+                "bad_query",
+                format!("{name} must be a non-negative integer"),
+            )
+        }),
     }
 }
 
@@ -337,7 +426,7 @@ pub async fn snapshot(State(state): State<AppState>, q: Params) -> Result<Respon
     let versions = flag(&params, "versions")?;
     let tombstones = flag(&params, "tombstones")?;
     let page = state.coord.scan_local(cursor, limit).await?;
-    let total_records = state.coord.store().len().await?;
+    let total_records = state.coord.store().record_count().await?;
     let next_cursor = (page.next_cursor != 0).then(|| page.next_cursor.to_string());
     let (count, data) = if versions {
         let data: BTreeMap<String, Record> = page
@@ -345,14 +434,20 @@ pub async fn snapshot(State(state): State<AppState>, q: Params) -> Result<Respon
             .into_iter()
             .filter(|(_, r)| tombstones || !r.is_tombstone())
             .collect();
-        (data.len(), serde_json::to_value(data).map_err(|_| ApiError::Internal)?)
+        (
+            data.len(),
+            serde_json::to_value(data).map_err(|_| ApiError::Internal)?,
+        )
     } else {
         let data: BTreeMap<String, Box<RawValue>> = page
             .records
             .into_iter()
             .filter_map(|(k, r)| r.value.map(|v| (k, v)))
             .collect();
-        (data.len(), serde_json::to_value(data).map_err(|_| ApiError::Internal)?)
+        (
+            data.len(),
+            serde_json::to_value(data).map_err(|_| ApiError::Internal)?,
+        )
     };
     Ok(Json(json!({
         "node": state.coord.node_id(),
@@ -401,7 +496,7 @@ pub async fn cluster(State(state): State<AppState>) -> Result<Response, ApiError
             })
         })
         .collect();
-    let records = match coord.store().len().await {
+    let records = match coord.store().record_count().await {
         Ok(n) => json!(n),
         Err(e) => json!(format!("unavailable: {e}")),
     };
@@ -436,7 +531,8 @@ pub async fn cluster(State(state): State<AppState>) -> Result<Response, ApiError
 /// `GET /health`: liveness, with this node's storage status.
 pub async fn health(State(state): State<AppState>) -> Response {
     match state.coord.store().ping().await {
-        Ok(()) => Json(json!({ "status": "ok", "node": state.coord.node_id(), "storage": "ok" })).into_response(),
+        Ok(()) => Json(json!({ "status": "ok", "node": state.coord.node_id(), "storage": "ok" }))
+            .into_response(),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({
@@ -449,13 +545,22 @@ pub async fn health(State(state): State<AppState>) -> Response {
     }
 }
 
-fn internal_json<T: serde::de::DeserializeOwned>(state: &AppState, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+fn internal_json<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
     let bytes = body_bytes(state, headers, body)?;
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request("bad_json", format!("malformed internal message: {e}")))
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request("bad_json", format!("malformed internal message: {e}")))
 }
 
 /// `POST /internal/apply`: store records where newer (replication, repair, hints).
-pub async fn internal_apply(State(state): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+pub async fn internal_apply(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let request: ApplyRequest = internal_json(&state, &headers, body)?;
     if request.records.len() > APPLY_BATCH_LEN_MAX {
         return Err(ApiError::bad_request(
@@ -475,7 +580,11 @@ pub async fn internal_apply(State(state): State<AppState>, headers: HeaderMap, b
 }
 
 /// `POST /internal/read`: the local records of some keys.
-pub async fn internal_read(State(state): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+pub async fn internal_read(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let request: ReadRequest = internal_json(&state, &headers, body)?;
     if request.keys.len() > READ_BATCH_LEN_MAX {
         return Err(ApiError::bad_request(

@@ -31,7 +31,8 @@ async fn run() -> anyhow::Result<()> {
     let cfg = Arc::new(cfg);
     let conn = connect_with_retry(&cfg).await?;
     let store = Store::Redis(RedisStore::new(conn, &cfg.node_id));
-    let coord = Coordinator::new(Arc::clone(&cfg), store).context("cannot build the peer HTTP client")?;
+    let coord =
+        Coordinator::new(Arc::clone(&cfg), store).context("cannot build the peer HTTP client")?;
 
     let listener = TcpListener::bind(cfg.listen)
         .await
@@ -45,10 +46,22 @@ async fn run() -> anyhow::Result<()> {
         "node started"
     );
 
+    if cfg.nodes.len() > 1 {
+        let prober = Arc::clone(&coord);
+        let interval = cfg.probe_interval;
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                prober.probe_peers(true).await;
+            }
+        });
+    }
     if cfg.restore_on_start && cfg.nodes.len() > 1 {
         let coord = Arc::clone(&coord);
         tokio::spawn(async move {
-            coord.probe_peers().await;
+            coord.probe_peers(false).await;
             coord.try_restore().await;
         });
     }
@@ -62,7 +75,8 @@ async fn run() -> anyhow::Result<()> {
 }
 
 async fn connect_with_retry(cfg: &Config) -> anyhow::Result<redis::aio::ConnectionManager> {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(REDIS_STARTUP_WAIT_S);
+    let deadline =
+        tokio::time::Instant::now() + std::time::Duration::from_secs(REDIS_STARTUP_WAIT_S);
     let mut delay = std::time::Duration::from_millis(100);
     loop {
         match connect_redis(cfg).await {
@@ -73,7 +87,9 @@ async fn connect_with_retry(cfg: &Config) -> anyhow::Result<redis::aio::Connecti
                 delay = (delay * 2).min(std::time::Duration::from_secs(2));
             }
             Err(e) => {
-                return Err(e).with_context(|| format!("REDIS_URL: cannot reach {}", cfg.redis_url_redacted()));
+                return Err(e).with_context(|| {
+                    format!("REDIS_URL: cannot reach {}", cfg.redis_url_redacted())
+                });
             }
         }
     }

@@ -79,6 +79,9 @@ pub struct Config {
     pub redis_response_timeout: Duration,
     /// `KV_HEARTBEAT_INTERVAL_S` (default 30, as in the seed).
     pub heartbeat_interval: Duration,
+    /// `KV_PROBE_INTERVAL_MS` (default 1000): how often peers not known to be
+    /// up are probed, so a recovered peer is used again quickly.
+    pub probe_interval: Duration,
     /// `KV_BACKGROUND_SYNC` (default on).
     pub background_sync: bool,
     /// `KV_RESTORE_ON_START` (default on): pull missing data from peers at start.
@@ -98,15 +101,22 @@ impl Config {
 
     /// Reads configuration through `lookup` (a test passes a map).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let get = |name: &str| lookup(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let get = |name: &str| {
+            lookup(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
 
         let node_id = get("KV_NODE_ID").unwrap_or_else(|| "node1".to_owned());
         validate_node_id(&node_id).map_err(|e| err("KV_NODE_ID", e.to_string()))?;
 
         let listen = match get("KV_LISTEN") {
-            Some(v) => v
-                .parse::<SocketAddr>()
-                .map_err(|_| err("KV_LISTEN", format!("must be host:port like 127.0.0.1:8001, got {v:?}")))?,
+            Some(v) => v.parse::<SocketAddr>().map_err(|_| {
+                err(
+                    "KV_LISTEN",
+                    format!("must be host:port like 127.0.0.1:8001, got {v:?}"),
+                )
+            })?,
             None => SocketAddr::from(([127, 0, 0, 1], 8001)),
         };
 
@@ -121,7 +131,8 @@ impl Config {
             ));
         }
 
-        let replication_factor: usize = parse_or(&get, "KV_REPLICATION_FACTOR", REPLICATION_FACTOR_DEFAULT)?;
+        let replication_factor: usize =
+            parse_or(&get, "KV_REPLICATION_FACTOR", REPLICATION_FACTOR_DEFAULT)?;
         if replication_factor == 0 {
             return Err(err("KV_REPLICATION_FACTOR", "must be at least 1"));
         }
@@ -169,7 +180,8 @@ impl Config {
         if vnodes == 0 || vnodes > 4096 {
             return Err(err("KV_VNODES", "must be between 1 and 4096"));
         }
-        let clock_drift_ms_max = parse_or(&get, "KV_CLOCK_DRIFT_MS_MAX", CLOCK_DRIFT_MS_MAX_DEFAULT)?;
+        let clock_drift_ms_max =
+            parse_or(&get, "KV_CLOCK_DRIFT_MS_MAX", CLOCK_DRIFT_MS_MAX_DEFAULT)?;
 
         let millis = |var: &'static str, default: u64| -> Result<Duration, ConfigError> {
             let ms: u64 = parse_or(&get, var, default)?;
@@ -178,19 +190,34 @@ impl Config {
             }
             Ok(Duration::from_millis(ms))
         };
-        let peer_connect_timeout = millis("KV_PEER_CONNECT_TIMEOUT_MS", PEER_CONNECT_TIMEOUT_MS_DEFAULT)?;
+        let peer_connect_timeout = millis(
+            "KV_PEER_CONNECT_TIMEOUT_MS",
+            PEER_CONNECT_TIMEOUT_MS_DEFAULT,
+        )?;
         let peer_request_timeout = millis("KV_PEER_TIMEOUT_MS", PEER_REQUEST_TIMEOUT_MS_DEFAULT)?;
-        let redis_connect_timeout = millis("KV_REDIS_CONNECT_TIMEOUT_MS", REDIS_CONNECT_TIMEOUT_MS_DEFAULT)?;
-        let redis_response_timeout = millis("KV_REDIS_TIMEOUT_MS", REDIS_RESPONSE_TIMEOUT_MS_DEFAULT)?;
+        let redis_connect_timeout = millis(
+            "KV_REDIS_CONNECT_TIMEOUT_MS",
+            REDIS_CONNECT_TIMEOUT_MS_DEFAULT,
+        )?;
+        let redis_response_timeout =
+            millis("KV_REDIS_TIMEOUT_MS", REDIS_RESPONSE_TIMEOUT_MS_DEFAULT)?;
 
         let heartbeat_s: f64 = parse_or(&get, "KV_HEARTBEAT_INTERVAL_S", 30.0)?;
         if !(0.05..=3600.0).contains(&heartbeat_s) {
-            return Err(err("KV_HEARTBEAT_INTERVAL_S", "must be between 0.05 and 3600 seconds"));
+            return Err(err(
+                "KV_HEARTBEAT_INTERVAL_S",
+                "must be between 0.05 and 3600 seconds",
+            ));
         }
 
+        let probe_interval = millis("KV_PROBE_INTERVAL_MS", 1_000)?;
         let background_sync = parse_bool(&get, "KV_BACKGROUND_SYNC", true)?;
         let restore_on_start = parse_bool(&get, "KV_RESTORE_ON_START", true)?;
-        let requests_in_flight_max = parse_or(&get, "KV_REQUESTS_IN_FLIGHT_MAX", REQUESTS_IN_FLIGHT_MAX_DEFAULT)?;
+        let requests_in_flight_max = parse_or(
+            &get,
+            "KV_REQUESTS_IN_FLIGHT_MAX",
+            REQUESTS_IN_FLIGHT_MAX_DEFAULT,
+        )?;
         if requests_in_flight_max == 0 {
             return Err(err("KV_REQUESTS_IN_FLIGHT_MAX", "must be at least 1"));
         }
@@ -215,6 +242,7 @@ impl Config {
             redis_connect_timeout,
             redis_response_timeout,
             heartbeat_interval: Duration::from_secs_f64(heartbeat_s),
+            probe_interval,
             background_sync,
             restore_on_start,
             requests_in_flight_max,
@@ -267,13 +295,19 @@ fn parse_bool(
 pub fn parse_peers(spec: &str) -> Result<BTreeMap<String, String>, ConfigError> {
     let mut nodes = BTreeMap::new();
     for entry in spec.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-        let (id, url) = entry
-            .split_once('=')
-            .ok_or_else(|| err("KV_PEERS", format!("entry {entry:?} must be id=http://host:port")))?;
+        let (id, url) = entry.split_once('=').ok_or_else(|| {
+            err(
+                "KV_PEERS",
+                format!("entry {entry:?} must be id=http://host:port"),
+            )
+        })?;
         let (id, url) = (id.trim(), url.trim().trim_end_matches('/'));
         validate_node_id(id).map_err(|e| err("KV_PEERS", e.to_string()))?;
         if !url.starts_with("http://") || url.len() <= "http://".len() {
-            return Err(err("KV_PEERS", format!("URL of {id} must start with http://, got {url:?}")));
+            return Err(err(
+                "KV_PEERS",
+                format!("URL of {id} must start with http://, got {url:?}"),
+            ));
         }
         if nodes.insert(id.to_owned(), url.to_owned()).is_some() {
             return Err(err("KV_PEERS", format!("node id {id:?} is listed twice")));
@@ -283,7 +317,10 @@ pub fn parse_peers(spec: &str) -> Result<BTreeMap<String, String>, ConfigError> 
         return Err(err("KV_PEERS", "lists no node"));
     }
     if nodes.len() > CLUSTER_NODES_MAX {
-        return Err(err("KV_PEERS", format!("lists more than {CLUSTER_NODES_MAX} nodes")));
+        return Err(err(
+            "KV_PEERS",
+            format!("lists more than {CLUSTER_NODES_MAX} nodes"),
+        ));
     }
     Ok(nodes)
 }
@@ -303,7 +340,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::from_lookup(|name| map.get(name).cloned())
     }
 
@@ -323,7 +363,10 @@ mod tests {
     fn peers_and_replication() {
         let c = config(&[
             ("KV_NODE_ID", "node2"),
-            ("KV_PEERS", "node1=http://a:1, node2=http://b:2/ ,node3=http://c:3"),
+            (
+                "KV_PEERS",
+                "node1=http://a:1, node2=http://b:2/ ,node3=http://c:3",
+            ),
             ("KV_REPLICATION_FACTOR", "5"),
         ])
         .unwrap();
@@ -340,14 +383,20 @@ mod tests {
             (&[("KV_PEERS", "node2=http://b:2")], "KV_PEERS"),
             (&[("KV_PEERS", "node1=ftp://x")], "KV_PEERS"),
             (&[("KV_PEERS", "node1=http://a,node1=http://b")], "KV_PEERS"),
-            (&[("KV_REPLICATION_FACTOR", "three")], "KV_REPLICATION_FACTOR"),
+            (
+                &[("KV_REPLICATION_FACTOR", "three")],
+                "KV_REPLICATION_FACTOR",
+            ),
             (&[("KV_REPLICATION_FACTOR", "0")], "KV_REPLICATION_FACTOR"),
             (&[("KV_WRITE_CONSISTENCY", "most")], "KV_WRITE_CONSISTENCY"),
             (&[("REDIS_PORT", "70000")], "REDIS_PORT"),
             (&[("REDIS_URL", "http://x")], "REDIS_URL"),
             (&[("KV_CLUSTER_SECRET", "short")], "KV_CLUSTER_SECRET"),
             (&[("KV_VALUE_BYTES_MAX", "0")], "KV_VALUE_BYTES_MAX"),
-            (&[("KV_HEARTBEAT_INTERVAL_S", "0")], "KV_HEARTBEAT_INTERVAL_S"),
+            (
+                &[("KV_HEARTBEAT_INTERVAL_S", "0")],
+                "KV_HEARTBEAT_INTERVAL_S",
+            ),
             (&[("KV_BACKGROUND_SYNC", "maybe")], "KV_BACKGROUND_SYNC"),
             (&[("KV_PEER_TIMEOUT_MS", "0")], "KV_PEER_TIMEOUT_MS"),
         ];

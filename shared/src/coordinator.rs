@@ -34,7 +34,7 @@ use crate::storage::{ScanPage, Store, StoreError};
 /// How long a peer that failed a call is skipped before it is tried again.
 pub const PEER_RETRY_AFTER_MS: u64 = 1_000;
 /// Failed calls in a row before a suspect peer is considered down.
-pub const PEER_DOWN_AFTER_FAILURES: u32 = 3;
+pub const PEER_DOWN_AFTER_FAILURES: u32 = 2;
 
 /// One replica that did not acknowledge, and why.
 #[derive(Debug, Clone, Serialize)]
@@ -180,7 +180,11 @@ impl Coordinator {
         )?;
         let others = cfg.nodes.keys().filter(|n| **n != cfg.node_id).cloned();
         Ok(Arc::new(Coordinator {
-            membership: Mutex::new(Membership::new(others, PEER_RETRY_AFTER_MS, PEER_DOWN_AFTER_FAILURES)),
+            membership: Mutex::new(Membership::new(
+                others,
+                PEER_RETRY_AFTER_MS,
+                PEER_DOWN_AFTER_FAILURES,
+            )),
             clock: Mutex::new(HybridClock::new(cfg.clock_drift_ms_max)),
             repair_permits: Arc::new(Semaphore::new(READ_REPAIRS_IN_FLIGHT_MAX)),
             restore_state: Mutex::new(RestoreState::Idle),
@@ -237,8 +241,24 @@ impl Coordinator {
         }
     }
 
-    fn should_call(&self, node: &str) -> bool {
-        node == self.cfg.node_id || lock(&self.membership).should_call(node, now_ms())
+    /// Replicas not worth calling now: peers marked down that failed within
+    /// the last [`PEER_RETRY_AFTER_MS`]. Skipping saves a timeout per request
+    /// on a hung peer. But when skipping them would leave fewer than
+    /// `required` replicas, every replica is called anyway: a failed call
+    /// costs little, and a peer that just came back answers at once.
+    fn nodes_to_skip(&self, replicas: &[String], required: usize) -> Vec<String> {
+        let now = now_ms();
+        let membership = lock(&self.membership);
+        let skip: Vec<String> = replicas
+            .iter()
+            .filter(|n| **n != self.cfg.node_id && !membership.should_call(n, now))
+            .cloned()
+            .collect();
+        if replicas.len() - skip.len() < required {
+            Vec::new()
+        } else {
+            skip
+        }
     }
 
     fn note_success(&self, node: &str) {
@@ -287,9 +307,10 @@ impl Coordinator {
         let required = consistency.required(replicas.len());
         let mut tally = QuorumTally::new(required, replicas.len());
         let mut calls = JoinSet::new();
+        let skip = self.nodes_to_skip(&replicas, required);
         for node in &replicas {
-            if !self.should_call(node) {
-                tally.fail(node.clone(), "skipped: failed recently, marked suspect");
+            if skip.contains(node) {
+                tally.fail(node.clone(), "skipped: marked down after failed calls");
                 continue;
             }
             let this = Arc::clone(self);
@@ -349,15 +370,20 @@ impl Coordinator {
 
     /// Reads a key: asks the replicas, returns the newest record among those
     /// that answered, and repairs the ones that answered with older data.
-    pub async fn read(self: &Arc<Self>, key: String, consistency: Consistency) -> Result<ReadReport, CoordError> {
+    pub async fn read(
+        self: &Arc<Self>,
+        key: String,
+        consistency: Consistency,
+    ) -> Result<ReadReport, CoordError> {
         self.stats.reads.fetch_add(1, Ordering::Relaxed);
         let replicas = self.replicas(&key);
         let required = consistency.required(replicas.len());
         let mut tally = QuorumTally::new(required, replicas.len());
         let mut calls = JoinSet::new();
+        let skip = self.nodes_to_skip(&replicas, required);
         for node in &replicas {
-            if !self.should_call(node) {
-                tally.fail(node.clone(), "skipped: failed recently, marked suspect");
+            if skip.contains(node) {
+                tally.fail(node.clone(), "skipped: marked down after failed calls");
                 continue;
             }
             let this = Arc::clone(self);
@@ -403,7 +429,10 @@ impl Coordinator {
             // Versions read are observed, so a later write through this node
             // is stamped above them. A refused (far-future) version is still
             // returned; it is the stored truth, just not adopted by our clock.
-            if lock(&self.clock).observe(newest.version.ts, now_ms()).is_err() {
+            if lock(&self.clock)
+                .observe(newest.version.ts, now_ms())
+                .is_err()
+            {
                 self.stats.refused_versions.fetch_add(1, Ordering::Relaxed);
             }
             for (node, record) in &answers {
@@ -429,14 +458,19 @@ impl Coordinator {
     /// (a later read or anti-entropy repairs it), never queued without bound.
     fn spawn_repair(self: &Arc<Self>, node: String, key: String, record: Record) {
         let Ok(permit) = Arc::clone(&self.repair_permits).try_acquire_owned() else {
-            self.stats.read_repairs_dropped.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .read_repairs_dropped
+                .fetch_add(1, Ordering::Relaxed);
             return;
         };
         self.stats.read_repairs.fetch_add(1, Ordering::Relaxed);
         let this = Arc::clone(self);
         tokio::spawn(async move {
             let _permit = permit;
-            match this.apply_on(&node, vec![KeyedRecord { key, record }]).await {
+            match this
+                .apply_on(&node, vec![KeyedRecord { key, record }])
+                .await
+            {
                 Ok(_) => debug!(%node, "read repair delivered"),
                 Err(error) => debug!(%node, %error, "read repair failed"),
             }
@@ -444,7 +478,11 @@ impl Coordinator {
     }
 
     /// Applies records on one replica: locally, or through its internal API.
-    pub async fn apply_on(&self, node: &str, records: Vec<KeyedRecord>) -> Result<Vec<ApplyStatus>, String> {
+    pub async fn apply_on(
+        &self,
+        node: &str,
+        records: Vec<KeyedRecord>,
+    ) -> Result<Vec<ApplyStatus>, String> {
         if node == self.cfg.node_id {
             return self.apply_local(records).await.map_err(|e| e.to_string());
         }
@@ -462,7 +500,11 @@ impl Coordinator {
     }
 
     /// Reads records from one replica: locally, or through its internal API.
-    pub async fn read_on(&self, node: &str, keys: Vec<String>) -> Result<Vec<Option<Record>>, String> {
+    pub async fn read_on(
+        &self,
+        node: &str,
+        keys: Vec<String>,
+    ) -> Result<Vec<Option<Record>>, String> {
         if node == self.cfg.node_id {
             return self.store.get_many(&keys).await.map_err(|e| e.to_string());
         }
@@ -483,7 +525,10 @@ impl Coordinator {
     /// version is further ahead of our clock than the drift limit are refused
     /// (a timestamp bomb must not freeze a key); the others are observed by
     /// our clock so later writes coordinated here are ordered after them.
-    pub async fn apply_local(&self, records: Vec<KeyedRecord>) -> Result<Vec<ApplyStatus>, StoreError> {
+    pub async fn apply_local(
+        &self,
+        records: Vec<KeyedRecord>,
+    ) -> Result<Vec<ApplyStatus>, StoreError> {
         let now = now_ms();
         let mut statuses = vec![ApplyStatus::Refused; records.len()];
         let mut accepted_at = Vec::with_capacity(records.len());
@@ -521,10 +566,15 @@ impl Coordinator {
 
     /// Pulls, from every live peer (or only `from`), the records this node
     /// should hold, and stores those newer than the local copies.
-    pub async fn restore(self: &Arc<Self>, from: Option<String>) -> Result<RestoreReport, CoordError> {
+    pub async fn restore(
+        self: &Arc<Self>,
+        from: Option<String>,
+    ) -> Result<RestoreReport, CoordError> {
         let started = now_ms();
         let sources: Vec<String> = match from {
-            Some(node) if node != self.cfg.node_id && self.cfg.nodes.contains_key(&node) => vec![node],
+            Some(node) if node != self.cfg.node_id && self.cfg.nodes.contains_key(&node) => {
+                vec![node]
+            }
             Some(node) => return Err(CoordError::UnknownNode(node)),
             None => self
                 .cfg
@@ -572,7 +622,11 @@ impl Coordinator {
             let owned: Vec<KeyedRecord> = page
                 .records
                 .into_iter()
-                .filter(|kr| self.replicas(&kr.key).iter().any(|n| *n == self.cfg.node_id))
+                .filter(|kr| {
+                    self.replicas(&kr.key)
+                        .iter()
+                        .any(|n| *n == self.cfg.node_id)
+                })
                 .collect();
             peer.owned += owned.len() as u64;
             for status in self.apply_local(owned).await? {
@@ -592,7 +646,9 @@ impl Coordinator {
     /// The start-up restore (`try_restore`): pull what this node should hold
     /// from its peers, recording progress for `/cluster/` and the logs.
     pub async fn try_restore(self: &Arc<Self>) {
-        *lock(&self.restore_state) = RestoreState::Restoring { started_ms: now_ms() };
+        *lock(&self.restore_state) = RestoreState::Restoring {
+            started_ms: now_ms(),
+        };
         info!(node = %self.cfg.node_id, "restore from peers started");
         let state = match self.restore(None).await {
             Ok(report) => {
@@ -616,12 +672,21 @@ impl Coordinator {
         *lock(&self.restore_state) = state;
     }
 
-    /// Calls every peer's `/health` once and records the outcome.
-    pub async fn probe_peers(self: &Arc<Self>) {
+    /// Calls the `/health` of every peer (or, with `only_unhealthy`, of every
+    /// peer not known to be up) once and records the outcome. This light
+    /// probe is what brings a peer marked down back into use.
+    pub async fn probe_peers(self: &Arc<Self>, only_unhealthy: bool) {
+        let targets: Vec<String> = {
+            let membership = lock(&self.membership);
+            membership
+                .iter()
+                .filter(|(_, state)| !only_unhealthy || state.health != Health::Up)
+                .map(|(node, _)| node.clone())
+                .collect()
+        };
         let mut calls = JoinSet::new();
-        for node in self.cfg.nodes.keys().filter(|n| **n != self.cfg.node_id) {
+        for node in targets {
             let this = Arc::clone(self);
-            let node = node.clone();
             calls.spawn(async move {
                 match this.peers.health(&node).await {
                     Ok(_) => this.note_success(&node),
@@ -637,7 +702,9 @@ fn log_transition(transition: Option<Transition>) {
     if let Some(t) = transition {
         match t.to {
             Health::Up => info!(peer = %t.node, from = t.from.as_str(), "peer is up"),
-            other => warn!(peer = %t.node, from = t.from.as_str(), to = other.as_str(), "peer health changed"),
+            other => {
+                warn!(peer = %t.node, from = t.from.as_str(), to = other.as_str(), "peer health changed")
+            }
         }
     }
 }

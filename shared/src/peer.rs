@@ -79,7 +79,11 @@ impl PeerClient {
         self.urls.get(node).map(String::as_str)
     }
 
-    pub async fn apply(&self, node: &str, records: Vec<KeyedRecord>) -> Result<ApplyResponse, PeerError> {
+    pub async fn apply(
+        &self,
+        node: &str,
+        records: Vec<KeyedRecord>,
+    ) -> Result<ApplyResponse, PeerError> {
         let request = ApplyRequest {
             from: self.self_id.clone(),
             records,
@@ -88,10 +92,16 @@ impl PeerClient {
     }
 
     pub async fn read(&self, node: &str, keys: Vec<String>) -> Result<ReadResponse, PeerError> {
-        self.post(node, "/internal/read", &ReadRequest { keys }).await
+        self.post(node, "/internal/read", &ReadRequest { keys })
+            .await
     }
 
-    pub async fn scan(&self, node: &str, cursor: u64, count: usize) -> Result<ScanResponse, PeerError> {
+    pub async fn scan(
+        &self,
+        node: &str,
+        cursor: u64,
+        count: usize,
+    ) -> Result<ScanResponse, PeerError> {
         let path = format!("/internal/scan?cursor={cursor}&count={count}");
         let base = self.base(node)?;
         let request = self
@@ -104,14 +114,21 @@ impl PeerClient {
     /// `GET /health` of a peer: the cheapest liveness probe.
     pub async fn health(&self, node: &str) -> Result<serde_json::Value, PeerError> {
         let base = self.base(node)?;
-        self.send(node, self.http.get(format!("{base}/health"))).await
+        self.send(node, self.http.get(format!("{base}/health")))
+            .await
     }
 
     fn base(&self, node: &str) -> Result<&str, PeerError> {
-        self.url(node).ok_or_else(|| PeerError::UnknownNode(node.to_owned()))
+        self.url(node)
+            .ok_or_else(|| PeerError::UnknownNode(node.to_owned()))
     }
 
-    async fn post<B: Serialize, R: DeserializeOwned>(&self, node: &str, path: &str, body: &B) -> Result<R, PeerError> {
+    async fn post<B: Serialize, R: DeserializeOwned>(
+        &self,
+        node: &str,
+        path: &str,
+        body: &B,
+    ) -> Result<R, PeerError> {
         let base = self.base(node)?;
         let body = serde_json::to_vec(body).map_err(|e| PeerError::Decode {
             node: node.to_owned(),
@@ -126,7 +143,11 @@ impl PeerClient {
         self.send(node, request).await
     }
 
-    async fn send<R: DeserializeOwned>(&self, node: &str, request: reqwest::RequestBuilder) -> Result<R, PeerError> {
+    async fn send<R: DeserializeOwned>(
+        &self,
+        node: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<R, PeerError> {
         let classify = |e: reqwest::Error| {
             if e.is_timeout() {
                 PeerError::Timeout {

@@ -125,7 +125,7 @@ impl Store {
     }
 
     /// Number of records held, tombstones included.
-    pub async fn len(&self) -> Result<u64, StoreError> {
+    pub async fn record_count(&self) -> Result<u64, StoreError> {
         match self {
             Store::Redis(s) => s.len().await,
             Store::Memory(s) => Ok(s.map.lock().await.len() as u64),
@@ -154,7 +154,10 @@ impl Store {
                 Ok(())
             }
             Store::Memory(s) => {
-                s.plain.lock().await.insert(key.to_owned(), value.to_owned());
+                s.plain
+                    .lock()
+                    .await
+                    .insert(key.to_owned(), value.to_owned());
                 Ok(())
             }
         }

@@ -1,0 +1,532 @@
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+//! Test harness: starts real `redis-server` and node processes on loopback
+//! ports, in a temporary folder, and tears them down on drop.
+//!
+//! Binaries are taken from `KV_BIN_DIR` or, by default, from the cargo
+//! target folder this test binary was built into (`make test` builds them
+//! first). Every wait polls a condition with a deadline; nothing sleeps and
+//! hopes.
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub use reqwest;
+pub use serde_json::json;
+
+/// The secret every test cluster shares.
+pub const TEST_SECRET: &str = "test-cluster-secret";
+
+static CLUSTER_SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (the kernel picks it; we release it at once).
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// Folder holding the `api` and `worker` binaries.
+pub fn bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("KV_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    // target/<profile>/deps/<test binary> -> target/<profile>
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    dir.to_path_buf()
+}
+
+fn binary(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} not found: run `cargo build --bins` first (make test does)",
+        path.display()
+    );
+    path
+}
+
+struct Proc(Option<Child>);
+
+impl Proc {
+    fn kill(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+    fn is_running(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Options for a test cluster.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub nodes: usize,
+    /// Extra environment for every node (e.g. `KV_BACKGROUND_SYNC=off`).
+    pub env: Vec<(String, String)>,
+    /// Worker processes per node.
+    pub workers: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            nodes: 3,
+            env: Vec::new(),
+            workers: 0,
+        }
+    }
+}
+
+impl Options {
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+}
+
+/// One node: its Redis, its API process and its workers.
+pub struct Node {
+    pub id: String,
+    pub api_port: u16,
+    pub redis_port: u16,
+    dir: PathBuf,
+    redis: Proc,
+    api: Proc,
+    workers: Vec<Proc>,
+}
+
+/// A running cluster of real processes.
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    pub dir: PathBuf,
+    opts: Options,
+    peers: String,
+    pub http: reqwest::Client,
+}
+
+impl Cluster {
+    /// Starts `opts.nodes` nodes and waits until every one answers `/health`.
+    pub async fn start(opts: Options) -> Cluster {
+        let seq = CLUSTER_SEQ.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("kv-test-{}-{seq}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create test dir");
+        let nodes: Vec<Node> = (1..=opts.nodes)
+            .map(|i| Node {
+                id: format!("node{i}"),
+                api_port: free_port(),
+                redis_port: free_port(),
+                dir: dir.join(format!("node{i}")),
+                redis: Proc(None),
+                api: Proc(None),
+                workers: Vec::new(),
+            })
+            .collect();
+        let peers = nodes
+            .iter()
+            .map(|n| format!("{}=http://127.0.0.1:{}", n.id, n.api_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(15))
+            .no_proxy()
+            .build()
+            .expect("http client");
+        let mut cluster = Cluster {
+            nodes,
+            dir,
+            opts,
+            peers,
+            http,
+        };
+        for i in 0..cluster.nodes.len() {
+            cluster.start_redis(i).await;
+        }
+        for i in 0..cluster.nodes.len() {
+            cluster.spawn_api(i);
+            for _ in 0..cluster.opts.workers {
+                cluster.spawn_worker(i);
+            }
+        }
+        for i in 0..cluster.nodes.len() {
+            cluster.wait_healthy(i).await;
+        }
+        cluster
+    }
+
+    pub fn url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.nodes[i].api_port)
+    }
+
+    pub fn index_of(&self, id: &str) -> usize {
+        self.nodes.iter().position(|n| n.id == id).expect("node id")
+    }
+
+    /// Starts (or restarts) node `i`'s Redis, with AOF, and waits for PING.
+    pub async fn start_redis(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        let data = node.dir.join("redis");
+        std::fs::create_dir_all(&data).expect("redis dir");
+        let log = std::fs::File::create(node.dir.join("redis.log")).expect("redis log");
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &node.redis_port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .arg("--dir")
+            .arg(&data)
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (apt-get install redis-server)");
+        node.redis = Proc(Some(child));
+        let url = format!("redis://127.0.0.1:{}/0", node.redis_port);
+        wait_for("redis to answer PING", Duration::from_secs(10), || {
+            let url = url.clone();
+            async move {
+                let client = redis::Client::open(url).ok()?;
+                let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+                redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .ok()
+            }
+        })
+        .await;
+    }
+
+    fn node_env(&self, i: usize) -> Vec<(String, String)> {
+        let node = &self.nodes[i];
+        let mut env = vec![
+            ("KV_NODE_ID".to_owned(), node.id.clone()),
+            ("KV_PEERS".to_owned(), self.peers.clone()),
+            (
+                "KV_LISTEN".to_owned(),
+                format!("127.0.0.1:{}", node.api_port),
+            ),
+            (
+                "REDIS_URL".to_owned(),
+                format!("redis://127.0.0.1:{}/0", node.redis_port),
+            ),
+            ("KV_CLUSTER_SECRET".to_owned(), TEST_SECRET.to_owned()),
+            ("KV_PEER_TIMEOUT_MS".to_owned(), "1000".to_owned()),
+            ("RUST_LOG".to_owned(), "info".to_owned()),
+        ];
+        env.extend(self.opts.env.iter().cloned());
+        env
+    }
+
+    fn spawn(&self, i: usize, bin: &str, log_name: &str) -> Proc {
+        let node = &self.nodes[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(node.dir.join(log_name))
+            .expect("log file");
+        let log2 = log.try_clone().expect("log file");
+        let child = Command::new(binary(bin))
+            .envs(self.node_env(i))
+            .current_dir(&node.dir)
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log2))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+        Proc(Some(child))
+    }
+
+    fn spawn_api(&mut self, i: usize) {
+        let proc = self.spawn(i, "api", "api.log");
+        self.nodes[i].api = proc;
+    }
+
+    pub fn spawn_worker(&mut self, i: usize) {
+        let n = self.nodes[i].workers.len();
+        let proc = self.spawn(i, "worker", &format!("worker-{n}.log"));
+        self.nodes[i].workers.push(proc);
+    }
+
+    /// Waits until node `i` answers `/health` with 200.
+    pub async fn wait_healthy(&self, i: usize) {
+        let url = format!("{}/health", self.url(i));
+        let http = self.http.clone();
+        wait_for(
+            &format!("{} to be healthy", self.nodes[i].id),
+            Duration::from_secs(20),
+            || {
+                let (url, http) = (url.clone(), http.clone());
+                async move {
+                    let r = http.get(&url).send().await.ok()?;
+                    r.status().is_success().then_some(())
+                }
+            },
+        )
+        .await;
+    }
+
+    /// SIGKILLs node `i`'s API process.
+    pub fn kill_api(&mut self, i: usize) {
+        self.nodes[i].api.kill();
+    }
+
+    /// SIGKILLs node `i`'s Redis.
+    pub fn kill_redis(&mut self, i: usize) {
+        self.nodes[i].redis.kill();
+    }
+
+    /// SIGKILLs every worker of node `i`.
+    pub fn kill_workers(&mut self, i: usize) {
+        for w in &mut self.nodes[i].workers {
+            w.kill();
+        }
+        self.nodes[i].workers.clear();
+    }
+
+    /// Starts node `i`'s API process again and waits for `/health`.
+    pub async fn restart_api(&mut self, i: usize) {
+        assert!(!self.nodes[i].api.is_running(), "kill it first");
+        self.spawn_api(i);
+        self.wait_healthy(i).await;
+    }
+
+    /// A Redis connection to node `i`'s own Redis.
+    pub async fn redis(&self, i: usize) -> redis::aio::MultiplexedConnection {
+        let client =
+            redis::Client::open(format!("redis://127.0.0.1:{}/0", self.nodes[i].redis_port))
+                .expect("redis url");
+        client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis connection")
+    }
+
+    /// The log of node `i`'s API, for failure messages.
+    pub fn api_log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.nodes[i].dir.join("api.log")).unwrap_or_default()
+    }
+
+    // ---- HTTP helpers -------------------------------------------------
+
+    pub async fn put(&self, i: usize, key: &str, value: Value) -> (u16, Value) {
+        self.request(
+            reqwest::Method::POST,
+            i,
+            "/kv/",
+            Some(json!({ "key": key, "value": value })),
+        )
+        .await
+    }
+
+    pub async fn put_with(
+        &self,
+        i: usize,
+        key: &str,
+        value: Value,
+        consistency: &str,
+    ) -> (u16, Value) {
+        let path = format!("/kv/?consistency={consistency}");
+        self.request(
+            reqwest::Method::PUT,
+            i,
+            &path,
+            Some(json!({ "key": key, "value": value })),
+        )
+        .await
+    }
+
+    pub async fn get(&self, i: usize, key: &str) -> (u16, Value) {
+        let path = format!("/kv/?key={}", encode(key));
+        self.request(reqwest::Method::GET, i, &path, None).await
+    }
+
+    pub async fn get_with(&self, i: usize, key: &str, consistency: &str) -> (u16, Value) {
+        let path = format!("/kv/?key={}&consistency={consistency}", encode(key));
+        self.request(reqwest::Method::GET, i, &path, None).await
+    }
+
+    pub async fn delete(&self, i: usize, key: &str) -> (u16, Value) {
+        let path = format!("/kv/?key={}", encode(key));
+        self.request(reqwest::Method::DELETE, i, &path, None).await
+    }
+
+    /// The preference list of `key`, asked of node `i`.
+    pub async fn route(&self, i: usize, key: &str) -> Vec<String> {
+        let (status, body) = self
+            .request(
+                reqwest::Method::GET,
+                i,
+                &format!("/kv/route/?key={}", encode(key)),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["replicas"]
+            .as_array()
+            .expect("replicas")
+            .iter()
+            .map(|v| v.as_str().expect("node id").to_owned())
+            .collect()
+    }
+
+    /// Node `i`'s whole local snapshot (all pages), with versions and tombstones.
+    pub async fn snapshot(&self, i: usize) -> serde_json::Map<String, Value> {
+        let mut all = serde_json::Map::new();
+        let mut cursor = "0".to_owned();
+        loop {
+            let path =
+                format!("/snapshot/?versions=true&tombstones=true&limit=1000&cursor={cursor}");
+            let (status, body) = self.request(reqwest::Method::GET, i, &path, None).await;
+            assert_eq!(status, 200, "{body}");
+            if let Some(data) = body["data"].as_object() {
+                all.extend(data.clone());
+            }
+            match body["next_cursor"].as_str() {
+                Some(c) => cursor = c.to_owned(),
+                None => return all,
+            }
+        }
+    }
+
+    /// Sends a request and returns status and JSON body (every answer must be JSON).
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        i: usize,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{}", self.url(i), path));
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("request {path} failed: {e}"));
+        read_json(resp).await
+    }
+
+    /// Sends raw bytes with a content type.
+    pub async fn raw(
+        &self,
+        method: reqwest::Method,
+        i: usize,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> (u16, Value) {
+        let resp = self
+            .http
+            .request(method, format!("{}{}", self.url(i), path))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("request {path} failed: {e}"));
+        read_json(resp).await
+    }
+}
+
+/// Reads a response that must be JSON (panics with the text otherwise).
+pub async fn read_json(resp: reqwest::Response) -> (u16, Value) {
+    let status = resp.status().as_u16();
+    let ctype = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let text = resp.text().await.unwrap_or_default();
+    let value: Value = serde_json::from_str(&text)
+        .unwrap_or_else(|_| panic!("HTTP {status} answer is not JSON: {text:?}"));
+    assert!(
+        ctype.starts_with("application/json"),
+        "HTTP {status} content-type {ctype:?}"
+    );
+    (status, value)
+}
+
+/// Percent-encodes a query value.
+pub fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A key whose primary (first replica) is node `primary`, as `route` says.
+pub async fn key_with_primary(cluster: &Cluster, primary: &str, prefix: &str) -> String {
+    for n in 0..10_000 {
+        let key = format!("{prefix}{n}");
+        if cluster.route(0, &key).await.first().map(String::as_str) == Some(primary) {
+            return key;
+        }
+    }
+    panic!("no key with primary {primary}");
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            for w in &mut node.workers {
+                w.kill();
+            }
+            node.api.kill();
+            node.redis.kill();
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("test failed; cluster files kept in {}", self.dir.display());
+        }
+    }
+}

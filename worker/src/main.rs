@@ -28,7 +28,9 @@ async fn run() -> anyhow::Result<()> {
         .await
         .context("redis PING failed")?;
     info!(node = %cfg.node_id, redis = %cfg.redis_url_redacted(), "worker connected; no job queues yet");
-    tokio::signal::ctrl_c().await.context("cannot wait for a signal")?;
+    tokio::signal::ctrl_c()
+        .await
+        .context("cannot wait for a signal")?;
     info!("worker stopped");
     Ok(())
 }

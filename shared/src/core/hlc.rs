@@ -49,7 +49,9 @@ impl Timestamp {
 /// Why a remote timestamp was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ClockError {
-    #[error("remote timestamp {remote_ms} ms is {ahead_ms} ms ahead of local time {now_ms} ms (limit {drift_max_ms} ms)")]
+    #[error(
+        "remote timestamp {remote_ms} ms is {ahead_ms} ms ahead of local time {now_ms} ms (limit {drift_max_ms} ms)"
+    )]
     TooFarAhead {
         remote_ms: u64,
         now_ms: u64,
@@ -146,7 +148,13 @@ mod tests {
     fn timestamp_bomb_is_refused() {
         let mut clock = HybridClock::new(1_000);
         let err = clock.observe(Timestamp::new(10_000, 0), 100).unwrap_err();
-        assert!(matches!(err, ClockError::TooFarAhead { ahead_ms: 9_900, .. }));
+        assert!(matches!(
+            err,
+            ClockError::TooFarAhead {
+                ahead_ms: 9_900,
+                ..
+            }
+        ));
         // And it did not move the clock.
         assert_eq!(clock.tick(100), Timestamp::new(100, 0));
     }

@@ -2,8 +2,9 @@
 //!
 //! Pure bookkeeping; the coordinator reports each call's outcome with the
 //! current time, and asks whether a peer is worth calling now. A failed call
-//! marks a peer suspect at once, so requests route around it without waiting
-//! for the heartbeat; after `retry_after_ms` one request probes it again.
+//! marks a peer suspect at once; `down_after_failures` failures in a row mark
+//! it down, and requests then route around it without waiting for the
+//! heartbeat, trying it again once `retry_after_ms` have passed.
 
 use std::collections::BTreeMap;
 
@@ -73,9 +74,16 @@ pub struct Membership {
 }
 
 impl Membership {
-    pub fn new<I: IntoIterator<Item = String>>(peers: I, retry_after_ms: u64, down_after_failures: u32) -> Self {
+    pub fn new<I: IntoIterator<Item = String>>(
+        peers: I,
+        retry_after_ms: u64,
+        down_after_failures: u32,
+    ) -> Self {
         Membership {
-            peers: peers.into_iter().map(|p| (p, PeerState::default())).collect(),
+            peers: peers
+                .into_iter()
+                .map(|p| (p, PeerState::default()))
+                .collect(),
             retry_after_ms,
             down_after_failures: down_after_failures.max(1),
         }
@@ -128,13 +136,13 @@ impl Membership {
         })
     }
 
-    /// Whether a request should call `node` now: yes unless it failed less
-    /// than `retry_after_ms` ago.
+    /// Whether a request should call `node` now: yes unless it is down and
+    /// failed less than `retry_after_ms` ago.
     pub fn should_call(&self, node: &str, now_ms: u64) -> bool {
         match self.peers.get(node) {
             None => false,
             Some(peer) => match (peer.health, peer.last_failure_ms) {
-                (Health::Suspect | Health::Down, Some(failed_ms)) => {
+                (Health::Down, Some(failed_ms)) => {
                     now_ms.saturating_sub(failed_ms) >= self.retry_after_ms
                 }
                 _ => true,
@@ -153,11 +161,18 @@ mod tests {
         assert!(m.should_call("a", 0));
         let t = m.failure("a", "refused", 10).unwrap();
         assert_eq!((t.from, t.to), (Health::Unknown, Health::Suspect));
-        assert!(!m.should_call("a", 500));
-        assert!(m.should_call("a", 1_010));
+        assert!(m.should_call("a", 20), "one failure only makes it suspect");
         let t = m.failure("a", "refused", 1_010).unwrap();
         assert_eq!(t.to, Health::Down);
-        assert!(m.failure("a", "refused", 2_010).is_none(), "no transition while down");
+        assert!(
+            !m.should_call("a", 1_500),
+            "down: skipped for retry_after_ms"
+        );
+        assert!(m.should_call("a", 2_010));
+        assert!(
+            m.failure("a", "refused", 2_010).is_none(),
+            "no transition while down"
+        );
         let t = m.success("a", 3_000).unwrap();
         assert_eq!((t.from, t.to), (Health::Down, Health::Up));
         assert_eq!(m.get("a").unwrap().last_seen_ms, Some(3_000));

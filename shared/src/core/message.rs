@@ -78,8 +78,14 @@ mod tests {
         let request = ApplyRequest {
             from: "n1".into(),
             records: vec![
-                KeyedRecord { key: "a".into(), record: null_value.clone() },
-                KeyedRecord { key: "b".into(), record: tomb.clone() },
+                KeyedRecord {
+                    key: "a".into(),
+                    record: null_value.clone(),
+                },
+                KeyedRecord {
+                    key: "b".into(),
+                    record: tomb.clone(),
+                },
             ],
         };
         let json = serde_json::to_string(&request).unwrap();

@@ -154,7 +154,10 @@ mod tests {
         assert_eq!(Consistency::Quorum.required(1), 1);
         assert_eq!(Consistency::All.required(3), 3);
         assert_eq!(Consistency::All.required(0), 1);
-        assert_eq!("QUORUM".parse::<Consistency>().unwrap(), Consistency::Quorum);
+        assert_eq!(
+            "QUORUM".parse::<Consistency>().unwrap(),
+            Consistency::Quorum
+        );
         assert!("most".parse::<Consistency>().is_err());
     }
 

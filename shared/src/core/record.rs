@@ -161,7 +161,11 @@ impl Record {
 #[serde(deny_unknown_fields)]
 struct RecordWire {
     version: Version,
-    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "present_raw")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present_raw"
+    )]
     value: Option<Box<RawValue>>,
     #[serde(default, skip_serializing_if = "is_false")]
     deleted: bool,
@@ -285,12 +289,19 @@ mod tests {
     }
 
     fn version() -> impl Strategy<Value = Version> {
-        (0u64..4, 0u32..3, prop_oneof![Just("a"), Just("b"), Just("c")])
+        (
+            0u64..4,
+            0u32..3,
+            prop_oneof![Just("a"), Just("b"), Just("c")],
+        )
             .prop_map(|(w, l, n)| Version::new(Timestamp::new(w, l), n))
     }
 
     fn record() -> impl Strategy<Value = Record> {
-        (version(), proptest::option::of(prop_oneof![Just("1"), Just("\"x\""), Just("null")]))
+        (
+            version(),
+            proptest::option::of(prop_oneof![Just("1"), Just("\"x\""), Just("null")]),
+        )
             .prop_map(|(v, p)| Record {
                 version: v,
                 value: p.map(raw),

@@ -173,7 +173,11 @@ mod tests {
         let ring = three();
         assert_eq!(ring.preference_list("k", 5).len(), 3);
         assert_eq!(ring.preference_list("k", 1).len(), 1);
-        assert!(Ring::new(Vec::<String>::new(), 8).preference_list("k", 3).is_empty());
+        assert!(
+            Ring::new(Vec::<String>::new(), 8)
+                .preference_list("k", 3)
+                .is_empty()
+        );
     }
 
     #[test]

@@ -1,0 +1,184 @@
+//! One storage test suite, run against a real Redis and the in-memory store:
+//! both must behave the same.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::collections::HashMap;
+
+use kv_tests::{Cluster, Options};
+use serde_json::value::RawValue;
+use shared::config::Config;
+use shared::core::hlc::Timestamp;
+use shared::core::record::{Record, Version};
+use shared::storage::{MemoryStore, RedisStore, Store, connect_redis};
+
+fn rec(wall: u64, logical: u32, node: &str, json: Option<&str>) -> Record {
+    let version = Version::new(Timestamp::new(wall, logical), node);
+    match json {
+        Some(j) => Record::value(version, RawValue::from_string(j.to_owned()).unwrap()),
+        None => Record::tombstone(version),
+    }
+}
+
+async fn suite(store: Store) {
+    // Missing key.
+    assert_eq!(store.get("a").await.unwrap(), None);
+
+    // First write is stored; replaying it changes nothing.
+    let a1 = rec(10, 0, "n1", Some(r#"{"v":1}"#));
+    assert_eq!(
+        store.apply(&[("a".into(), a1.clone())]).await.unwrap(),
+        vec![true]
+    );
+    assert_eq!(
+        store.apply(&[("a".into(), a1.clone())]).await.unwrap(),
+        vec![false]
+    );
+    assert_eq!(store.get("a").await.unwrap(), Some(a1.clone()));
+
+    // Older loses, newer wins, by wall time, then logical, then node id.
+    let older = rec(9, 5, "n9", Some("0"));
+    let newer_logical = rec(10, 1, "n0", Some("2"));
+    let newer_node = rec(10, 1, "n1", Some("3"));
+    let newer_node_longer = rec(10, 1, "n1-b", Some("4"));
+    assert_eq!(
+        store.apply(&[("a".into(), older)]).await.unwrap(),
+        vec![false]
+    );
+    assert_eq!(
+        store.apply(&[("a".into(), newer_logical)]).await.unwrap(),
+        vec![true]
+    );
+    assert_eq!(
+        store
+            .apply(&[("a".into(), newer_node.clone())])
+            .await
+            .unwrap(),
+        vec![true]
+    );
+    assert_eq!(
+        store
+            .apply(&[("a".into(), newer_node_longer.clone())])
+            .await
+            .unwrap(),
+        vec![true]
+    );
+    assert_eq!(
+        store.apply(&[("a".into(), newer_node)]).await.unwrap(),
+        vec![false]
+    );
+    assert_eq!(store.get("a").await.unwrap(), Some(newer_node_longer));
+
+    // Numeric, not textual, comparison of wall time (9 < 10 < 100).
+    assert_eq!(
+        store
+            .apply(&[("n".into(), rec(100, 0, "x", Some("1")))])
+            .await
+            .unwrap(),
+        vec![true]
+    );
+    assert_eq!(
+        store
+            .apply(&[("n".into(), rec(99, 0, "x", Some("2")))])
+            .await
+            .unwrap(),
+        vec![false]
+    );
+
+    // Tombstones are records too: a newer delete wins, an older value cannot resurrect.
+    let tomb = rec(20, 0, "n2", None);
+    assert_eq!(
+        store.apply(&[("a".into(), tomb.clone())]).await.unwrap(),
+        vec![true]
+    );
+    assert_eq!(
+        store
+            .apply(&[("a".into(), rec(19, 0, "n3", Some("9")))])
+            .await
+            .unwrap(),
+        vec![false]
+    );
+    assert_eq!(store.get("a").await.unwrap(), Some(tomb));
+
+    // JSON null is a value, distinct from a tombstone.
+    let null = rec(1, 0, "n1", Some("null"));
+    store.apply(&[("null".into(), null.clone())]).await.unwrap();
+    assert!(!store.get("null").await.unwrap().unwrap().is_tombstone());
+
+    // Batches: per-record outcomes, in order.
+    let batch: Vec<(String, Record)> = (0..600)
+        .map(|i| (format!("k{i}"), rec(5, 0, "n1", Some(&i.to_string()))))
+        .chain([("n".to_owned(), rec(1, 0, "x", Some("\"old\"")))])
+        .collect();
+    let out = store.apply(&batch).await.unwrap();
+    assert_eq!(out.len(), 601);
+    assert!(out[..600].iter().all(|s| *s) && !out[600]);
+
+    let many = store
+        .get_many(&["k1".into(), "missing".into(), "k599".into()])
+        .await
+        .unwrap();
+    assert_eq!(many[0].as_ref().unwrap().value.as_ref().unwrap().get(), "1");
+    assert!(many[1].is_none());
+    assert_eq!(
+        many[2].as_ref().unwrap().value.as_ref().unwrap().get(),
+        "599"
+    );
+
+    // Scanning returns every record, page by page (duplicates allowed, as in HSCAN).
+    let mut seen = HashMap::new();
+    let mut cursor = 0;
+    let mut pages = 0;
+    loop {
+        let page = store.scan(cursor, 7).await.unwrap();
+        pages += 1;
+        for (k, r) in page.records {
+            seen.insert(k, r);
+        }
+        if page.next_cursor == 0 {
+            break;
+        }
+        cursor = page.next_cursor;
+        assert!(pages < 1_000, "scan does not end");
+    }
+    assert_eq!(seen.len() as u64, store.record_count().await.unwrap());
+    assert_eq!(seen.len(), 603);
+    assert!(
+        pages > 1,
+        "603 records in pages of ~7 need several pages (Redis answers small listpack hashes, up to 512 entries, in one page)"
+    );
+
+    // Plain keys (node_status:*) live outside the namespaced data.
+    store.set_plain("node_status:n1", "up").await.unwrap();
+    assert_eq!(
+        store.get_plain("node_status:n1").await.unwrap().as_deref(),
+        Some("up")
+    );
+    assert_eq!(store.record_count().await.unwrap(), 603);
+}
+
+#[tokio::test]
+async fn memory_store() {
+    suite(Store::Memory(MemoryStore::default())).await;
+}
+
+#[tokio::test]
+async fn redis_store_and_namespacing() {
+    // A real redis-server, started (and stopped) by a 1-node cluster.
+    let mut c = Cluster::start(Options {
+        nodes: 1,
+        ..Options::default()
+    })
+    .await;
+    c.kill_api(0);
+    let port = c.nodes[0].redis_port;
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let cfg = Config::from_lookup(|name| (name == "REDIS_URL").then(|| url.clone())).unwrap();
+    let conn = connect_redis(&cfg).await.unwrap();
+    suite(Store::Redis(RedisStore::new(conn.clone(), "suite-a"))).await;
+
+    // Two nodes sharing one Redis do not see each other's data.
+    let b = Store::Redis(RedisStore::new(conn, "suite-b"));
+    assert_eq!(b.get("k1").await.unwrap(), None);
+    assert_eq!(b.record_count().await.unwrap(), 0);
+}
