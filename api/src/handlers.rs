@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
-use shared::coordinator::{Coordinator, WriteReport};
+use shared::coordinator::{Coordinator, Replicator, WriteReport};
 use shared::core::limits::{
     APPLY_BATCH_LEN_MAX, READ_BATCH_LEN_MAX, RESTORE_BATCH_LEN_MAX, SNAPSHOT_PAGE_LEN_DEFAULT,
     SNAPSHOT_PAGE_LEN_MAX, VALUE_DEPTH_MAX,
@@ -31,6 +31,7 @@ use crate::error::ApiError;
 #[derive(Clone)]
 pub struct AppState {
     pub coord: Arc<Coordinator>,
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// Header form of `?consistency=`.
@@ -245,6 +246,7 @@ fn write_response(report: WriteReport) -> Response {
         "replicas": report.replicas,
         "acks": report.acks,
         "failed": report.failed,
+        "pending": report.pending,
     });
     (StatusCode::OK, Json(body)).into_response()
 }
@@ -502,6 +504,7 @@ pub async fn cluster(State(state): State<AppState>) -> Result<Response, ApiError
     };
     let stats = &coord.stats;
     let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    let jobs = job_view(coord).await;
     Ok(Json(json!({
         "node": cfg.node_id,
         "nodes": nodes,
@@ -516,6 +519,7 @@ pub async fn cluster(State(state): State<AppState>) -> Result<Response, ApiError
         },
         "records": records,
         "restore": coord.restore_state(),
+        "jobs": jobs,
         "stats": {
             "writes": load(&stats.writes),
             "reads": load(&stats.reads),
@@ -523,10 +527,42 @@ pub async fn cluster(State(state): State<AppState>) -> Result<Response, ApiError
             "read_repairs": load(&stats.read_repairs),
             "read_repairs_dropped": load(&stats.read_repairs_dropped),
             "refused_versions": load(&stats.refused_versions),
+            "jobs_enqueued": load(&stats.jobs_enqueued),
+            "jobs_enqueue_failed": load(&stats.jobs_enqueue_failed),
+            "inline_delivered": load(&stats.inline_delivered),
+            "inline_dropped": load(&stats.inline_dropped),
+            "inline_dead": load(&stats.inline_dead),
         },
     }))
     .into_response())
 }
+
+/// Queue depths, job counters and the newest dead letters, as JSON.
+async fn job_view(coord: &Coordinator) -> Value {
+    let queues = match coord.replicator() {
+        Some(Replicator::Queue(q)) => q,
+        Some(Replicator::Inline(_)) => return json!({ "mode": "inline" }),
+        None => return json!({ "mode": "none" }),
+    };
+    let stats = queues.stats().await;
+    let counters = queues.counters().await;
+    let dead = queues.dead_letters(DEAD_LETTERS_SHOWN).await;
+    match (stats, counters, dead) {
+        (Ok(stats), Ok(counters), Ok((dead_len, dead))) => json!({
+            "mode": "queue",
+            "queues": stats,
+            "counters": counters,
+            "dead_letters": dead_len,
+            "dead_newest": dead,
+        }),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+            json!({ "mode": "queue", "error": e.to_string() })
+        }
+    }
+}
+
+/// Dead letters shown in `/cluster/`.
+const DEAD_LETTERS_SHOWN: usize = 5;
 
 /// `GET /health`: liveness, with this node's storage status.
 pub async fn health(State(state): State<AppState>) -> Response {

@@ -5,6 +5,7 @@
 
 pub mod error;
 pub mod handlers;
+pub mod metrics;
 
 use std::any::Any;
 use std::sync::Arc;
@@ -35,7 +36,11 @@ pub fn app(coord: Arc<Coordinator>) -> Router {
     let cfg = coord.config();
     let body_limit = cfg.body_bytes_max();
     let in_flight_max = cfg.requests_in_flight_max;
-    let state = AppState { coord };
+    let metrics = metrics::Metrics::default();
+    let state = AppState {
+        coord,
+        metrics: metrics.clone(),
+    };
 
     let kv = Router::new()
         .route(
@@ -85,9 +90,11 @@ pub fn app(coord: Arc<Coordinator>) -> Router {
         .merge(kv)
         .merge(internal)
         .route("/health", get(handlers::health))
+        .route("/metrics", get(metrics::render))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+        .layer(middleware::from_fn_with_state(metrics, metrics::track))
         .layer(
             ServiceBuilder::new()
                 .layer(CatchPanicLayer::custom(panic_response))

@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use shared::config::Config;
-use shared::coordinator::Coordinator;
+use shared::coordinator::{Coordinator, Replicator};
+use shared::jobs::{InlineRunner, JobQueues};
 use shared::storage::{RedisStore, Store, connect_redis};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
@@ -24,15 +25,22 @@ async fn main() {
 async fn run() -> anyhow::Result<()> {
     let _ = dotenvy::dotenv();
     let cfg = Config::from_env().context("configuration error")?;
-    init_tracing();
+    shared::telemetry::init_tracing();
     if cfg.cluster_secret_is_default {
         warn!("KV_CLUSTER_SECRET is not set: using the development default; set it in production");
     }
     let cfg = Arc::new(cfg);
     let conn = connect_with_retry(&cfg).await?;
-    let store = Store::Redis(RedisStore::new(conn, &cfg.node_id));
+    let store = Store::Redis(RedisStore::new(conn.clone(), &cfg.node_id));
     let coord =
         Coordinator::new(Arc::clone(&cfg), store).context("cannot build the peer HTTP client")?;
+    let queues = JobQueues::new(conn, &cfg.node_id, coord.retry_policy());
+    if cfg.background_sync {
+        coord.set_replicator(Replicator::Queue(Box::new(queues)));
+    } else {
+        let runner = InlineRunner::start(Arc::clone(&coord), Some(queues));
+        coord.set_replicator(Replicator::Inline(runner));
+    }
 
     let listener = TcpListener::bind(cfg.listen)
         .await
@@ -43,6 +51,7 @@ async fn run() -> anyhow::Result<()> {
         redis = %cfg.redis_url_redacted(),
         nodes = cfg.nodes.len(),
         replication_factor = cfg.replication_factor,
+        background_sync = cfg.background_sync,
         "node started"
     );
 
@@ -93,18 +102,6 @@ async fn connect_with_retry(cfg: &Config) -> anyhow::Result<redis::aio::Connecti
             }
         }
     }
-}
-
-fn init_tracing() {
-    let filter: tracing_subscriber::filter::Targets = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| "info".parse().unwrap_or_default());
-    use tracing_subscriber::prelude::*;
-    tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().with_target(false))
-        .with(filter)
-        .init();
 }
 
 async fn shutdown_signal() {

@@ -84,6 +84,14 @@ pub struct Config {
     pub probe_interval: Duration,
     /// `KV_BACKGROUND_SYNC` (default on).
     pub background_sync: bool,
+    /// `KV_JOB_ATTEMPTS_MAX` (default 8): runs of a background job before it is dead-lettered.
+    pub job_attempts_max: u32,
+    /// `KV_JOB_BACKOFF_BASE_MS` (default 1000): delay before the first retry; doubles each run.
+    pub job_backoff_base: Duration,
+    /// `KV_JOB_BACKOFF_MAX_MS` (default 30000): largest delay between runs.
+    pub job_backoff_max: Duration,
+    /// `KV_WORKER_CONCURRENCY` (default 8): jobs one worker process runs at once, per queue.
+    pub worker_concurrency: usize,
     /// `KV_RESTORE_ON_START` (default on): pull missing data from peers at start.
     pub restore_on_start: bool,
     /// `KV_REQUESTS_IN_FLIGHT_MAX` (default 1024).
@@ -212,6 +220,16 @@ impl Config {
 
         let probe_interval = millis("KV_PROBE_INTERVAL_MS", 1_000)?;
         let background_sync = parse_bool(&get, "KV_BACKGROUND_SYNC", true)?;
+        let job_attempts_max: u32 = parse_or(&get, "KV_JOB_ATTEMPTS_MAX", 8)?;
+        if !(1..=100).contains(&job_attempts_max) {
+            return Err(err("KV_JOB_ATTEMPTS_MAX", "must be between 1 and 100"));
+        }
+        let job_backoff_base = millis("KV_JOB_BACKOFF_BASE_MS", 1_000)?;
+        let job_backoff_max = millis("KV_JOB_BACKOFF_MAX_MS", 30_000)?;
+        let worker_concurrency: usize = parse_or(&get, "KV_WORKER_CONCURRENCY", 8)?;
+        if !(1..=1024).contains(&worker_concurrency) {
+            return Err(err("KV_WORKER_CONCURRENCY", "must be between 1 and 1024"));
+        }
         let restore_on_start = parse_bool(&get, "KV_RESTORE_ON_START", true)?;
         let requests_in_flight_max = parse_or(
             &get,
@@ -244,6 +262,10 @@ impl Config {
             heartbeat_interval: Duration::from_secs_f64(heartbeat_s),
             probe_interval,
             background_sync,
+            job_attempts_max,
+            job_backoff_base,
+            job_backoff_max,
+            worker_concurrency,
             restore_on_start,
             requests_in_flight_max,
         })

@@ -8,9 +8,9 @@
 //!
 //! Handlers (axum) and job functions (workers) are thin wrappers over this.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -22,12 +22,14 @@ use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::core::hlc::HybridClock;
+use crate::core::jobs::{ReplicateJob, RetryPolicy};
 use crate::core::limits::{READ_REPAIRS_IN_FLIGHT_MAX, RESTORE_BATCH_LEN_MAX};
 use crate::core::membership::{Health, Membership, PeerState, Transition};
 use crate::core::message::{ApplyStatus, KeyedRecord};
 use crate::core::quorum::{Consistency, QuorumTally, TallyState};
 use crate::core::record::{Record, Version};
 use crate::core::ring::Ring;
+use crate::jobs::{InlineRunner, JobQueues};
 use crate::peer::PeerClient;
 use crate::storage::{ScanPage, Store, StoreError};
 
@@ -77,6 +79,18 @@ pub struct WriteReport {
     pub replicas: Vec<String>,
     pub acks: Vec<String>,
     pub failed: Vec<NodeFailure>,
+    /// Replicas that had not acknowledged when the write returned; they get
+    /// the record from a background job (queue or inline runner).
+    pub pending: Vec<String>,
+}
+
+/// How replicas that did not acknowledge a write in time are caught up.
+#[derive(Clone)]
+pub enum Replicator {
+    /// Background sync on: jobs on this node's Redis queue, run by workers.
+    Queue(Box<JobQueues>),
+    /// Background sync off: jobs run inside this process.
+    Inline(InlineRunner),
 }
 
 /// What a client read found.
@@ -138,6 +152,11 @@ pub struct Stats {
     pub read_repairs: AtomicU64,
     pub read_repairs_dropped: AtomicU64,
     pub refused_versions: AtomicU64,
+    pub jobs_enqueued: AtomicU64,
+    pub jobs_enqueue_failed: AtomicU64,
+    pub inline_delivered: AtomicU64,
+    pub inline_dropped: AtomicU64,
+    pub inline_dead: AtomicU64,
 }
 
 /// The coordinator of one node.
@@ -150,6 +169,7 @@ pub struct Coordinator {
     membership: Mutex<Membership>,
     repair_permits: Arc<Semaphore>,
     restore_state: Mutex<RestoreState>,
+    replicator: OnceLock<Replicator>,
     pub stats: Stats,
 }
 
@@ -188,12 +208,35 @@ impl Coordinator {
             clock: Mutex::new(HybridClock::new(cfg.clock_drift_ms_max)),
             repair_permits: Arc::new(Semaphore::new(READ_REPAIRS_IN_FLIGHT_MAX)),
             restore_state: Mutex::new(RestoreState::Idle),
+            replicator: OnceLock::new(),
             stats: Stats::default(),
             ring,
             store,
             peers,
             cfg,
         }))
+    }
+
+    /// Sets how unacknowledged replicas are caught up (once, at start).
+    /// Without one, they catch up only by read repair and restore.
+    pub fn set_replicator(&self, replicator: Replicator) {
+        if self.replicator.set(replicator).is_err() {
+            warn!("replicator already set; keeping the first");
+        }
+    }
+
+    pub fn replicator(&self) -> Option<&Replicator> {
+        self.replicator.get()
+    }
+
+    /// The retry policy of background jobs.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            attempts_max: self.cfg.job_attempts_max,
+            backoff_base_ms: u64::try_from(self.cfg.job_backoff_base.as_millis())
+                .unwrap_or(u64::MAX),
+            backoff_max_ms: u64::try_from(self.cfg.job_backoff_max.as_millis()).unwrap_or(u64::MAX),
+        }
     }
 
     pub fn config(&self) -> &Config {
@@ -285,11 +328,12 @@ impl Coordinator {
 
     /// Writes (or, with `value = None`, deletes) a key at the given consistency.
     ///
-    /// The record goes to every replica of the preference list in parallel
-    /// (skipping peers that failed within the last second); the write
-    /// succeeds once `consistency.required(N)` replicas stored it.
-    /// Replicas that were not reached are reported in `failed`; they catch up
-    /// by read repair and restore.
+    /// Background sync on: the record is sent to just enough replicas for
+    /// the consistency level (this node first), each failure replaced by the
+    /// next untried replica, and the write returns once `required` stored it;
+    /// every replica that has not acknowledged gets a replication job.
+    /// Background sync off: the record is sent to all N replicas and the
+    /// write waits for every answer; failed ones go to the in-process runner.
     pub async fn write(
         self: &Arc<Self>,
         key: String,
@@ -298,6 +342,7 @@ impl Coordinator {
     ) -> Result<WriteReport, CoordError> {
         self.stats.writes.fetch_add(1, Ordering::Relaxed);
         let version = self.next_version();
+        let created_ms = now_ms();
         let record = Record {
             version: version.clone(),
             value,
@@ -306,34 +351,83 @@ impl Coordinator {
         let replicas = self.replicas(&key);
         let required = consistency.required(replicas.len());
         let mut tally = QuorumTally::new(required, replicas.len());
-        let mut calls = JoinSet::new();
         let skip = self.nodes_to_skip(&replicas, required);
-        for node in &replicas {
-            if skip.contains(node) {
-                tally.fail(node.clone(), "skipped: marked down after failed calls");
-                continue;
-            }
+        // This node first (a local write is cheapest), then ring order.
+        let mut untried: VecDeque<String> = replicas
+            .iter()
+            .filter(|n| **n == self.cfg.node_id)
+            .chain(replicas.iter().filter(|n| **n != self.cfg.node_id))
+            .filter(|n| !skip.contains(n))
+            .cloned()
+            .collect();
+        for node in &skip {
+            tally.fail(node.clone(), "skipped: marked down after failed calls");
+        }
+        let fan_out = if self.cfg.background_sync {
+            required
+        } else {
+            replicas.len()
+        };
+        let batch = vec![KeyedRecord {
+            key: key.clone(),
+            record: record.clone(),
+        }];
+        let mut calls = JoinSet::new();
+        let start = |calls: &mut JoinSet<_>, node: String| {
             let this = Arc::clone(self);
-            let node = node.clone();
-            let batch = vec![KeyedRecord {
-                key: key.clone(),
-                record: record.clone(),
-            }];
+            let batch = batch.clone();
             calls.spawn(async move {
                 let outcome = this.apply_on(&node, batch).await;
                 (node, outcome)
             });
+        };
+        for _ in 0..fan_out {
+            if let Some(node) = untried.pop_front() {
+                start(&mut calls, node);
+            }
         }
         while let Some(joined) = calls.join_next().await {
-            match joined {
+            let failed = match joined {
                 Ok((node, Ok(statuses))) => match statuses.first() {
-                    Some(ApplyStatus::Stored | ApplyStatus::Unchanged) => tally.ack(node),
-                    Some(ApplyStatus::Refused) => tally.fail(node, "refused: clock drift"),
-                    None => tally.fail(node, "empty answer"),
+                    Some(ApplyStatus::Stored | ApplyStatus::Unchanged) => {
+                        tally.ack(node);
+                        false
+                    }
+                    Some(ApplyStatus::Refused) => {
+                        tally.fail(node, "refused: clock drift");
+                        true
+                    }
+                    None => {
+                        tally.fail(node, "empty answer");
+                        true
+                    }
                 },
-                Ok((node, Err(error))) => tally.fail(node, error),
-                Err(join_error) => warn!(%join_error, "replica call task failed"),
+                Ok((node, Err(error))) => {
+                    tally.fail(node, error);
+                    true
+                }
+                Err(join_error) => {
+                    warn!(%join_error, "replica call task failed");
+                    true
+                }
+            };
+            // Replace a failure with the next untried replica while the
+            // quorum is still open.
+            if failed
+                && tally.state() == TallyState::Waiting
+                && let Some(node) = untried.pop_front()
+            {
+                start(&mut calls, node);
             }
+        }
+        let acks = tally.acks().to_vec();
+        let pending: Vec<String> = replicas
+            .iter()
+            .filter(|n| !acks.contains(n))
+            .cloned()
+            .collect();
+        if !acks.is_empty() {
+            self.defer(&pending, &batch, created_ms).await;
         }
         let failed: Vec<NodeFailure> = tally
             .failures()
@@ -351,8 +445,9 @@ impl Coordinator {
                 consistency,
                 required,
                 replicas,
-                acks: tally.acks().to_vec(),
+                acks,
                 failed,
+                pending,
             }),
             TallyState::Impossible | TallyState::Waiting => {
                 self.stats.unavailable.fetch_add(1, Ordering::Relaxed);
@@ -361,9 +456,41 @@ impl Coordinator {
                     consistency,
                     required,
                     replicas,
-                    answered: tally.acks().to_vec(),
+                    answered: acks,
                     failed,
                 })
+            }
+        }
+    }
+
+    /// Hands the records to the background replicator for every target.
+    /// A failure to enqueue is logged and counted; read repair and restore
+    /// remain as the safety net.
+    async fn defer(&self, targets: &[String], records: &[KeyedRecord], created_ms: u64) {
+        let Some(replicator) = self.replicator.get() else {
+            return;
+        };
+        for target in targets {
+            let job = ReplicateJob {
+                target: target.clone(),
+                records: records.to_vec(),
+                attempt: 0,
+                created_ms,
+            };
+            let outcome = match replicator {
+                Replicator::Queue(queues) => queues.push_replicate(job, None).await,
+                Replicator::Inline(runner) => runner.submit(job),
+            };
+            match outcome {
+                Ok(()) => {
+                    self.stats.jobs_enqueued.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(error) => {
+                    self.stats
+                        .jobs_enqueue_failed
+                        .fetch_add(1, Ordering::Relaxed);
+                    warn!(%target, %error, "cannot enqueue replication; read repair and restore will catch up");
+                }
             }
         }
     }

@@ -5,8 +5,10 @@
 pub mod config;
 pub mod coordinator;
 pub mod core;
+pub mod jobs;
 pub mod peer;
 pub mod storage;
+pub mod telemetry;
 
 /// Constant-time equality for secrets: the time taken does not depend on
 /// where the first differing byte is.

@@ -252,7 +252,7 @@ impl Cluster {
                 format!("redis://127.0.0.1:{}/0", node.redis_port),
             ),
             ("KV_CLUSTER_SECRET".to_owned(), TEST_SECRET.to_owned()),
-            ("KV_PEER_TIMEOUT_MS".to_owned(), "1000".to_owned()),
+            ("KV_PEER_TIMEOUT_MS".to_owned(), "3000".to_owned()),
             ("RUST_LOG".to_owned(), "info".to_owned()),
         ];
         env.extend(self.opts.env.iter().cloned());
@@ -314,6 +314,20 @@ impl Cluster {
     /// SIGKILLs node `i`'s Redis.
     pub fn kill_redis(&mut self, i: usize) {
         self.nodes[i].redis.kill();
+    }
+
+    /// SIGKILLs worker `w` of node `i` (it stays in the list, stopped).
+    pub fn kill_worker(&mut self, i: usize, w: usize) {
+        self.nodes[i].workers[w].kill();
+    }
+
+    /// Node `i`'s `/cluster/` view.
+    pub async fn cluster_view(&self, i: usize) -> Value {
+        let (status, body) = self
+            .request(reqwest::Method::GET, i, "/cluster/", None)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body
     }
 
     /// SIGKILLs every worker of node `i`.

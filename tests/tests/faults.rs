@@ -115,7 +115,7 @@ async fn restarted_node_restores_what_it_missed() {
 async fn read_repair_fixes_a_stale_replica() {
     // Restore at start is off, so only read repair can fix node3.
     let mut c = Cluster::start(Options::default().env("KV_RESTORE_ON_START", "off")).await;
-    c.put(0, "repair-me", json!("old")).await;
+    assert_eq!(c.put_with(0, "repair-me", json!("old"), "all").await.0, 200);
     // node3 misses the update while it is down and comes back stale ...
     c.kill_api(2);
     c.put(0, "repair-me", json!("new")).await;

@@ -7,8 +7,17 @@ use kv_tests::{Cluster, Options, json};
 use reqwest::Method;
 use serde_json::Value;
 
+/// With background sync on, each node runs one worker; off, none is needed.
 async fn cluster(sync: &str) -> Cluster {
-    Cluster::start(Options::default().env("KV_BACKGROUND_SYNC", sync)).await
+    let workers = if sync == "on" { 1 } else { 0 };
+    Cluster::start(
+        Options {
+            workers,
+            ..Options::default()
+        }
+        .env("KV_BACKGROUND_SYNC", sync),
+    )
+    .await
 }
 
 /// I. Basic CRUD, verbatim: POST, GET, DELETE on /kv/.

@@ -1,12 +1,35 @@
-//! The `worker` binary: background jobs of one node.
+//! The `worker` binary: runs one node's background jobs.
 //!
-//! For now it starts, connects to its node's Redis and waits for a shutdown
-//! signal; the job queues arrive with the background-sync work.
+//! It attaches to its node's Redis (the same `REDIS_URL` / `KV_NODE_ID` as the
+//! node's API) and runs apalis workers over the node's queues. Job functions
+//! are thin: they call the same shared code the API process uses when
+//! background sync is off. Any number of worker processes may run per node;
+//! they share the queues. SIGTERM or Ctrl-C stops it: jobs in progress get
+//! [`SHUTDOWN_DEADLINE_S`] to finish, the rest go back to the queue.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
+use apalis::prelude::{BackendExt, BoxDynError, Data, Monitor, WorkerBuilder, WorkerBuilderExt};
 use shared::config::Config;
-use shared::storage::connect_redis;
-use tracing::info;
+use shared::coordinator::Coordinator;
+use shared::core::jobs::ReplicateJob;
+use shared::jobs::{JobOutcome, JobQueues, POLL_INTERVAL_MS, replicate_and_settle};
+use shared::storage::{RedisStore, Store, connect_redis};
+use tracing::{info, warn};
+
+/// How long jobs in progress may run after a shutdown signal.
+const SHUTDOWN_DEADLINE_S: u64 = 10;
+/// How often the janitor trims finished job records.
+const JANITOR_INTERVAL_S: u64 = 5;
+
+/// What every job function gets.
+#[derive(Clone)]
+struct WorkerState {
+    coord: Arc<Coordinator>,
+    queues: JobQueues,
+}
 
 #[tokio::main]
 async fn main() {
@@ -19,18 +42,104 @@ async fn main() {
 async fn run() -> anyhow::Result<()> {
     let _ = dotenvy::dotenv();
     let cfg = Config::from_env().context("configuration error")?;
-    tracing_subscriber::fmt().with_target(false).init();
-    let mut conn = connect_redis(&cfg)
+    shared::telemetry::init_tracing();
+    let cfg = Arc::new(cfg);
+    let conn = connect_redis(&cfg)
         .await
         .with_context(|| format!("REDIS_URL: cannot reach {}", cfg.redis_url_redacted()))?;
-    redis::cmd("PING")
-        .query_async::<()>(&mut conn)
-        .await
-        .context("redis PING failed")?;
-    info!(node = %cfg.node_id, redis = %cfg.redis_url_redacted(), "worker connected; no job queues yet");
-    tokio::signal::ctrl_c()
-        .await
-        .context("cannot wait for a signal")?;
+    let name =
+        std::env::var("KV_WORKER_NAME").unwrap_or_else(|_| format!("{}-worker", cfg.node_id));
+    let name = format!("{name}-{}", std::process::id());
+
+    if !cfg.background_sync {
+        // Background sync off: the API process runs the jobs itself.
+        info!(node = %cfg.node_id, "KV_BACKGROUND_SYNC is off: this worker has nothing to do; idle until stopped");
+        shutdown_signal().await;
+        return Ok(());
+    }
+
+    let store = Store::Redis(RedisStore::new(conn.clone(), &cfg.node_id));
+    let coord =
+        Coordinator::new(Arc::clone(&cfg), store).context("cannot build the peer HTTP client")?;
+    let queues = JobQueues::new(conn, &cfg.node_id, coord.retry_policy());
+    let state = WorkerState {
+        coord,
+        queues: queues.clone(),
+    };
+
+    let janitor = tokio::spawn(janitor(queues.clone()));
+    info!(node = %cfg.node_id, worker = %name, concurrency = cfg.worker_concurrency, "worker started");
+
+    let concurrency = cfg.worker_concurrency;
+    let replicate_storage = queues.replicate_storage();
+    let monitor = Monitor::new()
+        .register(move |restart| {
+            // A new name per restart: apalis-redis refuses to re-register a
+            // name whose last beat is recent, which would spin a restart loop.
+            WorkerBuilder::new(format!("{name}-replicate-{restart}"))
+                .backend(
+                    replicate_storage
+                        .clone()
+                        .poll_with_interval(Duration::from_millis(POLL_INTERVAL_MS)),
+                )
+                .data(state.clone())
+                .concurrency(concurrency)
+                .build(replicate_job)
+        })
+        // A Redis stall ends an apalis worker with a backend error; restart it
+        // after a pause instead of giving up.
+        .should_restart(|_ctx, error| {
+            warn!(%error, "job worker stopped; restarting");
+            std::thread::sleep(Duration::from_millis(500));
+            true
+        })
+        .shutdown_timeout(Duration::from_secs(SHUTDOWN_DEADLINE_S));
+    let result = monitor
+        .run_with_signal(async {
+            shutdown_signal().await;
+            Ok(())
+        })
+        .await;
+    janitor.abort();
+    result.context("worker monitor failed")?;
     info!("worker stopped");
     Ok(())
+}
+
+/// The replication job function: deliver, or schedule the retry, or
+/// dead-letter. An error here (Redis unreachable while settling) lets apalis
+/// retry the whole job, which is safe: delivery is idempotent.
+async fn replicate_job(job: ReplicateJob, state: Data<WorkerState>) -> Result<(), BoxDynError> {
+    match replicate_and_settle(&state.coord, &state.queues, job).await? {
+        JobOutcome::Delivered | JobOutcome::Retrying | JobOutcome::Dead => Ok(()),
+    }
+}
+
+/// Deletes finished job records every few seconds, so they stay bounded.
+async fn janitor(queues: JobQueues) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(JANITOR_INTERVAL_S));
+    loop {
+        ticker.tick().await;
+        match queues.janitor_pass().await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(deleted = n, "janitor trimmed finished jobs"),
+            Err(error) => warn!(%error, "janitor pass failed"),
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        () = terminate => {},
+    }
+    info!("shutdown signal received");
 }

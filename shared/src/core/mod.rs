@@ -14,6 +14,7 @@
 //! - [`validate`]: key and node-id checks shared by the API and the peers.
 
 pub mod hlc;
+pub mod jobs;
 pub mod limits;
 pub mod membership;
 pub mod message;

@@ -1,0 +1,301 @@
+//! Request metrics and the Prometheus text exposition of `GET /metrics`.
+//!
+//! Hand-rolled (counters and fixed-bucket histograms behind one mutex) to
+//! keep the dependency tree small; label sets are bounded because routes are
+//! the router's matched patterns, never raw paths.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use shared::coordinator::Replicator;
+use shared::core::membership::Health;
+
+use crate::handlers::AppState;
+
+/// Upper bounds of the latency buckets, in seconds.
+const BUCKETS_S: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+/// Distinct (route, method, status) series kept; more are folded into "other".
+const SERIES_MAX: usize = 512;
+
+#[derive(Default)]
+struct Series {
+    count: u64,
+    sum_s: f64,
+    buckets: [u64; BUCKETS_S.len()],
+}
+
+/// A series' labels: matched route, method, status.
+type SeriesKey = (String, String, u16);
+
+/// Request counts and latencies per route, method and status.
+#[derive(Default, Clone)]
+pub struct Metrics {
+    series: Arc<Mutex<BTreeMap<SeriesKey, Series>>>,
+}
+
+impl Metrics {
+    fn observe(&self, route: String, method: String, status: u16, elapsed_s: f64) {
+        let mut series = self.series.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut key = (route, method, status);
+        if !series.contains_key(&key) && series.len() >= SERIES_MAX {
+            key = ("other".to_owned(), "other".to_owned(), 0);
+        }
+        let s = series.entry(key).or_default();
+        s.count += 1;
+        s.sum_s += elapsed_s;
+        for (i, bound) in BUCKETS_S.iter().enumerate() {
+            if elapsed_s <= *bound {
+                s.buckets[i] += 1;
+            }
+        }
+    }
+
+    fn render(&self, out: &mut String) {
+        let series = self.series.lock().unwrap_or_else(PoisonError::into_inner);
+        out.push_str(
+            "# HELP kv_http_requests_total HTTP requests served, by route, method and status.\n",
+        );
+        out.push_str("# TYPE kv_http_requests_total counter\n");
+        for ((route, method, status), s) in series.iter() {
+            let _ = writeln!(
+                out,
+                "kv_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {}",
+                s.count
+            );
+        }
+        out.push_str("# HELP kv_http_request_duration_seconds HTTP request latency, by route, method and status.\n");
+        out.push_str("# TYPE kv_http_request_duration_seconds histogram\n");
+        for ((route, method, status), s) in series.iter() {
+            let labels = format!("route=\"{route}\",method=\"{method}\",status=\"{status}\"");
+            for (i, bound) in BUCKETS_S.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "kv_http_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {}",
+                    s.buckets[i]
+                );
+            }
+            let _ = writeln!(
+                out,
+                "kv_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
+                s.count
+            );
+            let _ = writeln!(
+                out,
+                "kv_http_request_duration_seconds_sum{{{labels}}} {}",
+                s.sum_s
+            );
+            let _ = writeln!(
+                out,
+                "kv_http_request_duration_seconds_count{{{labels}}} {}",
+                s.count
+            );
+        }
+    }
+}
+
+/// Middleware: times every request and records it under its matched route.
+pub async fn track(State(metrics): State<Metrics>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let response = next.run(request).await;
+    metrics.observe(
+        route,
+        method,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, kind: &str, samples: &[(String, f64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {value}");
+        } else {
+            let _ = writeln!(out, "{name}{{{labels}}} {value}");
+        }
+    }
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn render(State(state): State<AppState>) -> Response {
+    let coord = &state.coord;
+    let mut out = String::with_capacity(8 * 1024);
+    state.metrics.render(&mut out);
+
+    let stats = &coord.stats;
+    let load =
+        |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed) as f64;
+    let counters = [
+        (
+            "kv_writes_total",
+            "Client writes coordinated here.",
+            load(&stats.writes),
+        ),
+        (
+            "kv_reads_total",
+            "Client reads coordinated here.",
+            load(&stats.reads),
+        ),
+        (
+            "kv_unavailable_total",
+            "Requests answered 503: consistency level not reached.",
+            load(&stats.unavailable),
+        ),
+        (
+            "kv_read_repairs_total",
+            "Stale replicas repaired after a read.",
+            load(&stats.read_repairs),
+        ),
+        (
+            "kv_read_repairs_dropped_total",
+            "Read repairs dropped because too many were in flight.",
+            load(&stats.read_repairs_dropped),
+        ),
+        (
+            "kv_refused_versions_total",
+            "Records refused for a version too far in the future.",
+            load(&stats.refused_versions),
+        ),
+        (
+            "kv_jobs_enqueued_total",
+            "Replication jobs handed to the background replicator.",
+            load(&stats.jobs_enqueued),
+        ),
+        (
+            "kv_jobs_enqueue_failed_total",
+            "Replication jobs that could not be enqueued.",
+            load(&stats.jobs_enqueue_failed),
+        ),
+    ];
+    for (name, help, value) in counters {
+        gauge(&mut out, name, help, "counter", &[(String::new(), value)]);
+    }
+
+    let peers: Vec<(String, f64)> = coord
+        .config()
+        .nodes
+        .keys()
+        .map(|n| {
+            (
+                format!("node=\"{n}\""),
+                if coord.peer_health(n) == Health::Up {
+                    1.0
+                } else {
+                    0.0
+                },
+            )
+        })
+        .collect();
+    gauge(
+        &mut out,
+        "kv_peer_up",
+        "1 when this node last saw the peer answer.",
+        "gauge",
+        &peers,
+    );
+    if let Ok(records) = coord.store().record_count().await {
+        gauge(
+            &mut out,
+            "kv_records",
+            "Records held by this node, tombstones included.",
+            "gauge",
+            &[(String::new(), records as f64)],
+        );
+    }
+
+    if let Some(Replicator::Queue(queues)) = coord.replicator() {
+        if let Ok(stats) = queues.stats().await {
+            let by = |f: fn(&shared::jobs::QueueStats) -> u64| -> Vec<(String, f64)> {
+                stats
+                    .iter()
+                    .map(|s| (format!("queue=\"{}\"", s.queue), f(s) as f64))
+                    .collect()
+            };
+            gauge(
+                &mut out,
+                "kv_queue_depth",
+                "Jobs ready to run.",
+                "gauge",
+                &by(|s| s.depth),
+            );
+            gauge(
+                &mut out,
+                "kv_queue_in_flight",
+                "Jobs held by a worker.",
+                "gauge",
+                &by(|s| s.in_flight),
+            );
+            gauge(
+                &mut out,
+                "kv_queue_retrying",
+                "Jobs waiting for a retry.",
+                "gauge",
+                &by(|s| s.retrying),
+            );
+            gauge(
+                &mut out,
+                "kv_queue_workers",
+                "Live workers on the queue.",
+                "gauge",
+                &by(|s| s.workers),
+            );
+        }
+        if let Ok(c) = queues.counters().await {
+            gauge(
+                &mut out,
+                "kv_jobs_delivered_total",
+                "Replication jobs delivered by workers.",
+                "counter",
+                &[(String::new(), c.delivered as f64)],
+            );
+            gauge(
+                &mut out,
+                "kv_jobs_retried_total",
+                "Replication job runs that failed and were retried.",
+                "counter",
+                &[(String::new(), c.retried as f64)],
+            );
+            gauge(
+                &mut out,
+                "kv_jobs_dead_total",
+                "Jobs dead-lettered after their last attempt.",
+                "counter",
+                &[(String::new(), c.dead as f64)],
+            );
+            gauge(
+                &mut out,
+                "kv_replication_lag_ms_last",
+                "Time from a write to its background delivery, last job.",
+                "gauge",
+                &[(String::new(), c.lag_ms_last as f64)],
+            );
+            let avg = if c.delivered > 0 {
+                c.lag_ms_sum as f64 / c.delivered as f64
+            } else {
+                0.0
+            };
+            gauge(
+                &mut out,
+                "kv_replication_lag_ms_avg",
+                "Time from a write to its background delivery, average.",
+                "gauge",
+                &[(String::new(), avg)],
+            );
+        }
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}

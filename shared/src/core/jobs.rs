@@ -1,0 +1,125 @@
+//! Background job payloads and the retry policy. Pure data and arithmetic.
+//!
+//! Jobs are JSON on a Redis-backed queue; a job may be delivered more than
+//! once (at-least-once queue, worker crashes), so every job is safe to replay:
+//! a replication job applies records with the last-writer-wins merge, which
+//! is idempotent.
+
+use serde::{Deserialize, Serialize};
+
+use super::message::KeyedRecord;
+
+/// Deliver records to one replica that did not acknowledge a write in time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicateJob {
+    /// The node the records are for.
+    pub target: String,
+    pub records: Vec<KeyedRecord>,
+    /// Runs already made (0 for a new job).
+    pub attempt: u32,
+    /// When the write was coordinated (ms since the epoch), for replication lag.
+    pub created_ms: u64,
+}
+
+/// A job that ran out of attempts, kept in the node's dead-letter list.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub queue: String,
+    pub reason: String,
+    pub attempts: u32,
+    pub failed_ms: u64,
+    pub job: serde_json::Value,
+}
+
+/// How failed jobs are retried: capped exponential backoff, bounded attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Runs in total before the job is dead-lettered (at least 1).
+    pub attempts_max: u32,
+    /// Delay before the first retry.
+    pub backoff_base_ms: u64,
+    /// Largest delay between two runs.
+    pub backoff_max_ms: u64,
+}
+
+/// What to do after a run failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryDecision {
+    /// Run again after this delay, as attempt number `attempt` (1-based count of runs made).
+    RetryAfter { delay_ms: u64, attempt: u32 },
+    /// Out of attempts: dead-letter it.
+    GiveUp,
+}
+
+impl RetryPolicy {
+    /// `runs_made` counts the run that just failed (1 after the first run).
+    pub fn after_failure(&self, runs_made: u32) -> RetryDecision {
+        if runs_made >= self.attempts_max.max(1) {
+            return RetryDecision::GiveUp;
+        }
+        let exponent = runs_made.saturating_sub(1).min(32);
+        let delay_ms = self
+            .backoff_base_ms
+            .saturating_mul(1u64 << exponent)
+            .min(self.backoff_max_ms);
+        RetryDecision::RetryAfter {
+            delay_ms,
+            attempt: runs_made,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_then_gives_up() {
+        let p = RetryPolicy {
+            attempts_max: 5,
+            backoff_base_ms: 1_000,
+            backoff_max_ms: 5_000,
+        };
+        let delays: Vec<RetryDecision> = (1..=5).map(|n| p.after_failure(n)).collect();
+        assert_eq!(
+            delays,
+            vec![
+                RetryDecision::RetryAfter {
+                    delay_ms: 1_000,
+                    attempt: 1
+                },
+                RetryDecision::RetryAfter {
+                    delay_ms: 2_000,
+                    attempt: 2
+                },
+                RetryDecision::RetryAfter {
+                    delay_ms: 4_000,
+                    attempt: 3
+                },
+                RetryDecision::RetryAfter {
+                    delay_ms: 5_000,
+                    attempt: 4
+                },
+                RetryDecision::GiveUp,
+            ]
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn attempts_are_bounded_and_delays_capped(max in 0u32..50, base in 0u64..10_000, cap in 0u64..100_000) {
+            let p = RetryPolicy { attempts_max: max, backoff_base_ms: base, backoff_max_ms: cap };
+            let mut runs = 0;
+            loop {
+                runs += 1;
+                match p.after_failure(runs) {
+                    RetryDecision::GiveUp => break,
+                    RetryDecision::RetryAfter { delay_ms, .. } => prop_assert!(delay_ms <= cap),
+                }
+                prop_assert!(runs < 60);
+            }
+            prop_assert_eq!(runs, max.max(1));
+        }
+    }
+}

@@ -1,0 +1,509 @@
+//! Background jobs: Redis-backed queues (apalis-redis), the job functions,
+//! dead letters, queue statistics and the janitor that bounds finished records.
+//!
+//! Each node has its own queues in its own Redis, named `kv:{node}:q:{kind}`.
+//! API processes push; worker processes (any number) run the jobs. With
+//! background sync off the API process runs the same job functions itself
+//! through [`InlineRunner`].
+//!
+//! apalis-redis 1.0 is used with these choices, each working around a
+//! behaviour of its source (see README, "Background sync"):
+//! - workers poll every [`POLL_INTERVAL_MS`] (a plain storage only polls on
+//!   its heartbeat, 30 s by default);
+//! - worker heartbeat 2 s × 3 missed beats: jobs held by a killed worker are
+//!   re-queued by a live worker after about 6-9 s (default would be 300 s);
+//! - retries are ours, not apalis's (which reschedules failures linearly, up
+//!   to a hard-coded 25 runs): a failed run re-pushes the job with
+//!   `attempt + 1` after a capped exponential delay, and after
+//!   `attempts_max` runs writes a [`DeadLetter`] to `kv:{node}:dead` (bounded);
+//! - finished job records are never trimmed by apalis: [`JobQueues::janitor_pass`]
+//!   deletes them.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use apalis::prelude::{TaskBuilder, TaskSink};
+use apalis_redis::{Config as QueueConfig, RedisStorage};
+use redis::aio::ConnectionManager;
+use serde::Serialize;
+use thiserror::Error;
+use tokio::sync::{Semaphore, mpsc};
+use tracing::{debug, warn};
+
+use crate::coordinator::{Coordinator, now_ms};
+use crate::core::jobs::{DeadLetter, ReplicateJob, RetryDecision, RetryPolicy};
+use crate::core::message::ApplyStatus;
+
+/// How often an idle worker looks for new jobs.
+pub const POLL_INTERVAL_MS: u64 = 50;
+/// Worker liveness beat; a worker missing [`MISSED_HEARTBEATS`] is presumed dead.
+pub const WORKER_HEARTBEAT_S: u64 = 2;
+pub const MISSED_HEARTBEATS: usize = 3;
+/// Jobs one worker fetches at once.
+pub const FETCH_BATCH_LEN: usize = 16;
+/// Dead letters kept per node (newest first); older ones are dropped.
+pub const DEAD_LETTERS_MAX: isize = 1000;
+/// Finished job records the janitor deletes per queue per pass.
+pub const JANITOR_BATCH_LEN: usize = 1000;
+/// Jobs waiting in the inline runner (background sync off) before new ones
+/// are dead-lettered instead of queued.
+pub const INLINE_QUEUE_LEN_MAX: usize = 10_000;
+/// Inline jobs running at once.
+pub const INLINE_RUNNING_MAX: usize = 32;
+
+/// Queue kinds, one apalis queue each.
+pub const REPLICATE: &str = "replicate";
+pub const QUEUE_KINDS: [&str; 1] = [REPLICATE];
+
+/// Name of a node's queue of one kind.
+pub fn queue_name(node: &str, kind: &str) -> String {
+    format!("kv:{node}:q:{kind}")
+}
+
+/// Redis list of a node's dead letters.
+pub fn dead_key(node: &str) -> String {
+    format!("kv:{node}:dead")
+}
+
+/// Redis hash of a node's job counters (delivered, retried, dead, lag).
+pub fn job_stats_key(node: &str) -> String {
+    format!("kv:{node}:jobstats")
+}
+
+#[derive(Debug, Error)]
+pub enum QueueError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("cannot enqueue: {0}")]
+    Push(String),
+    #[error("inline job queue is full ({INLINE_QUEUE_LEN_MAX} jobs)")]
+    InlineFull,
+}
+
+/// The apalis-redis configuration of one queue.
+pub fn queue_config(node: &str, kind: &str) -> QueueConfig {
+    QueueConfig::default()
+        .queue(queue_name(node, kind))
+        .batch_size(FETCH_BATCH_LEN)
+        .heartbeat_interval(Duration::from_secs(WORKER_HEARTBEAT_S))
+        .missed_heartbeats(MISSED_HEARTBEATS)
+        .emit_events(false)
+}
+
+/// Counts of one queue, for `/cluster/` and `/metrics`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct QueueStats {
+    pub queue: String,
+    /// Ready to run now.
+    pub depth: u64,
+    /// Fetched by a worker and not finished.
+    pub in_flight: u64,
+    /// Waiting for a later run (retries with backoff).
+    pub retrying: u64,
+    /// Finished records not yet trimmed by the janitor.
+    pub done_untrimmed: u64,
+    /// Workers that beat within the orphan window.
+    pub workers: u64,
+}
+
+/// Counters shared by every process of a node (kept in Redis).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct JobCounters {
+    pub delivered: u64,
+    pub retried: u64,
+    pub dead: u64,
+    pub lag_ms_last: u64,
+    pub lag_ms_sum: u64,
+}
+
+/// The queues of one node.
+#[derive(Clone)]
+pub struct JobQueues {
+    node: String,
+    conn: ConnectionManager,
+    replicate: RedisStorage<ReplicateJob>,
+    pub policy: RetryPolicy,
+}
+
+impl JobQueues {
+    pub fn new(conn: ConnectionManager, node: &str, policy: RetryPolicy) -> Self {
+        let replicate = RedisStorage::new(conn.clone()).with_config(queue_config(node, REPLICATE));
+        JobQueues {
+            node: node.to_owned(),
+            conn,
+            replicate,
+            policy,
+        }
+    }
+
+    /// The storage workers of the replicate queue consume.
+    pub fn replicate_storage(&self) -> RedisStorage<ReplicateJob> {
+        self.replicate.clone()
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Pushes a replication job, to run now or after `delay`.
+    pub async fn push_replicate(
+        &self,
+        job: ReplicateJob,
+        delay: Option<Duration>,
+    ) -> Result<(), QueueError> {
+        let mut builder = TaskBuilder::new(job);
+        if let Some(delay) = delay {
+            builder = builder.run_after(delay);
+        }
+        let mut storage = self.replicate.clone();
+        storage
+            .push_task(builder.build())
+            .await
+            .map_err(|e| QueueError::Push(e.to_string()))
+    }
+
+    /// Records a dead letter (bounded list, newest first).
+    pub async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), QueueError> {
+        let text = serde_json::to_string(letter).map_err(|e| QueueError::Push(e.to_string()))?;
+        let mut conn = self.conn.clone();
+        redis::pipe()
+            .atomic()
+            .cmd("LPUSH")
+            .arg(dead_key(&self.node))
+            .arg(text)
+            .ignore()
+            .cmd("LTRIM")
+            .arg(dead_key(&self.node))
+            .arg(0)
+            .arg(DEAD_LETTERS_MAX - 1)
+            .ignore()
+            .cmd("HINCRBY")
+            .arg(job_stats_key(&self.node))
+            .arg("dead")
+            .arg(1)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// The newest dead letters.
+    pub async fn dead_letters(&self, limit: usize) -> Result<(u64, Vec<DeadLetter>), QueueError> {
+        let mut conn = self.conn.clone();
+        let (len, raw): (u64, Vec<String>) = redis::pipe()
+            .cmd("LLEN")
+            .arg(dead_key(&self.node))
+            .cmd("LRANGE")
+            .arg(dead_key(&self.node))
+            .arg(0)
+            .arg(limit.saturating_sub(1))
+            .query_async(&mut conn)
+            .await?;
+        Ok((
+            len,
+            raw.iter()
+                .filter_map(|r| serde_json::from_str(r).ok())
+                .collect(),
+        ))
+    }
+
+    /// Adds to the node's job counters.
+    pub async fn count(&self, field: &str, by: u64) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("HINCRBY")
+            .arg(job_stats_key(&self.node))
+            .arg(field)
+            .arg(by)
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn record_delivery(&self, lag_ms: u64) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        let key = job_stats_key(&self.node);
+        redis::pipe()
+            .cmd("HINCRBY")
+            .arg(&key)
+            .arg("delivered")
+            .arg(1)
+            .ignore()
+            .cmd("HINCRBY")
+            .arg(&key)
+            .arg("lag_ms_sum")
+            .arg(lag_ms)
+            .ignore()
+            .cmd("HSET")
+            .arg(&key)
+            .arg("lag_ms_last")
+            .arg(lag_ms)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn counters(&self) -> Result<JobCounters, QueueError> {
+        let mut conn = self.conn.clone();
+        let map: std::collections::HashMap<String, u64> = redis::cmd("HGETALL")
+            .arg(job_stats_key(&self.node))
+            .query_async(&mut conn)
+            .await?;
+        let get = |k: &str| map.get(k).copied().unwrap_or(0);
+        Ok(JobCounters {
+            delivered: get("delivered"),
+            retried: get("retried"),
+            dead: get("dead"),
+            lag_ms_last: get("lag_ms_last"),
+            lag_ms_sum: get("lag_ms_sum"),
+        })
+    }
+
+    /// Counts of every queue of this node, read from apalis-redis' keys
+    /// (its own statistics calls are broken in 1.0.0).
+    pub async fn stats(&self) -> Result<Vec<QueueStats>, QueueError> {
+        let now_s = now_ms() / 1000;
+        let orphan_s = WORKER_HEARTBEAT_S * MISSED_HEARTBEATS as u64;
+        let mut out = Vec::with_capacity(QUEUE_KINDS.len());
+        let mut conn = self.conn.clone();
+        for kind in QUEUE_KINDS {
+            let q = queue_name(&self.node, kind);
+            let (active, due, later, done, live, all): (
+                u64,
+                u64,
+                u64,
+                u64,
+                Vec<String>,
+                Vec<String>,
+            ) = redis::pipe()
+                .cmd("LLEN")
+                .arg(format!("{q}:active"))
+                .cmd("ZCOUNT")
+                .arg(format!("{q}:scheduled"))
+                .arg("-inf")
+                .arg(now_s)
+                .cmd("ZCOUNT")
+                .arg(format!("{q}:scheduled"))
+                .arg(format!("({now_s}"))
+                .arg("+inf")
+                .cmd("SCARD")
+                .arg(format!("{q}:done"))
+                .cmd("ZRANGEBYSCORE")
+                .arg(format!("{q}:workers"))
+                .arg(now_s.saturating_sub(orphan_s))
+                .arg("+inf")
+                .cmd("ZRANGE")
+                .arg(format!("{q}:workers"))
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut conn)
+                .await?;
+            let mut in_flight = 0;
+            if !all.is_empty() {
+                let mut p = redis::pipe();
+                for w in &all {
+                    // apalis-redis names inflight sets by the worker's key.
+                    let set = if w.starts_with(&q) {
+                        w.clone()
+                    } else {
+                        format!("{q}:inflight:{w}")
+                    };
+                    p.cmd("SCARD").arg(set);
+                }
+                let per: Vec<u64> = p.query_async(&mut conn).await?;
+                in_flight = per.iter().sum();
+            }
+            out.push(QueueStats {
+                queue: q,
+                depth: active + due,
+                in_flight,
+                retrying: later,
+                done_untrimmed: done,
+                workers: live.len() as u64,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Deletes finished (done or dead) job records, at most
+    /// [`JANITOR_BATCH_LEN`] per queue. Returns how many were deleted.
+    pub async fn janitor_pass(&self) -> Result<u64, QueueError> {
+        let mut deleted = 0u64;
+        let mut conn = self.conn.clone();
+        for kind in QUEUE_KINDS {
+            let q = queue_name(&self.node, kind);
+            for set in ["done", "dead"] {
+                let ids: Vec<String> = redis::cmd("SPOP")
+                    .arg(format!("{q}:{set}"))
+                    .arg(JANITOR_BATCH_LEN)
+                    .query_async(&mut conn)
+                    .await?;
+                if ids.is_empty() {
+                    continue;
+                }
+                let mut p = redis::pipe();
+                p.cmd("HDEL").arg(format!("{q}:data")).arg(&ids).ignore();
+                for id in &ids {
+                    p.cmd("DEL").arg(format!("{q}:meta:{id}")).ignore();
+                }
+                p.query_async::<()>(&mut conn).await?;
+                deleted += ids.len() as u64;
+            }
+        }
+        Ok(deleted)
+    }
+}
+
+/// Why a job run failed (it will be retried or dead-lettered).
+#[derive(Debug, Error)]
+#[error("{0}")]
+pub struct JobFailure(pub String);
+
+/// The replication job function: delivers the records to the target
+/// replica. Shared by workers and the inline runner. Safe to replay.
+pub async fn run_replicate(coord: &Coordinator, job: &ReplicateJob) -> Result<(), JobFailure> {
+    let statuses = coord
+        .apply_on(&job.target, job.records.clone())
+        .await
+        .map_err(JobFailure)?;
+    if statuses.len() != job.records.len() {
+        return Err(JobFailure(format!(
+            "{} answered {} statuses for {} records",
+            job.target,
+            statuses.len(),
+            job.records.len()
+        )));
+    }
+    let refused = statuses
+        .iter()
+        .filter(|s| **s == ApplyStatus::Refused)
+        .count();
+    if refused > 0 {
+        // A refusal is permanent (version too far ahead of the target's
+        // clock); retrying cannot help, and the record is logged.
+        warn!(target = %job.target, refused, "replica refused records from the future");
+    }
+    Ok(())
+}
+
+/// What became of a job run, after retries are decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobOutcome {
+    Delivered,
+    Retrying,
+    Dead,
+}
+
+/// Runs a replication job once and, on failure, schedules the retry on the
+/// queue or dead-letters it. Used by the worker's job function.
+pub async fn replicate_and_settle(
+    coord: &Coordinator,
+    queues: &JobQueues,
+    job: ReplicateJob,
+) -> Result<JobOutcome, QueueError> {
+    match run_replicate(coord, &job).await {
+        Ok(()) => {
+            queues
+                .record_delivery(now_ms().saturating_sub(job.created_ms))
+                .await?;
+            Ok(JobOutcome::Delivered)
+        }
+        Err(failure) => {
+            let runs = job.attempt.saturating_add(1);
+            match queues.policy.after_failure(runs) {
+                RetryDecision::RetryAfter { delay_ms, attempt } => {
+                    debug!(target = %job.target, attempt, delay_ms, error = %failure, "replication failed; retrying");
+                    let next = ReplicateJob { attempt, ..job };
+                    queues
+                        .push_replicate(next, Some(Duration::from_millis(delay_ms)))
+                        .await?;
+                    queues.count("retried", 1).await?;
+                    Ok(JobOutcome::Retrying)
+                }
+                RetryDecision::GiveUp => {
+                    warn!(target = %job.target, runs, error = %failure, "replication job dead-lettered");
+                    let letter = DeadLetter {
+                        queue: queue_name(queues.node(), REPLICATE),
+                        reason: failure.0,
+                        attempts: runs,
+                        failed_ms: now_ms(),
+                        job: serde_json::to_value(&job).unwrap_or_default(),
+                    };
+                    queues.dead_letter(&letter).await?;
+                    Ok(JobOutcome::Dead)
+                }
+            }
+        }
+    }
+}
+
+/// Runs replication jobs inside the API process (background sync off):
+/// a bounded channel, at most [`INLINE_RUNNING_MAX`] jobs at once, the same
+/// job function and retry policy, with delays slept in-process.
+#[derive(Clone)]
+pub struct InlineRunner {
+    tx: mpsc::Sender<ReplicateJob>,
+}
+
+impl InlineRunner {
+    /// Starts the runner's task.
+    pub fn start(coord: Arc<Coordinator>, queues: Option<JobQueues>) -> Self {
+        let (tx, mut rx) = mpsc::channel::<ReplicateJob>(INLINE_QUEUE_LEN_MAX);
+        let retry_tx = tx.clone();
+        let running = Arc::new(Semaphore::new(INLINE_RUNNING_MAX));
+        tokio::spawn(async move {
+            while let Some(job) = rx.recv().await {
+                let Ok(permit) = Arc::clone(&running).acquire_owned().await else {
+                    return;
+                };
+                let coord = Arc::clone(&coord);
+                let queues = queues.clone();
+                let retry_tx = retry_tx.clone();
+                tokio::spawn(async move {
+                    let outcome = run_replicate(&coord, &job).await;
+                    drop(permit);
+                    let Err(failure) = outcome else {
+                        coord.stats.inline_delivered.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    };
+                    let runs = job.attempt.saturating_add(1);
+                    match coord.retry_policy().after_failure(runs) {
+                        RetryDecision::RetryAfter { delay_ms, attempt } => {
+                            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                            let next = ReplicateJob { attempt, ..job };
+                            if retry_tx.try_send(next).is_err() {
+                                coord.stats.inline_dropped.fetch_add(1, Ordering::Relaxed);
+                                warn!(
+                                    "inline job queue full; retry dropped (anti-entropy will repair)"
+                                );
+                            }
+                        }
+                        RetryDecision::GiveUp => {
+                            coord.stats.inline_dead.fetch_add(1, Ordering::Relaxed);
+                            warn!(target = %job.target, runs, error = %failure, "inline replication dead-lettered");
+                            if let Some(queues) = queues {
+                                let letter = DeadLetter {
+                                    queue: "inline".to_owned(),
+                                    reason: failure.0,
+                                    attempts: runs,
+                                    failed_ms: now_ms(),
+                                    job: serde_json::to_value(&job).unwrap_or_default(),
+                                };
+                                if let Err(e) = queues.dead_letter(&letter).await {
+                                    warn!(error = %e, "cannot record dead letter");
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        InlineRunner { tx }
+    }
+
+    /// Queues a job; refuses when the bounded queue is full.
+    pub fn submit(&self, job: ReplicateJob) -> Result<(), QueueError> {
+        self.tx.try_send(job).map_err(|_| QueueError::InlineFull)
+    }
+}

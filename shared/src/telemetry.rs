@@ -1,0 +1,23 @@
+//! Logging setup shared by the binaries: `tracing` to stderr, filtered by
+//! `RUST_LOG` (default `info`), colours only on a terminal.
+
+use std::io::IsTerminal;
+
+use tracing_subscriber::prelude::*;
+
+pub fn init_tracing() {
+    let filter: tracing_subscriber::filter::Targets = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO)
+        });
+    let layer = tracing_subscriber::fmt::layer()
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    tracing_subscriber::registry()
+        .with(layer)
+        .with(filter)
+        .init();
+}

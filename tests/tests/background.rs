@@ -1,0 +1,398 @@
+//! Background sync: replication jobs on each node's Redis queue, run by
+//! worker processes (apalis), with at-least-once delivery, bounded retries,
+//! dead letters and bounded finished records.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use kv_tests::{Cluster, Options, TEST_SECRET, json, wait_for};
+use serde_json::Value;
+
+fn pending(body: &Value) -> Vec<String> {
+    body["pending"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no pending in {body}"))
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn queue(view: &Value) -> Value {
+    view["jobs"]["queues"][0].clone()
+}
+
+/// Waits until every key of `keys` is in node `i`'s own snapshot with `value`.
+async fn wait_snapshot_has(c: &Cluster, i: usize, keys: &[String], timeout: Duration) {
+    wait_for(
+        &format!("{} keys on node{}", keys.len(), i + 1),
+        timeout,
+        || async move {
+            let snap = c.snapshot(i).await;
+            keys.iter().all(|k| snap.contains_key(k)).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn third_replica_gets_the_write_through_a_worker() {
+    let c = Cluster::start(Options {
+        workers: 1,
+        ..Options::default()
+    })
+    .await;
+    let (status, body) = c.put(0, "via-worker", json!("v")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["acks"].as_array().unwrap().len(),
+        2,
+        "W=quorum stores on exactly 2: {body}"
+    );
+    let pend = pending(&body);
+    assert_eq!(pend.len(), 1, "{body}");
+    let target = c.index_of(&pend[0]);
+    let started = Instant::now();
+    wait_snapshot_has(
+        &c,
+        target,
+        &["via-worker".to_owned()],
+        Duration::from_secs(10),
+    )
+    .await;
+    eprintln!(
+        "third replica received the write {:?} after the response",
+        started.elapsed()
+    );
+    let view = c.cluster_view(0).await;
+    assert!(
+        view["jobs"]["counters"]["delivered"].as_u64().unwrap() >= 1,
+        "{view}"
+    );
+
+    // The same figures in Prometheus text format.
+    let metrics = c
+        .http
+        .get(format!("{}/metrics", c.url(0)))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        "kv_queue_depth{queue=\"kv:node1:q:replicate\"} 0",
+        "kv_jobs_delivered_total 1",
+        "kv_http_requests_total{route=\"/kv/\",method=\"POST\",status=\"200\"} 1",
+        "kv_http_request_duration_seconds_bucket{route=\"/kv/\",method=\"POST\",status=\"200\",le=\"+Inf\"} 1",
+        "kv_replication_lag_ms_last",
+        "kv_peer_up{node=\"node2\"}",
+    ] {
+        assert!(metrics.contains(needle), "missing {needle} in\n{metrics}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_workers_writes_succeed_and_the_backlog_drains_later() {
+    let mut c = Cluster::start(Options::default().env("KV_RESTORE_ON_START", "off")).await;
+    let mut by_target: Vec<Vec<String>> = vec![Vec::new(); 3];
+    for n in 0..40 {
+        let key = format!("backlog-{n}");
+        let (status, body) = c.put(0, &key, json!(n)).await;
+        assert_eq!(status, 200, "{body}");
+        for p in pending(&body) {
+            by_target[c.index_of(&p)].push(key.clone());
+        }
+    }
+    // No worker: the pending replicas do not have the keys, and node1's queue holds them.
+    for (i, keys) in by_target.iter().enumerate() {
+        let snap = c.snapshot(i).await;
+        assert!(
+            keys.iter().all(|k| !snap.contains_key(k)),
+            "node{} got keys without a worker",
+            i + 1
+        );
+    }
+    let view = c.cluster_view(0).await;
+    assert_eq!(queue(&view)["depth"], 40, "{view}");
+    assert_eq!(queue(&view)["workers"], 0);
+
+    // A worker starts: the backlog drains to every pending replica.
+    c.spawn_worker(0);
+    for (i, keys) in by_target.iter().enumerate() {
+        wait_snapshot_has(&c, i, keys, Duration::from_secs(20)).await;
+    }
+    wait_for("queue to be empty", Duration::from_secs(10), || async {
+        let q = queue(&c.cluster_view(0).await);
+        (q["depth"] == 0 && q["in_flight"] == 0).then_some(())
+    })
+    .await;
+    // Finished job records are trimmed by the janitor: bounded, not kept forever.
+    let mut redis = c.redis(0).await;
+    wait_for(
+        "finished job records trimmed",
+        Duration::from_secs(15),
+        || {
+            let mut redis = redis.clone();
+            async move {
+                let data: u64 = redis::cmd("HLEN")
+                    .arg("kv:node1:q:replicate:data")
+                    .query_async(&mut redis)
+                    .await
+                    .ok()?;
+                let done: u64 = redis::cmd("SCARD")
+                    .arg("kv:node1:q:replicate:done")
+                    .query_async(&mut redis)
+                    .await
+                    .ok()?;
+                (data == 0 && done == 0).then_some(())
+            }
+        },
+    )
+    .await;
+    let metas: Vec<String> = redis::cmd("KEYS")
+        .arg("kv:node1:q:replicate:meta:*")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(metas.is_empty(), "{} job meta records left", metas.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_batch_loses_nothing() {
+    // A backlog first, then a worker that is killed while it holds a fetched
+    // batch (concurrency 2, batches of 16).
+    let mut c = Cluster::start(
+        Options::default()
+            .env("KV_RESTORE_ON_START", "off")
+            .env("KV_WORKER_CONCURRENCY", "2"),
+    )
+    .await;
+    let mut by_target: Vec<Vec<String>> = vec![Vec::new(); 3];
+    for n in 0..150 {
+        let key = format!("batch-{n}");
+        let (status, body) = c.put(0, &key, json!(n)).await;
+        assert_eq!(status, 200, "{body}");
+        for p in pending(&body) {
+            by_target[c.index_of(&p)].push(key.clone());
+        }
+    }
+    c.spawn_worker(0);
+    // Kill it as soon as it has delivered something but not everything.
+    wait_for(
+        "the worker to start delivering",
+        Duration::from_secs(20),
+        || async {
+            let d = c.cluster_view(0).await["jobs"]["counters"]["delivered"]
+                .as_u64()
+                .unwrap_or(0);
+            (d > 0).then_some(())
+        },
+    )
+    .await;
+    c.kill_worker(0, 0);
+    let killed_at = Instant::now();
+    let view = c.cluster_view(0).await;
+    let delivered = view["jobs"]["counters"]["delivered"].as_u64().unwrap();
+    assert!(
+        delivered < 150,
+        "worker finished before the kill; test proves nothing: {view}"
+    );
+    // Another worker recovers the orphaned batch (apalis heartbeat 2 s × 3).
+    c.spawn_worker(0);
+    for (i, keys) in by_target.iter().enumerate() {
+        wait_snapshot_has(&c, i, keys, Duration::from_secs(30)).await;
+    }
+    eprintln!(
+        "all writes reached every replica {:?} after the worker SIGKILL",
+        killed_at.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_down_replica_gets_its_jobs_after_retries_and_a_dead_one_is_dead_lettered() {
+    let mut c = Cluster::start(
+        Options {
+            workers: 1,
+            ..Options::default()
+        }
+        .env("KV_RESTORE_ON_START", "off")
+        .env("KV_JOB_BACKOFF_BASE_MS", "200")
+        .env("KV_JOB_BACKOFF_MAX_MS", "1000")
+        .env("KV_JOB_ATTEMPTS_MAX", "30"),
+    )
+    .await;
+    c.kill_api(2); // node3 down
+    let mut keys = Vec::new();
+    for n in 0..10 {
+        let key = format!("retry-{n}");
+        let (status, body) = c.put(0, &key, json!(n)).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(pending(&body).contains(&"node3".to_owned()), "{body}");
+        keys.push(key);
+    }
+    wait_for("jobs to be retried", Duration::from_secs(15), || async {
+        let r = c.cluster_view(0).await["jobs"]["counters"]["retried"]
+            .as_u64()
+            .unwrap_or(0);
+        (r >= 10).then_some(())
+    })
+    .await;
+    // node3 comes back (restore at start is off): the retried jobs deliver.
+    c.restart_api(2).await;
+    wait_snapshot_has(&c, 2, &keys, Duration::from_secs(20)).await;
+    let view = c.cluster_view(0).await;
+    assert_eq!(view["jobs"]["dead_letters"], 0, "{view}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanently_failing_job_ends_in_the_dead_letter_list() {
+    let mut c = Cluster::start(
+        Options {
+            workers: 1,
+            ..Options::default()
+        }
+        .env("KV_JOB_BACKOFF_BASE_MS", "100")
+        .env("KV_JOB_BACKOFF_MAX_MS", "200")
+        .env("KV_JOB_ATTEMPTS_MAX", "2"),
+    )
+    .await;
+    c.kill_api(2);
+    let (status, body) = c.put(0, "doomed", json!(1)).await;
+    assert_eq!(status, 200, "{body}");
+    let view = wait_for("a dead letter", Duration::from_secs(20), || async {
+        let view = c.cluster_view(0).await;
+        (view["jobs"]["dead_letters"].as_u64().unwrap_or(0) >= 1).then_some(view)
+    })
+    .await;
+    let letter = &view["jobs"]["dead_newest"][0];
+    assert_eq!(letter["attempts"], 2, "{letter}");
+    assert_eq!(letter["job"]["target"], "node3", "{letter}");
+    assert!(
+        letter["reason"].as_str().unwrap().contains("node3"),
+        "{letter}"
+    );
+    assert_eq!(letter["job"]["records"][0]["key"], "doomed");
+    // The dead-letter list is also visible in Redis.
+    let mut redis = c.redis(0).await;
+    let len: u64 = redis::cmd("LLEN")
+        .arg("kv:node1:dead")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(len, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_stall_does_not_stop_workers_and_replays_are_harmless() {
+    // A short Redis timeout, so the stall surely breaks the worker's polling.
+    let c = Cluster::start(
+        Options {
+            workers: 1,
+            ..Options::default()
+        }
+        .env("KV_REDIS_TIMEOUT_MS", "500"),
+    )
+    .await;
+    // Stall node1's Redis for 2 s.
+    let mut redis = c.redis(0).await;
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(2000)
+        .arg("ALL")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let stalled = Instant::now();
+    // Wait for the stall to end (each PING blocks or times out until then).
+    wait_for(
+        "the Redis stall to end",
+        Duration::from_secs(10),
+        || async {
+            let mut fresh = c.redis(0).await;
+            redis::cmd("PING")
+                .query_async::<String>(&mut fresh)
+                .await
+                .ok()
+        },
+    )
+    .await;
+    assert!(
+        stalled.elapsed() >= Duration::from_millis(1500),
+        "the stall did not happen"
+    );
+    // The worker is still (or again) delivering jobs.
+    let (status, body) = c.put(0, "after-stall", json!(1)).await;
+    assert_eq!(status, 200, "{body}");
+    let target = c.index_of(&pending(&body)[0]);
+    wait_snapshot_has(
+        &c,
+        target,
+        &["after-stall".to_owned()],
+        Duration::from_secs(20),
+    )
+    .await;
+    let log = std::fs::read_to_string(c.dir.join("node1/worker-0.log")).unwrap();
+    let restarts = log.matches("restarting").count();
+    eprintln!("worker restarts during the stall: {restarts}");
+    assert!(
+        restarts >= 1,
+        "the stall should have broken the worker's polling once"
+    );
+
+    // Replaying a delivery is harmless: the same record again is "unchanged",
+    // and an older one never overwrites a newer one.
+    let snap = c.snapshot(target).await;
+    let version = snap["after-stall"]["version"].as_str().unwrap().to_owned();
+    let apply = |record: Value| {
+        let url = format!("{}/internal/apply", c.url(target));
+        let http = c.http.clone();
+        async move {
+            let body =
+                json!({"from": "test", "records": [{"key": "after-stall", "record": record}]});
+            let resp = http
+                .post(url)
+                .header("x-kv-cluster-secret", TEST_SECRET)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            kv_tests::read_json(resp).await.1
+        }
+    };
+    for _ in 0..3 {
+        assert_eq!(
+            apply(json!({"version": version, "value": 1})).await["results"],
+            json!(["unchanged"])
+        );
+    }
+    assert_eq!(
+        apply(json!({"version": "1:0:node1", "value": "stale"})).await["results"],
+        json!(["unchanged"])
+    );
+    assert_eq!(c.snapshot(target).await["after-stall"]["value"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_workers_share_one_queue() {
+    let mut c = Cluster::start(Options::default().env("KV_RESTORE_ON_START", "off")).await;
+    c.spawn_worker(0);
+    c.spawn_worker(0);
+    wait_for(
+        "two workers registered",
+        Duration::from_secs(10),
+        || async { (queue(&c.cluster_view(0).await)["workers"] == 2).then_some(()) },
+    )
+    .await;
+    let mut by_target: Vec<Vec<String>> = vec![Vec::new(); 3];
+    for n in 0..30 {
+        let key = format!("shared-{n}");
+        let (_, body) = c.put(0, &key, json!(n)).await;
+        for p in pending(&body) {
+            by_target[c.index_of(&p)].push(key.clone());
+        }
+    }
+    for (i, keys) in by_target.iter().enumerate() {
+        wait_snapshot_has(&c, i, keys, Duration::from_secs(20)).await;
+    }
+}
