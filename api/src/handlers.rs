@@ -12,18 +12,21 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
-use shared::coordinator::{Coordinator, Replicator, WriteReport};
+use shared::coordinator::{Coordinator, WriteReport};
 use shared::core::limits::{
     APPLY_BATCH_LEN_MAX, READ_BATCH_LEN_MAX, RESTORE_BATCH_LEN_MAX, SNAPSHOT_PAGE_LEN_DEFAULT,
     SNAPSHOT_PAGE_LEN_MAX, VALUE_DEPTH_MAX,
 };
+use shared::core::merkle::MERKLE_BUCKETS;
 use shared::core::message::{
-    ApplyRequest, ApplyResponse, KeyedRecord, ReadRequest, ReadResponse, ScanResponse,
+    ApplyRequest, ApplyResponse, BucketsRequest, BucketsResponse, KeyedRecord, MerkleRequest,
+    MerkleResponse, ReadRequest, ReadResponse, ScanResponse,
 };
 use shared::core::quorum::Consistency;
 use shared::core::record::Record;
 use shared::core::ring::{RING_SEED, key_position};
 use shared::core::validate::{json_depth, validate_key};
+use shared::maintenance::status_key;
 
 use crate::error::ApiError;
 
@@ -247,6 +250,8 @@ fn write_response(report: WriteReport) -> Response {
         "acks": report.acks,
         "failed": report.failed,
         "pending": report.pending,
+        "hints": report.hints,
+        "sloppy": report.sloppy,
     });
     (StatusCode::OK, Json(body)).into_response()
 }
@@ -481,13 +486,41 @@ pub async fn cluster(State(state): State<AppState>) -> Result<Response, ApiError
         .zip(ring.ownership())
         .collect();
     let peers = coord.peer_states();
+    let mut heartbeat_status = BTreeMap::new();
+    let mut hints_held = BTreeMap::new();
+    for id in cfg.nodes.keys() {
+        let status = coord
+            .store()
+            .get_plain(&status_key(id))
+            .await
+            .ok()
+            .flatten();
+        let seen = coord
+            .store()
+            .get_plain(&format!("{}:last_seen_ms", status_key(id)))
+            .await
+            .ok()
+            .flatten()
+            .and_then(|s| s.parse::<u64>().ok());
+        heartbeat_status.insert(id.clone(), (status, seen));
+        let held = coord
+            .store()
+            .count_in(&shared::storage::Space::Hints(id.clone()))
+            .await
+            .unwrap_or(0);
+        hints_held.insert(id.clone(), held);
+    }
     let nodes: Vec<Value> = cfg
         .nodes
         .iter()
         .map(|(id, url)| {
             let is_self = *id == cfg.node_id;
             let peer = peers.get(id);
+            let (heartbeat, heartbeat_seen) = heartbeat_status.get(id).cloned().unwrap_or_default();
             json!({
+                "heartbeat_status": heartbeat,
+                "heartbeat_last_seen_ms": heartbeat_seen,
+                "hints_held_here": hints_held.get(id),
                 "id": id,
                 "url": url,
                 "self": is_self,
@@ -529,9 +562,15 @@ pub async fn cluster(State(state): State<AppState>) -> Result<Response, ApiError
             "refused_versions": load(&stats.refused_versions),
             "jobs_enqueued": load(&stats.jobs_enqueued),
             "jobs_enqueue_failed": load(&stats.jobs_enqueue_failed),
-            "inline_delivered": load(&stats.inline_delivered),
-            "inline_dropped": load(&stats.inline_dropped),
-            "inline_dead": load(&stats.inline_dead),
+            "hints_kept": load(&stats.hints_kept),
+            "hints_dropped": load(&stats.hints_dropped),
+            "hints_delivered": load(&stats.hints_delivered),
+            "sloppy_writes": load(&stats.sloppy_writes),
+            "peer_transitions": load(&stats.peer_transitions),
+            "anti_entropy_runs": load(&stats.anti_entropy_runs),
+            "anti_entropy_stored": load(&stats.anti_entropy_stored),
+            "tombstones_collected": load(&stats.tombstones_collected),
+            "gc_runs": load(&stats.gc_runs),
         },
     }))
     .into_response())
@@ -539,11 +578,12 @@ pub async fn cluster(State(state): State<AppState>) -> Result<Response, ApiError
 
 /// Queue depths, job counters and the newest dead letters, as JSON.
 async fn job_view(coord: &Coordinator) -> Value {
-    let queues = match coord.replicator() {
-        Some(Replicator::Queue(q)) => q,
-        Some(Replicator::Inline(_)) => return json!({ "mode": "inline" }),
-        None => return json!({ "mode": "none" }),
+    let Some(queues) = coord.queues() else {
+        return json!({ "mode": "none" });
     };
+    if !coord.config().background_sync {
+        return json!({ "mode": "in-process" });
+    }
     let stats = queues.stats().await;
     let counters = queues.counters().await;
     let dead = queues.dead_letters(DEAD_LETTERS_SHOWN).await;
@@ -607,12 +647,77 @@ pub async fn internal_apply(
     for KeyedRecord { key, .. } in &request.records {
         checked_key(&state, key)?;
     }
-    let results = state.coord.apply_local(request.records).await?;
+    let results = match &request.hint_for {
+        None => state.coord.apply_local(request.records).await?,
+        Some(owner) => {
+            state
+                .coord
+                .apply_local_as_hint(owner, request.records)
+                .await?
+        }
+    };
     Ok(Json(ApplyResponse {
         node: state.coord.node_id().to_owned(),
         results,
     })
     .into_response())
+}
+
+/// `POST /internal/merkle`: the hash tree of the records shared with the asker.
+pub async fn internal_merkle(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let request: MerkleRequest = internal_json(&state, &headers, body)?;
+    known_node(&state, &request.for_node)?;
+    let summary = state.coord.summary_for(&request.for_node).await?;
+    Ok(Json(MerkleResponse {
+        node: state.coord.node_id().to_owned(),
+        summary,
+    })
+    .into_response())
+}
+
+/// `POST /internal/buckets`: the records of some leaves shared with the asker.
+pub async fn internal_buckets(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let request: BucketsRequest = internal_json(&state, &headers, body)?;
+    known_node(&state, &request.for_node)?;
+    if request.buckets.len() > MERKLE_BUCKETS
+        || request
+            .buckets
+            .iter()
+            .any(|b| usize::from(*b) >= MERKLE_BUCKETS)
+    {
+        return Err(ApiError::bad_request(
+            "bad_buckets",
+            format!("at most {MERKLE_BUCKETS} buckets, each below {MERKLE_BUCKETS}"),
+        ));
+    }
+    let records = state
+        .coord
+        .bucket_records_for(&request.for_node, &request.buckets)
+        .await?;
+    Ok(Json(BucketsResponse {
+        node: state.coord.node_id().to_owned(),
+        records,
+    })
+    .into_response())
+}
+
+fn known_node(state: &AppState, node: &str) -> Result<(), ApiError> {
+    if state.coord.config().nodes.contains_key(node) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "unknown_node",
+            format!("unknown node {node:?}"),
+        ))
+    }
 }
 
 /// `POST /internal/read`: the local records of some keys.

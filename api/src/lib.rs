@@ -78,6 +78,8 @@ pub fn app(coord: Arc<Coordinator>) -> Router {
         .route("/internal/apply", post(handlers::internal_apply))
         .route("/internal/read", post(handlers::internal_read))
         .route("/internal/scan", get(handlers::internal_scan))
+        .route("/internal/merkle", post(handlers::internal_merkle))
+        .route("/internal/buckets", post(handlers::internal_buckets))
         .layer(DefaultBodyLimit::max(
             INTERNAL_BODY_BYTES_MAX.max(body_limit),
         ))

@@ -4,8 +4,10 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use shared::config::Config;
-use shared::coordinator::{Coordinator, Replicator};
-use shared::jobs::{InlineRunner, JobQueues};
+use shared::coordinator::{Coordinator, now_ms};
+use shared::core::message::HeartbeatJob;
+use shared::jobs::JobQueues;
+use shared::maintenance::{Periodic, spawn_periodic};
 use shared::storage::{RedisStore, Store, connect_redis};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
@@ -35,11 +37,17 @@ async fn run() -> anyhow::Result<()> {
     let coord =
         Coordinator::new(Arc::clone(&cfg), store).context("cannot build the peer HTTP client")?;
     let queues = JobQueues::new(conn, &cfg.node_id, coord.retry_policy());
+    coord.set_queues(queues.clone());
     if cfg.background_sync {
-        coord.set_replicator(Replicator::Queue(Box::new(queues)));
+        // Workers run the periodic tasks; this process schedules the heartbeat job.
+        tokio::spawn(schedule_heartbeats(queues, cfg.heartbeat_interval));
     } else {
-        let runner = InlineRunner::start(Arc::clone(&coord), Some(queues));
-        coord.set_replicator(Replicator::Inline(runner));
+        // No workers: run hint delivery, anti-entropy, GC and the heartbeat here.
+        spawn_periodic(
+            Arc::clone(&coord),
+            Periodic { heartbeat: true },
+            format!("{}-api-{}", cfg.node_id, std::process::id()),
+        );
     }
 
     let listener = TcpListener::bind(cfg.listen)
@@ -81,6 +89,22 @@ async fn run() -> anyhow::Result<()> {
         .context("server failed")?;
     info!("node stopped");
     Ok(())
+}
+
+/// Pushes a heartbeat job every interval (the seed's 30 s by default); a
+/// worker runs it and records `node_status:*` in this node's Redis.
+async fn schedule_heartbeats(queues: JobQueues, interval: std::time::Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let job = HeartbeatJob {
+            scheduled_ms: now_ms(),
+        };
+        if let Err(error) = queues.push_heartbeat(job).await {
+            warn!(%error, "cannot push the heartbeat job");
+        }
+    }
 }
 
 async fn connect_with_retry(cfg: &Config) -> anyhow::Result<redis::aio::ConnectionManager> {

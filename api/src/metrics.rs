@@ -13,7 +13,6 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use shared::coordinator::Replicator;
 use shared::core::membership::Health;
 
 use crate::handlers::AppState;
@@ -217,7 +216,7 @@ pub async fn render(State(state): State<AppState>) -> Response {
         );
     }
 
-    if let Some(Replicator::Queue(queues)) = coord.replicator() {
+    if let Some(queues) = coord.queues().filter(|_| coord.config().background_sync) {
         if let Ok(stats) = queues.stats().await {
             let by = |f: fn(&shared::jobs::QueueStats) -> u64| -> Vec<(String, f64)> {
                 stats

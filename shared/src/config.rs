@@ -13,11 +13,12 @@ use std::time::Duration;
 use thiserror::Error;
 
 use crate::core::limits::{
-    BODY_ENVELOPE_BYTES, CLOCK_DRIFT_MS_MAX_DEFAULT, CLUSTER_NODES_MAX, KEY_BYTES_MAX_DEFAULT,
-    PEER_CONNECT_TIMEOUT_MS_DEFAULT, PEER_REQUEST_TIMEOUT_MS_DEFAULT,
-    REDIS_CONNECT_TIMEOUT_MS_DEFAULT, REDIS_RESPONSE_TIMEOUT_MS_DEFAULT,
-    REPLICATION_FACTOR_DEFAULT, REQUESTS_IN_FLIGHT_MAX_DEFAULT, VALUE_BYTES_MAX_CEILING,
-    VALUE_BYTES_MAX_DEFAULT, VNODES_PER_NODE_DEFAULT,
+    BODY_ENVELOPE_BYTES, CLOCK_DRIFT_MS_MAX_DEFAULT, CLUSTER_NODES_MAX, HINT_WINDOW_S_DEFAULT,
+    HINTS_PER_NODE_MAX_DEFAULT, KEY_BYTES_MAX_DEFAULT, PEER_CONNECT_TIMEOUT_MS_DEFAULT,
+    PEER_REQUEST_TIMEOUT_MS_DEFAULT, REDIS_CONNECT_TIMEOUT_MS_DEFAULT,
+    REDIS_RESPONSE_TIMEOUT_MS_DEFAULT, REPLICATION_FACTOR_DEFAULT, REQUESTS_IN_FLIGHT_MAX_DEFAULT,
+    TOMBSTONE_GRACE_S_DEFAULT, VALUE_BYTES_MAX_CEILING, VALUE_BYTES_MAX_DEFAULT,
+    VNODES_PER_NODE_DEFAULT,
 };
 use crate::core::quorum::Consistency;
 use crate::core::validate::validate_node_id;
@@ -92,6 +93,18 @@ pub struct Config {
     pub job_backoff_max: Duration,
     /// `KV_WORKER_CONCURRENCY` (default 8): jobs one worker process runs at once, per queue.
     pub worker_concurrency: usize,
+    /// `KV_HINTS_PER_NODE_MAX` (default 100000): hints kept per unreachable owner.
+    pub hints_per_node_max: u64,
+    /// `KV_HINT_WINDOW_S` (default 10800): hints stop being kept for an owner down longer.
+    pub hint_window: Duration,
+    /// `KV_HINT_DELIVERY_INTERVAL_MS` (default 1000): how often kept hints are offered to their owners.
+    pub hint_delivery_interval: Duration,
+    /// `KV_ANTI_ENTROPY_INTERVAL_S` (default 60; 0 = off): periodic hash-tree sync with every peer.
+    pub anti_entropy_interval: Option<Duration>,
+    /// `KV_TOMBSTONE_GRACE_S` (default 86400): age before a tombstone may be collected.
+    pub tombstone_grace: Duration,
+    /// `KV_GC_INTERVAL_S` (default 300; 0 = off): how often tombstones are collected.
+    pub gc_interval: Option<Duration>,
     /// `KV_RESTORE_ON_START` (default on): pull missing data from peers at start.
     pub restore_on_start: bool,
     /// `KV_REQUESTS_IN_FLIGHT_MAX` (default 1024).
@@ -230,6 +243,37 @@ impl Config {
         if !(1..=1024).contains(&worker_concurrency) {
             return Err(err("KV_WORKER_CONCURRENCY", "must be between 1 and 1024"));
         }
+        let hints_per_node_max: u64 =
+            parse_or(&get, "KV_HINTS_PER_NODE_MAX", HINTS_PER_NODE_MAX_DEFAULT)?;
+        let hint_window_s: f64 = parse_or(&get, "KV_HINT_WINDOW_S", HINT_WINDOW_S_DEFAULT as f64)?;
+        if !(0.0..=30.0 * 86400.0).contains(&hint_window_s) {
+            return Err(err(
+                "KV_HINT_WINDOW_S",
+                "must be between 0 and 2592000 seconds",
+            ));
+        }
+        let hint_delivery_interval = millis("KV_HINT_DELIVERY_INTERVAL_MS", 1_000)?;
+        let seconds_or_off =
+            |var: &'static str, default: f64| -> Result<Option<Duration>, ConfigError> {
+                let s: f64 = parse_or(&get, var, default)?;
+                if !(0.0..=86400.0 * 30.0).contains(&s) {
+                    return Err(err(var, "must be between 0 (off) and 2592000 seconds"));
+                }
+                Ok((s > 0.0).then(|| Duration::from_secs_f64(s)))
+            };
+        let anti_entropy_interval = seconds_or_off("KV_ANTI_ENTROPY_INTERVAL_S", 60.0)?;
+        let gc_interval = seconds_or_off("KV_GC_INTERVAL_S", 300.0)?;
+        let grace_s: f64 = parse_or(
+            &get,
+            "KV_TOMBSTONE_GRACE_S",
+            TOMBSTONE_GRACE_S_DEFAULT as f64,
+        )?;
+        if !(0.0..=365.0 * 86400.0).contains(&grace_s) {
+            return Err(err(
+                "KV_TOMBSTONE_GRACE_S",
+                "must be between 0 and 31536000 seconds",
+            ));
+        }
         let restore_on_start = parse_bool(&get, "KV_RESTORE_ON_START", true)?;
         let requests_in_flight_max = parse_or(
             &get,
@@ -266,6 +310,12 @@ impl Config {
             job_backoff_base,
             job_backoff_max,
             worker_concurrency,
+            hints_per_node_max,
+            hint_window: Duration::from_secs_f64(hint_window_s),
+            hint_delivery_interval,
+            anti_entropy_interval,
+            tombstone_grace: Duration::from_secs_f64(grace_s),
+            gc_interval,
             restore_on_start,
             requests_in_flight_max,
         })

@@ -23,15 +23,21 @@ use tracing::{debug, info, warn};
 use crate::config::Config;
 use crate::core::hlc::HybridClock;
 use crate::core::jobs::{ReplicateJob, RetryPolicy};
-use crate::core::limits::{READ_REPAIRS_IN_FLIGHT_MAX, RESTORE_BATCH_LEN_MAX};
+use crate::core::limits::{
+    APPLY_BATCH_LEN_MAX, GC_BATCH_LEN_MAX, READ_REPAIRS_IN_FLIGHT_MAX, SYNC_BATCH_RECORDS_MAX,
+};
 use crate::core::membership::{Health, Membership, PeerState, Transition};
+use crate::core::merkle::{Summary, bucket_of, shared_by};
 use crate::core::message::{ApplyStatus, KeyedRecord};
 use crate::core::quorum::{Consistency, QuorumTally, TallyState};
 use crate::core::record::{Record, Version};
 use crate::core::ring::Ring;
-use crate::jobs::{InlineRunner, JobQueues};
+use crate::jobs::JobQueues;
 use crate::peer::PeerClient;
-use crate::storage::{ScanPage, Store, StoreError};
+use crate::storage::{ScanPage, Space, Store, StoreError};
+
+/// Records read per page when a node scans its own store.
+pub const SCAN_PAGE_LEN: usize = 1000;
 
 /// How long a peer that failed a call is skipped before it is tried again.
 pub const PEER_RETRY_AFTER_MS: u64 = 1_000;
@@ -79,18 +85,20 @@ pub struct WriteReport {
     pub replicas: Vec<String>,
     pub acks: Vec<String>,
     pub failed: Vec<NodeFailure>,
-    /// Replicas that had not acknowledged when the write returned; they get
-    /// the record from a background job (queue or inline runner).
+    /// Replicas not contacted before the write returned (background sync
+    /// on: the other N−W); a replication job delivers to them.
     pub pending: Vec<String>,
+    /// Replicas that could not be reached: the node holding a hint for each.
+    pub hints: Vec<HintPlacement>,
+    /// True when a fallback node outside the preference list counted toward W.
+    pub sloppy: bool,
 }
 
-/// How replicas that did not acknowledge a write in time are caught up.
-#[derive(Clone)]
-pub enum Replicator {
-    /// Background sync on: jobs on this node's Redis queue, run by workers.
-    Queue(Box<JobQueues>),
-    /// Background sync off: jobs run inside this process.
-    Inline(InlineRunner),
+/// Where a hint for an unreachable replica is kept.
+#[derive(Debug, Clone, Serialize)]
+pub struct HintPlacement {
+    pub owner: String,
+    pub holder: String,
 }
 
 /// What a client read found.
@@ -106,14 +114,23 @@ pub struct ReadReport {
     pub repaired: Vec<String>,
 }
 
-/// Per-peer outcome of a restore.
+/// Per-peer outcome of an anti-entropy exchange.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RestorePeerReport {
     pub node: String,
-    pub scanned: u64,
-    pub owned: u64,
+    /// Records both nodes should hold, as summarised here and on the peer.
+    pub local_records: u64,
+    pub peer_records: u64,
+    /// Leaves of the hash tree that differed (0 when the roots matched).
+    pub leaves_differing: u64,
+    /// Records received from the peer (those of differing leaves only).
+    pub received: u64,
+    /// Of those, records newer than the local copy, now stored.
     pub stored: u64,
+    /// Records refused (version too far in the future).
     pub refused: u64,
+    /// Approximate bytes of the records received (keys, versions, values).
+    pub bytes_received: u64,
     pub error: Option<String>,
 }
 
@@ -121,14 +138,14 @@ pub struct RestorePeerReport {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RestoreReport {
     pub node: String,
-    /// Records seen on peers.
-    pub scanned: u64,
-    /// Of those, records whose preference list includes this node.
-    pub owned: u64,
-    /// Of those, records that were newer than the local copy and were stored.
+    pub leaves_differing: u64,
+    pub received: u64,
+    /// Records newer than the local copy, now stored.
     pub stored: u64,
-    /// Records refused (version too far in the future).
     pub refused: u64,
+    pub bytes_received: u64,
+    /// Peers that answered.
+    pub peers_synced: u64,
     pub peers: Vec<RestorePeerReport>,
     pub elapsed_ms: u64,
 }
@@ -154,9 +171,15 @@ pub struct Stats {
     pub refused_versions: AtomicU64,
     pub jobs_enqueued: AtomicU64,
     pub jobs_enqueue_failed: AtomicU64,
-    pub inline_delivered: AtomicU64,
-    pub inline_dropped: AtomicU64,
-    pub inline_dead: AtomicU64,
+    pub hints_kept: AtomicU64,
+    pub hints_dropped: AtomicU64,
+    pub hints_delivered: AtomicU64,
+    pub sloppy_writes: AtomicU64,
+    pub peer_transitions: AtomicU64,
+    pub anti_entropy_runs: AtomicU64,
+    pub anti_entropy_stored: AtomicU64,
+    pub tombstones_collected: AtomicU64,
+    pub gc_runs: AtomicU64,
 }
 
 /// The coordinator of one node.
@@ -169,8 +192,13 @@ pub struct Coordinator {
     membership: Mutex<Membership>,
     repair_permits: Arc<Semaphore>,
     restore_state: Mutex<RestoreState>,
-    replicator: OnceLock<Replicator>,
+    queues: OnceLock<JobQueues>,
     pub stats: Stats,
+}
+
+/// Plain Redis key holding when this node started keeping hints for `owner`.
+pub fn hint_since_key(node: &str, owner: &str) -> String {
+    format!("kv:{node}:hints:{owner}:since")
 }
 
 /// Milliseconds since the Unix epoch, from the system clock. The one place
@@ -208,7 +236,7 @@ impl Coordinator {
             clock: Mutex::new(HybridClock::new(cfg.clock_drift_ms_max)),
             repair_permits: Arc::new(Semaphore::new(READ_REPAIRS_IN_FLIGHT_MAX)),
             restore_state: Mutex::new(RestoreState::Idle),
-            replicator: OnceLock::new(),
+            queues: OnceLock::new(),
             stats: Stats::default(),
             ring,
             store,
@@ -217,16 +245,16 @@ impl Coordinator {
         }))
     }
 
-    /// Sets how unacknowledged replicas are caught up (once, at start).
-    /// Without one, they catch up only by read repair and restore.
-    pub fn set_replicator(&self, replicator: Replicator) {
-        if self.replicator.set(replicator).is_err() {
-            warn!("replicator already set; keeping the first");
+    /// Sets the node's job queues (once, at start). With background sync on,
+    /// replicas not contacted by a write get a replication job on them.
+    pub fn set_queues(&self, queues: JobQueues) {
+        if self.queues.set(queues).is_err() {
+            warn!("job queues already set; keeping the first");
         }
     }
 
-    pub fn replicator(&self) -> Option<&Replicator> {
-        self.replicator.get()
+    pub fn queues(&self) -> Option<&JobQueues> {
+        self.queues.get()
     }
 
     /// The retry policy of background jobs.
@@ -309,7 +337,7 @@ impl Coordinator {
             return;
         }
         let transition = lock(&self.membership).success(node, now_ms());
-        log_transition(transition);
+        self.log_transition(transition);
     }
 
     fn note_failure(&self, node: &str, reason: &str) {
@@ -317,7 +345,19 @@ impl Coordinator {
             return;
         }
         let transition = lock(&self.membership).failure(node, reason, now_ms());
-        log_transition(transition);
+        self.log_transition(transition);
+    }
+
+    fn log_transition(&self, transition: Option<Transition>) {
+        if let Some(t) = transition {
+            self.stats.peer_transitions.fetch_add(1, Ordering::Relaxed);
+            match t.to {
+                Health::Up => info!(peer = %t.node, from = t.from.as_str(), "peer is up"),
+                other => {
+                    warn!(peer = %t.node, from = t.from.as_str(), to = other.as_str(), "peer health changed")
+                }
+            }
+        }
     }
 
     /// Stamps a new version for a write coordinated here.
@@ -328,12 +368,15 @@ impl Coordinator {
 
     /// Writes (or, with `value = None`, deletes) a key at the given consistency.
     ///
-    /// Background sync on: the record is sent to just enough replicas for
-    /// the consistency level (this node first), each failure replaced by the
-    /// next untried replica, and the write returns once `required` stored it;
-    /// every replica that has not acknowledged gets a replication job.
-    /// Background sync off: the record is sent to all N replicas and the
-    /// write waits for every answer; failed ones go to the in-process runner.
+    /// Background sync on: the record goes to just enough replicas for the
+    /// consistency level (this node first), and each failure is replaced by
+    /// the next untried replica. When no replica of the preference list is
+    /// left, a fallback node beyond it (the next live node on the ring) takes
+    /// the record as a hint for the missing owner and counts toward W
+    /// (sloppy quorum). Replicas not contacted get a replication job.
+    /// Background sync off: all N replicas are called and every answer is
+    /// awaited. Either way, an owner that could not be reached and has no
+    /// fallback holding a hint gets a hint on this node.
     pub async fn write(
         self: &Arc<Self>,
         key: String,
@@ -350,8 +393,21 @@ impl Coordinator {
         let deleted = record.is_tombstone();
         let replicas = self.replicas(&key);
         let required = consistency.required(replicas.len());
-        let mut tally = QuorumTally::new(required, replicas.len());
         let skip = self.nodes_to_skip(&replicas, required);
+        // Fallbacks: the rest of the ring walk, minus nodes known down.
+        let fallbacks: Vec<String> = {
+            let now = now_ms();
+            let membership = lock(&self.membership);
+            self.ring
+                .walk(&key)
+                .into_iter()
+                .skip(replicas.len())
+                .filter(|n| membership.should_call(n, now))
+                .map(str::to_owned)
+                .collect()
+        };
+        let mut fallbacks: VecDeque<String> = fallbacks.into();
+        let mut tally = QuorumTally::new(required, replicas.len() + fallbacks.len());
         // This node first (a local write is cheapest), then ring order.
         let mut untried: VecDeque<String> = replicas
             .iter()
@@ -360,8 +416,10 @@ impl Coordinator {
             .filter(|n| !skip.contains(n))
             .cloned()
             .collect();
+        let mut missing: VecDeque<String> = VecDeque::new();
         for node in &skip {
             tally.fail(node.clone(), "skipped: marked down after failed calls");
+            missing.push_back(node.clone());
         }
         let fan_out = if self.cfg.background_sync {
             required
@@ -373,61 +431,102 @@ impl Coordinator {
             record: record.clone(),
         }];
         let mut calls = JoinSet::new();
-        let start = |calls: &mut JoinSet<_>, node: String| {
+        let start = |calls: &mut JoinSet<_>, node: String, hint_for: Option<String>| {
             let this = Arc::clone(self);
             let batch = batch.clone();
             calls.spawn(async move {
-                let outcome = this.apply_on(&node, batch).await;
-                (node, outcome)
+                let outcome = match &hint_for {
+                    None => this.apply_on(&node, batch).await,
+                    Some(owner) => this.apply_hint_on(&node, owner, batch).await,
+                };
+                (node, hint_for, outcome)
             });
         };
         for _ in 0..fan_out {
             if let Some(node) = untried.pop_front() {
-                start(&mut calls, node);
+                start(&mut calls, node, None);
             }
         }
-        while let Some(joined) = calls.join_next().await {
-            let failed = match joined {
-                Ok((node, Ok(statuses))) => match statuses.first() {
-                    Some(ApplyStatus::Stored | ApplyStatus::Unchanged) => {
-                        tally.ack(node);
-                        false
-                    }
-                    Some(ApplyStatus::Refused) => {
-                        tally.fail(node, "refused: clock drift");
-                        true
-                    }
-                    None => {
-                        tally.fail(node, "empty answer");
-                        true
-                    }
-                },
-                Ok((node, Err(error))) => {
-                    tally.fail(node, error);
-                    true
+        let mut hints: Vec<HintPlacement> = Vec::new();
+        // A replacement is started for each call that fails while the quorum
+        // is still open: the next untried owner, else a fallback with a hint.
+        let mut replacements_due = 0usize;
+        loop {
+            while replacements_due > 0 && tally.state() == TallyState::Waiting {
+                replacements_due -= 1;
+                if let Some(node) = untried.pop_front() {
+                    start(&mut calls, node, None);
+                } else if let (Some(owner), Some(fallback)) =
+                    (missing.front().cloned(), fallbacks.pop_front())
+                {
+                    missing.pop_front();
+                    start(&mut calls, fallback, Some(owner));
                 }
+            }
+            let Some(joined) = calls.join_next().await else {
+                break;
+            };
+            let (node, hint_for, ok) = match joined {
+                Ok((node, hint_for, Ok(statuses))) => match statuses.first() {
+                    Some(ApplyStatus::Stored | ApplyStatus::Unchanged) => (node, hint_for, Ok(())),
+                    Some(ApplyStatus::Refused) => (node, hint_for, Err("refused".to_owned())),
+                    None => (node, hint_for, Err("empty answer".to_owned())),
+                },
+                Ok((node, hint_for, Err(error))) => (node, hint_for, Err(error)),
                 Err(join_error) => {
                     warn!(%join_error, "replica call task failed");
-                    true
+                    continue;
                 }
             };
-            // Replace a failure with the next untried replica while the
-            // quorum is still open.
-            if failed
-                && tally.state() == TallyState::Waiting
-                && let Some(node) = untried.pop_front()
-            {
-                start(&mut calls, node);
+            match (ok, hint_for) {
+                (Ok(()), None) => tally.ack(node),
+                (Ok(()), Some(owner)) => {
+                    hints.push(HintPlacement {
+                        owner,
+                        holder: node.clone(),
+                    });
+                    tally.ack(node);
+                }
+                (Err(error), hint_for) => {
+                    tally.fail(node.clone(), error);
+                    // The owner still needs a hint holder.
+                    missing.push_back(hint_for.unwrap_or(node));
+                    replacements_due += 1;
+                }
             }
         }
         let acks = tally.acks().to_vec();
+        // Owners never reached and not covered by a fallback: keep the hint here.
+        let covered: Vec<&String> = hints.iter().map(|h| &h.owner).collect();
+        let unreached: Vec<String> = replicas
+            .iter()
+            .filter(|n| !acks.contains(n) && !covered.contains(n) && missing.contains(n))
+            .cloned()
+            .collect();
+        if !acks.is_empty() {
+            for owner in unreached.iter().filter(|o| **o != self.cfg.node_id) {
+                if self.keep_hint(owner, batch.clone()).await {
+                    hints.push(HintPlacement {
+                        owner: owner.clone(),
+                        holder: self.cfg.node_id.clone(),
+                    });
+                }
+            }
+        }
+        let hinted: Vec<&String> = hints.iter().map(|h| &h.owner).collect();
         let pending: Vec<String> = replicas
             .iter()
-            .filter(|n| !acks.contains(n))
+            .filter(|n| !acks.contains(n) && !hinted.contains(n) && !missing.contains(n))
             .cloned()
             .collect();
         if !acks.is_empty() {
             self.defer(&pending, &batch, created_ms).await;
+        }
+        let sloppy = hints
+            .iter()
+            .any(|h| h.holder != self.cfg.node_id && acks.contains(&h.holder));
+        if sloppy {
+            self.stats.sloppy_writes.fetch_add(1, Ordering::Relaxed);
         }
         let failed: Vec<NodeFailure> = tally
             .failures()
@@ -448,6 +547,8 @@ impl Coordinator {
                 acks,
                 failed,
                 pending,
+                hints,
+                sloppy,
             }),
             TallyState::Impossible | TallyState::Waiting => {
                 self.stats.unavailable.fetch_add(1, Ordering::Relaxed);
@@ -463,11 +564,10 @@ impl Coordinator {
         }
     }
 
-    /// Hands the records to the background replicator for every target.
-    /// A failure to enqueue is logged and counted; read repair and restore
-    /// remain as the safety net.
+    /// Pushes a replication job for every target (background sync on).
+    /// A failure to enqueue falls back to a hint on this node.
     async fn defer(&self, targets: &[String], records: &[KeyedRecord], created_ms: u64) {
-        let Some(replicator) = self.replicator.get() else {
+        let Some(queues) = self.queues.get() else {
             return;
         };
         for target in targets {
@@ -477,11 +577,7 @@ impl Coordinator {
                 attempt: 0,
                 created_ms,
             };
-            let outcome = match replicator {
-                Replicator::Queue(queues) => queues.push_replicate(job, None).await,
-                Replicator::Inline(runner) => runner.submit(job),
-            };
-            match outcome {
+            match queues.push_replicate(job, None).await {
                 Ok(()) => {
                     self.stats.jobs_enqueued.fetch_add(1, Ordering::Relaxed);
                 }
@@ -489,10 +585,69 @@ impl Coordinator {
                     self.stats
                         .jobs_enqueue_failed
                         .fetch_add(1, Ordering::Relaxed);
-                    warn!(%target, %error, "cannot enqueue replication; read repair and restore will catch up");
+                    warn!(%target, %error, "cannot enqueue replication; keeping a hint instead");
+                    self.keep_hint(target, records.to_vec()).await;
                 }
             }
         }
+    }
+
+    /// Keeps records as hints for `owner` on this node, within the bounds:
+    /// at most `hints_per_node_max` per owner, and only while the owner has
+    /// been missing for less than `hint_window` (past it, anti-entropy
+    /// repairs instead, as Cassandra's `max_hint_window`). Returns whether kept.
+    pub async fn keep_hint(&self, owner: &str, records: Vec<KeyedRecord>) -> bool {
+        match self.store_hints(owner, records).await {
+            Ok(true) => true,
+            Ok(false) => {
+                self.stats.hints_dropped.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+            Err(error) => {
+                self.stats.hints_dropped.fetch_add(1, Ordering::Relaxed);
+                warn!(%owner, %error, "cannot keep a hint");
+                false
+            }
+        }
+    }
+
+    async fn store_hints(
+        &self,
+        owner: &str,
+        records: Vec<KeyedRecord>,
+    ) -> Result<bool, StoreError> {
+        let space = Space::Hints(owner.to_owned());
+        let now = now_ms();
+        let since_key = hint_since_key(&self.cfg.node_id, owner);
+        let since: Option<u64> = self
+            .store
+            .get_plain(&since_key)
+            .await?
+            .and_then(|s| s.parse().ok());
+        let window_ms = u64::try_from(self.cfg.hint_window.as_millis()).unwrap_or(u64::MAX);
+        if let Some(since) = since
+            && now.saturating_sub(since) > window_ms
+        {
+            warn!(%owner, "owner missing longer than the hint window; not keeping a hint (anti-entropy will repair)");
+            return Ok(false);
+        }
+        let held = self.store.count_in(&space).await?;
+        if held.saturating_add(records.len() as u64) > self.cfg.hints_per_node_max {
+            warn!(%owner, held, "hint store for owner is full; not keeping a hint (anti-entropy will repair)");
+            return Ok(false);
+        }
+        if since.is_none() {
+            self.store
+                .set_plain(&[(since_key, now.to_string())])
+                .await?;
+        }
+        let pairs: Vec<(String, Record)> =
+            records.into_iter().map(|kr| (kr.key, kr.record)).collect();
+        self.store.apply_in(&space, &pairs).await?;
+        self.stats
+            .hints_kept
+            .fetch_add(pairs.len() as u64, Ordering::Relaxed);
+        Ok(true)
     }
 
     /// Reads a key: asks the replicas, returns the newest record among those
@@ -613,7 +768,7 @@ impl Coordinator {
         if node == self.cfg.node_id {
             return self.apply_local(records).await.map_err(|e| e.to_string());
         }
-        match self.peers.apply(node, records).await {
+        match self.peers.apply(node, records, None).await {
             Ok(response) => {
                 self.note_success(node);
                 Ok(response.results)
@@ -624,6 +779,65 @@ impl Coordinator {
                 Err(reason)
             }
         }
+    }
+
+    /// Asks `node`, a fallback, to keep records as hints for `owner`.
+    pub async fn apply_hint_on(
+        &self,
+        node: &str,
+        owner: &str,
+        records: Vec<KeyedRecord>,
+    ) -> Result<Vec<ApplyStatus>, String> {
+        if node == self.cfg.node_id {
+            return self
+                .apply_local_as_hint(owner, records)
+                .await
+                .map_err(|e| e.to_string());
+        }
+        match self
+            .peers
+            .apply(node, records, Some(owner.to_owned()))
+            .await
+        {
+            Ok(response) => {
+                self.note_success(node);
+                Ok(response.results)
+            }
+            Err(error) => {
+                let reason = error.to_string();
+                self.note_failure(node, &reason);
+                Err(reason)
+            }
+        }
+    }
+
+    /// Keeps records as hints for `owner` (this node is a sloppy-quorum
+    /// fallback). All are stored, or all refused when the hint bounds are hit.
+    pub async fn apply_local_as_hint(
+        &self,
+        owner: &str,
+        records: Vec<KeyedRecord>,
+    ) -> Result<Vec<ApplyStatus>, StoreError> {
+        let now = now_ms();
+        let len = records.len();
+        let in_bounds = {
+            let clock = lock(&self.clock);
+            records
+                .iter()
+                .all(|kr| clock.check(kr.record.version.ts, now).is_ok())
+        };
+        if !self.cfg.nodes.contains_key(owner) || owner == self.cfg.node_id || !in_bounds {
+            return Ok(vec![ApplyStatus::Refused; len]);
+        }
+        let kept = self.store_hints(owner, records).await?;
+        Ok(vec![
+            if kept {
+                ApplyStatus::Stored
+            } else {
+                ApplyStatus::Refused
+            };
+            len
+        ])
     }
 
     /// Reads records from one replica: locally, or through its internal API.
@@ -691,8 +905,8 @@ impl Coordinator {
         self.store.scan(cursor, count).await
     }
 
-    /// Pulls, from every live peer (or only `from`), the records this node
-    /// should hold, and stores those newer than the local copies.
+    /// Pulls, from every peer (or only `from`), the records this node should
+    /// hold and that differ, by comparing hash trees (anti-entropy).
     pub async fn restore(
         self: &Arc<Self>,
         from: Option<String>,
@@ -716,58 +930,263 @@ impl Coordinator {
             ..RestoreReport::default()
         };
         for source in sources {
-            let peer = self.restore_from(&source).await?;
-            report.scanned += peer.scanned;
-            report.owned += peer.owned;
+            let peer = self.sync_from(&source).await?;
+            if peer.error.is_none() {
+                report.peers_synced += 1;
+            }
+            report.leaves_differing += peer.leaves_differing;
+            report.received += peer.received;
             report.stored += peer.stored;
             report.refused += peer.refused;
+            report.bytes_received += peer.bytes_received;
             report.peers.push(peer);
         }
         report.elapsed_ms = now_ms().saturating_sub(started);
+        self.stats.anti_entropy_runs.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .anti_entropy_stored
+            .fetch_add(report.stored, Ordering::Relaxed);
         Ok(report)
     }
 
-    async fn restore_from(&self, source: &str) -> Result<RestorePeerReport, CoordError> {
-        let mut peer = RestorePeerReport {
-            node: source.to_owned(),
-            ..RestorePeerReport::default()
-        };
-        let mut cursor = 0u64;
+    /// Visits every local record of `space`, page by page.
+    async fn for_each_local(
+        &self,
+        space: &Space,
+        mut visit: impl FnMut(String, Record),
+    ) -> Result<(), StoreError> {
+        let mut cursor = 0;
         loop {
-            let page = match self.peers.scan(source, cursor, RESTORE_BATCH_LEN_MAX).await {
-                Ok(page) => {
-                    self.note_success(source);
-                    page
-                }
-                Err(error) => {
-                    self.note_failure(source, &error.to_string());
-                    peer.error = Some(error.to_string());
-                    return Ok(peer);
-                }
-            };
-            peer.scanned += page.records.len() as u64;
-            let owned: Vec<KeyedRecord> = page
-                .records
-                .into_iter()
-                .filter(|kr| {
-                    self.replicas(&kr.key)
-                        .iter()
-                        .any(|n| *n == self.cfg.node_id)
-                })
-                .collect();
-            peer.owned += owned.len() as u64;
-            for status in self.apply_local(owned).await? {
-                match status {
-                    ApplyStatus::Stored => peer.stored += 1,
-                    ApplyStatus::Unchanged => {}
-                    ApplyStatus::Refused => peer.refused += 1,
-                }
+            let page = self.store.scan_in(space, cursor, SCAN_PAGE_LEN).await?;
+            for (key, record) in page.records {
+                visit(key, record);
             }
             if page.next_cursor == 0 {
-                return Ok(peer);
+                return Ok(());
             }
             cursor = page.next_cursor;
         }
+    }
+
+    /// The hash tree of the local records that both this node and `peer`
+    /// should hold.
+    pub async fn summary_for(&self, peer: &str) -> Result<Summary, StoreError> {
+        let n = self.cfg.replication_factor;
+        let me = self.cfg.node_id.as_str();
+        let mut summary = Summary::default();
+        self.for_each_local(&Space::Data, |key, record| {
+            if shared_by(&self.ring, n, &key, me, peer) {
+                summary.add(&key, &record.version);
+            }
+        })
+        .await?;
+        Ok(summary)
+    }
+
+    /// The local records of the given leaves that both this node and `peer`
+    /// should hold.
+    pub async fn bucket_records_for(
+        &self,
+        peer: &str,
+        buckets: &[u16],
+    ) -> Result<Vec<KeyedRecord>, StoreError> {
+        let n = self.cfg.replication_factor;
+        let me = self.cfg.node_id.as_str();
+        let wanted: std::collections::BTreeSet<u16> = buckets.iter().copied().collect();
+        let mut out = Vec::new();
+        self.for_each_local(&Space::Data, |key, record| {
+            if wanted.contains(&bucket_of(&key)) && shared_by(&self.ring, n, &key, me, peer) {
+                out.push(KeyedRecord { key, record });
+            }
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// One anti-entropy exchange: compare trees with `peer`, fetch the
+    /// records of differing leaves in batches, store the newer ones.
+    pub async fn sync_from(&self, peer: &str) -> Result<RestorePeerReport, CoordError> {
+        let mut report = RestorePeerReport {
+            node: peer.to_owned(),
+            ..RestorePeerReport::default()
+        };
+        let theirs = match self.peers.merkle(peer).await {
+            Ok(response) => {
+                self.note_success(peer);
+                response.summary
+            }
+            Err(error) => {
+                self.note_failure(peer, &error.to_string());
+                report.error = Some(error.to_string());
+                return Ok(report);
+            }
+        };
+        let ours = self.summary_for(peer).await?;
+        report.local_records = ours.records();
+        report.peer_records = theirs.records();
+        let differing = ours.diff(&theirs);
+        report.leaves_differing = differing.len() as u64;
+        // Batches of leaves holding about SYNC_BATCH_RECORDS_MAX records on the peer.
+        let mut batches: Vec<Vec<u16>> = Vec::new();
+        let mut batch: Vec<u16> = Vec::new();
+        let mut batch_records = 0u64;
+        for bucket in differing {
+            let count = theirs.leaves.get(&bucket).map_or(0, |l| u64::from(l.count));
+            if count == 0 {
+                continue; // nothing there to pull; our extra records go the other way
+            }
+            if !batch.is_empty() && batch_records + count > SYNC_BATCH_RECORDS_MAX as u64 {
+                batches.push(std::mem::take(&mut batch));
+                batch_records = 0;
+            }
+            batch.push(bucket);
+            batch_records += count;
+        }
+        if !batch.is_empty() {
+            batches.push(batch);
+        }
+        for buckets in batches {
+            let records = match self.peers.buckets(peer, buckets).await {
+                Ok(response) => response.records,
+                Err(error) => {
+                    self.note_failure(peer, &error.to_string());
+                    report.error = Some(error.to_string());
+                    return Ok(report);
+                }
+            };
+            report.received += records.len() as u64;
+            report.bytes_received += records
+                .iter()
+                .map(|kr| {
+                    let value_len = kr.record.value.as_ref().map_or(0, |v| v.get().len());
+                    (kr.key.len() + kr.record.version.to_string().len() + value_len) as u64
+                })
+                .sum::<u64>();
+            for status in self.apply_local(records).await? {
+                match status {
+                    ApplyStatus::Stored => report.stored += 1,
+                    ApplyStatus::Unchanged => {}
+                    ApplyStatus::Refused => report.refused += 1,
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Delivers the hints this node keeps to their owners that answer, in
+    /// batches; each delivered hint is removed only if it was not replaced
+    /// meanwhile. Returns how many records were delivered.
+    pub async fn deliver_hints(&self) -> Result<u64, StoreError> {
+        let mut delivered = 0u64;
+        for owner in self.cfg.nodes.keys().filter(|n| **n != self.cfg.node_id) {
+            let space = Space::Hints(owner.clone());
+            if self.store.count_in(&space).await? == 0 {
+                continue;
+            }
+            let mut cursor = 0;
+            loop {
+                let page = self
+                    .store
+                    .scan_in(&space, cursor, SCAN_PAGE_LEN.min(APPLY_BATCH_LEN_MAX))
+                    .await?;
+                if !page.records.is_empty() {
+                    let batch: Vec<KeyedRecord> = page
+                        .records
+                        .iter()
+                        .map(|(key, record)| KeyedRecord {
+                            key: key.clone(),
+                            record: record.clone(),
+                        })
+                        .collect();
+                    if self.apply_on(owner, batch).await.is_err() {
+                        break; // still down; try again next round
+                    }
+                    let removed = self.store.remove_if_same(&space, &page.records).await?;
+                    delivered += removed;
+                    self.stats
+                        .hints_delivered
+                        .fetch_add(removed, Ordering::Relaxed);
+                }
+                if page.next_cursor == 0 {
+                    break;
+                }
+                cursor = page.next_cursor;
+            }
+            if self.store.count_in(&space).await? == 0 {
+                self.store
+                    .delete_plain(&hint_since_key(&self.cfg.node_id, owner))
+                    .await?;
+                info!(%owner, "all hints delivered");
+            }
+        }
+        Ok(delivered)
+    }
+
+    /// Collects tombstones older than the grace period, and only those that
+    /// every other replica of the key also holds (or has already collected):
+    /// a replica still holding an older value, or one that does not answer,
+    /// keeps the tombstone alive, so a deleted key cannot come back.
+    pub async fn collect_tombstones(&self) -> Result<u64, StoreError> {
+        let grace_ms = u64::try_from(self.cfg.tombstone_grace.as_millis()).unwrap_or(u64::MAX);
+        let horizon_ms = now_ms().saturating_sub(grace_ms);
+        self.stats.gc_runs.fetch_add(1, Ordering::Relaxed);
+        let mut candidates: Vec<(String, Record)> = Vec::new();
+        self.for_each_local(&Space::Data, |key, record| {
+            if record.is_tombstone()
+                && record.version.ts.wall_ms < horizon_ms
+                && candidates.len() < GC_BATCH_LEN_MAX
+            {
+                candidates.push((key, record));
+            }
+        })
+        .await?;
+        if candidates.is_empty() {
+            return Ok(0);
+        }
+        // Group the keys by the other replicas to ask.
+        let mut by_node: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (i, (key, _)) in candidates.iter().enumerate() {
+            for node in self
+                .replicas(key)
+                .into_iter()
+                .filter(|n| *n != self.cfg.node_id)
+            {
+                by_node.entry(node).or_default().push(i);
+            }
+        }
+        let mut safe = vec![true; candidates.len()];
+        for (node, indexes) in by_node {
+            let keys: Vec<String> = indexes.iter().map(|i| candidates[*i].0.clone()).collect();
+            match self.read_on(&node, keys).await {
+                Ok(records) if records.len() == indexes.len() => {
+                    for (i, theirs) in indexes.iter().zip(records) {
+                        let ours = &candidates[*i].1;
+                        // Safe only if that replica has nothing older than our tombstone.
+                        if theirs.is_some_and(|t| t.version < ours.version) {
+                            safe[*i] = false;
+                        }
+                    }
+                }
+                _ => {
+                    for i in indexes {
+                        safe[i] = false;
+                    }
+                }
+            }
+        }
+        let collectable: Vec<(String, Record)> = candidates
+            .into_iter()
+            .zip(safe)
+            .filter_map(|(c, ok)| ok.then_some(c))
+            .collect();
+        let removed = self
+            .store
+            .remove_if_same(&Space::Data, &collectable)
+            .await?;
+        self.stats
+            .tombstones_collected
+            .fetch_add(removed, Ordering::Relaxed);
+        Ok(removed)
     }
 
     /// The start-up restore (`try_restore`): pull what this node should hold
@@ -781,8 +1200,10 @@ impl Coordinator {
             Ok(report) => {
                 info!(
                     node = %self.cfg.node_id,
-                    scanned = report.scanned,
-                    owned = report.owned,
+                    peers_synced = report.peers_synced,
+                    leaves_differing = report.leaves_differing,
+                    received = report.received,
+                    bytes_received = report.bytes_received,
                     stored = report.stored,
                     elapsed_ms = report.elapsed_ms,
                     "restore from peers finished"
@@ -797,6 +1218,24 @@ impl Coordinator {
             }
         };
         *lock(&self.restore_state) = state;
+    }
+
+    /// Whether `node` answers now (this node: whether its store answers).
+    /// Records the outcome like any other call.
+    pub async fn probe(&self, node: &str) -> bool {
+        if node == self.cfg.node_id {
+            return self.store.ping().await.is_ok();
+        }
+        match self.peers.health(node).await {
+            Ok(_) => {
+                self.note_success(node);
+                true
+            }
+            Err(error) => {
+                self.note_failure(node, &error.to_string());
+                false
+            }
+        }
     }
 
     /// Calls the `/health` of every peer (or, with `only_unhealthy`, of every
@@ -822,16 +1261,5 @@ impl Coordinator {
             });
         }
         while calls.join_next().await.is_some() {}
-    }
-}
-
-fn log_transition(transition: Option<Transition>) {
-    if let Some(t) = transition {
-        match t.to {
-            Health::Up => info!(peer = %t.node, from = t.from.as_str(), "peer is up"),
-            other => {
-                warn!(peer = %t.node, from = t.from.as_str(), to = other.as_str(), "peer health changed")
-            }
-        }
     }
 }

@@ -3,8 +3,9 @@
 //!
 //! Each node has its own queues in its own Redis, named `kv:{node}:q:{kind}`.
 //! API processes push; worker processes (any number) run the jobs. With
-//! background sync off the API process runs the same job functions itself
-//! through [`InlineRunner`].
+//! background sync off there is no queue: the API process contacts every
+//! replica itself and runs the periodic tasks (hints, heartbeat,
+//! anti-entropy, GC) in-process through the same functions.
 //!
 //! apalis-redis 1.0 is used with these choices, each working around a
 //! behaviour of its source (see README, "Background sync"):
@@ -19,8 +20,6 @@
 //! - finished job records are never trimmed by apalis: [`JobQueues::janitor_pass`]
 //!   deletes them.
 
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use apalis::prelude::{TaskBuilder, TaskSink};
@@ -28,12 +27,11 @@ use apalis_redis::{Config as QueueConfig, RedisStorage};
 use redis::aio::ConnectionManager;
 use serde::Serialize;
 use thiserror::Error;
-use tokio::sync::{Semaphore, mpsc};
 use tracing::{debug, warn};
 
 use crate::coordinator::{Coordinator, now_ms};
 use crate::core::jobs::{DeadLetter, ReplicateJob, RetryDecision, RetryPolicy};
-use crate::core::message::ApplyStatus;
+use crate::core::message::{ApplyStatus, HeartbeatJob};
 
 /// How often an idle worker looks for new jobs.
 pub const POLL_INTERVAL_MS: u64 = 50;
@@ -46,15 +44,11 @@ pub const FETCH_BATCH_LEN: usize = 16;
 pub const DEAD_LETTERS_MAX: isize = 1000;
 /// Finished job records the janitor deletes per queue per pass.
 pub const JANITOR_BATCH_LEN: usize = 1000;
-/// Jobs waiting in the inline runner (background sync off) before new ones
-/// are dead-lettered instead of queued.
-pub const INLINE_QUEUE_LEN_MAX: usize = 10_000;
-/// Inline jobs running at once.
-pub const INLINE_RUNNING_MAX: usize = 32;
 
 /// Queue kinds, one apalis queue each.
 pub const REPLICATE: &str = "replicate";
-pub const QUEUE_KINDS: [&str; 1] = [REPLICATE];
+pub const HEARTBEAT: &str = "heartbeat";
+pub const QUEUE_KINDS: [&str; 2] = [REPLICATE, HEARTBEAT];
 
 /// Name of a node's queue of one kind.
 pub fn queue_name(node: &str, kind: &str) -> String {
@@ -77,8 +71,6 @@ pub enum QueueError {
     Redis(#[from] redis::RedisError),
     #[error("cannot enqueue: {0}")]
     Push(String),
-    #[error("inline job queue is full ({INLINE_QUEUE_LEN_MAX} jobs)")]
-    InlineFull,
 }
 
 /// The apalis-redis configuration of one queue.
@@ -123,18 +115,35 @@ pub struct JobQueues {
     node: String,
     conn: ConnectionManager,
     replicate: RedisStorage<ReplicateJob>,
+    heartbeat: RedisStorage<HeartbeatJob>,
     pub policy: RetryPolicy,
 }
 
 impl JobQueues {
     pub fn new(conn: ConnectionManager, node: &str, policy: RetryPolicy) -> Self {
         let replicate = RedisStorage::new(conn.clone()).with_config(queue_config(node, REPLICATE));
+        let heartbeat = RedisStorage::new(conn.clone()).with_config(queue_config(node, HEARTBEAT));
         JobQueues {
             node: node.to_owned(),
             conn,
             replicate,
+            heartbeat,
             policy,
         }
+    }
+
+    /// The storage workers of the heartbeat queue consume.
+    pub fn heartbeat_storage(&self) -> RedisStorage<HeartbeatJob> {
+        self.heartbeat.clone()
+    }
+
+    /// Pushes a heartbeat job.
+    pub async fn push_heartbeat(&self, job: HeartbeatJob) -> Result<(), QueueError> {
+        let mut storage = self.heartbeat.clone();
+        storage
+            .push_task(TaskBuilder::new(job).build())
+            .await
+            .map_err(|e| QueueError::Push(e.to_string()))
     }
 
     /// The storage workers of the replicate queue consume.
@@ -422,10 +431,24 @@ pub async fn replicate_and_settle(
                     Ok(JobOutcome::Retrying)
                 }
                 RetryDecision::GiveUp => {
-                    warn!(target = %job.target, runs, error = %failure, "replication job dead-lettered");
+                    // The job is dead, not the data: keep it as a hint, which
+                    // is delivered as soon as the target answers again.
+                    let kept = coord.keep_hint(&job.target, job.records.clone()).await;
+                    warn!(target = %job.target, runs, error = %failure, kept_as_hint = kept, "replication job dead-lettered");
+                    let reason = if kept {
+                        format!(
+                            "{}; gave up after {runs} runs, records kept as a hint",
+                            failure.0
+                        )
+                    } else {
+                        format!(
+                            "{}; gave up after {runs} runs, no hint kept (anti-entropy will repair)",
+                            failure.0
+                        )
+                    };
                     let letter = DeadLetter {
                         queue: queue_name(queues.node(), REPLICATE),
-                        reason: failure.0,
+                        reason,
                         attempts: runs,
                         failed_ms: now_ms(),
                         job: serde_json::to_value(&job).unwrap_or_default(),
@@ -435,75 +458,5 @@ pub async fn replicate_and_settle(
                 }
             }
         }
-    }
-}
-
-/// Runs replication jobs inside the API process (background sync off):
-/// a bounded channel, at most [`INLINE_RUNNING_MAX`] jobs at once, the same
-/// job function and retry policy, with delays slept in-process.
-#[derive(Clone)]
-pub struct InlineRunner {
-    tx: mpsc::Sender<ReplicateJob>,
-}
-
-impl InlineRunner {
-    /// Starts the runner's task.
-    pub fn start(coord: Arc<Coordinator>, queues: Option<JobQueues>) -> Self {
-        let (tx, mut rx) = mpsc::channel::<ReplicateJob>(INLINE_QUEUE_LEN_MAX);
-        let retry_tx = tx.clone();
-        let running = Arc::new(Semaphore::new(INLINE_RUNNING_MAX));
-        tokio::spawn(async move {
-            while let Some(job) = rx.recv().await {
-                let Ok(permit) = Arc::clone(&running).acquire_owned().await else {
-                    return;
-                };
-                let coord = Arc::clone(&coord);
-                let queues = queues.clone();
-                let retry_tx = retry_tx.clone();
-                tokio::spawn(async move {
-                    let outcome = run_replicate(&coord, &job).await;
-                    drop(permit);
-                    let Err(failure) = outcome else {
-                        coord.stats.inline_delivered.fetch_add(1, Ordering::Relaxed);
-                        return;
-                    };
-                    let runs = job.attempt.saturating_add(1);
-                    match coord.retry_policy().after_failure(runs) {
-                        RetryDecision::RetryAfter { delay_ms, attempt } => {
-                            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-                            let next = ReplicateJob { attempt, ..job };
-                            if retry_tx.try_send(next).is_err() {
-                                coord.stats.inline_dropped.fetch_add(1, Ordering::Relaxed);
-                                warn!(
-                                    "inline job queue full; retry dropped (anti-entropy will repair)"
-                                );
-                            }
-                        }
-                        RetryDecision::GiveUp => {
-                            coord.stats.inline_dead.fetch_add(1, Ordering::Relaxed);
-                            warn!(target = %job.target, runs, error = %failure, "inline replication dead-lettered");
-                            if let Some(queues) = queues {
-                                let letter = DeadLetter {
-                                    queue: "inline".to_owned(),
-                                    reason: failure.0,
-                                    attempts: runs,
-                                    failed_ms: now_ms(),
-                                    job: serde_json::to_value(&job).unwrap_or_default(),
-                                };
-                                if let Err(e) = queues.dead_letter(&letter).await {
-                                    warn!(error = %e, "cannot record dead letter");
-                                }
-                            }
-                        }
-                    }
-                });
-            }
-        });
-        InlineRunner { tx }
-    }
-
-    /// Queues a job; refuses when the bounded queue is full.
-    pub fn submit(&self, job: ReplicateJob) -> Result<(), QueueError> {
-        self.tx.try_send(job).map_err(|_| QueueError::InlineFull)
     }
 }

@@ -12,7 +12,8 @@ use serde::de::DeserializeOwned;
 use thiserror::Error;
 
 use crate::core::message::{
-    ApplyRequest, ApplyResponse, KeyedRecord, ReadRequest, ReadResponse, ScanResponse,
+    ApplyRequest, ApplyResponse, BucketsRequest, BucketsResponse, KeyedRecord, MerkleRequest,
+    MerkleResponse, ReadRequest, ReadResponse, ScanResponse,
 };
 
 /// Header that carries the cluster secret on internal routes.
@@ -79,16 +80,38 @@ impl PeerClient {
         self.urls.get(node).map(String::as_str)
     }
 
+    /// Stores records on `node` (as hints for `hint_for`, when given).
     pub async fn apply(
         &self,
         node: &str,
         records: Vec<KeyedRecord>,
+        hint_for: Option<String>,
     ) -> Result<ApplyResponse, PeerError> {
         let request = ApplyRequest {
             from: self.self_id.clone(),
             records,
+            hint_for,
         };
         self.post(node, "/internal/apply", &request).await
+    }
+
+    pub async fn merkle(&self, node: &str) -> Result<MerkleResponse, PeerError> {
+        let request = MerkleRequest {
+            for_node: self.self_id.clone(),
+        };
+        self.post(node, "/internal/merkle", &request).await
+    }
+
+    pub async fn buckets(
+        &self,
+        node: &str,
+        buckets: Vec<u16>,
+    ) -> Result<BucketsResponse, PeerError> {
+        let request = BucketsRequest {
+            for_node: self.self_id.clone(),
+            buckets,
+        };
+        self.post(node, "/internal/buckets", &request).await
     }
 
     pub async fn read(&self, node: &str, keys: Vec<String>) -> Result<ReadResponse, PeerError> {

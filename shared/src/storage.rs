@@ -74,6 +74,30 @@ end
 return out
 "#;
 
+/// Lua: delete records only if they are still exactly what the caller saw.
+/// KEYS[1] = hash; ARGV = key1, rec1, key2, rec2, ... Returns how many were deleted.
+/// Used to drop delivered hints and collected tombstones without losing a
+/// newer record written meanwhile.
+pub const REMOVE_IF_SAME_SCRIPT: &str = r#"
+local removed = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+    removed = removed + 1
+  end
+end
+return removed
+"#;
+
+/// Which map of a node's records an operation is about.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Space {
+    /// The records this node holds as a replica.
+    Data,
+    /// Hints: records kept for another node that was down when written.
+    Hints(String),
+}
+
 /// One page of a scan: the cursor to continue from (0 = done) and records.
 #[derive(Debug, Default)]
 pub struct ScanPage {
@@ -89,15 +113,24 @@ pub enum Store {
 }
 
 impl Store {
-    /// Applies each record if it is newer than the local one; returns, per
-    /// record, whether it was stored.
+    /// Applies each record to the node's data if it is newer than the local
+    /// one; returns, per record, whether it was stored.
     pub async fn apply(&self, records: &[(String, Record)]) -> Result<Vec<bool>, StoreError> {
+        self.apply_in(&Space::Data, records).await
+    }
+
+    /// [`Store::apply`] in any space (data or a target's hints).
+    pub async fn apply_in(
+        &self,
+        space: &Space,
+        records: &[(String, Record)],
+    ) -> Result<Vec<bool>, StoreError> {
         if records.is_empty() {
             return Ok(Vec::new());
         }
         match self {
-            Store::Redis(s) => s.apply(records).await,
-            Store::Memory(s) => Ok(s.apply(records).await),
+            Store::Redis(s) => s.apply(space, records).await,
+            Store::Memory(s) => Ok(s.apply(space, records).await),
         }
     }
 
@@ -115,20 +148,53 @@ impl Store {
         }
     }
 
-    /// Scans records from `cursor` (0 to start). `count` is a hint, as in
-    /// Redis `HSCAN`: a page may hold somewhat more or fewer records.
+    /// Scans the node's data from `cursor` (0 to start). `count` is a hint,
+    /// as in Redis `HSCAN`: a page may hold somewhat more or fewer records.
     pub async fn scan(&self, cursor: u64, count: usize) -> Result<ScanPage, StoreError> {
+        self.scan_in(&Space::Data, cursor, count).await
+    }
+
+    pub async fn scan_in(
+        &self,
+        space: &Space,
+        cursor: u64,
+        count: usize,
+    ) -> Result<ScanPage, StoreError> {
         match self {
-            Store::Redis(s) => s.scan(cursor, count).await,
-            Store::Memory(s) => Ok(s.scan(cursor, count).await),
+            Store::Redis(s) => s.scan(space, cursor, count).await,
+            Store::Memory(s) => Ok(s.scan(space, cursor, count).await),
+        }
+    }
+
+    /// Deletes records that are still exactly as given; returns how many.
+    pub async fn remove_if_same(
+        &self,
+        space: &Space,
+        records: &[(String, Record)],
+    ) -> Result<u64, StoreError> {
+        if records.is_empty() {
+            return Ok(0);
+        }
+        match self {
+            Store::Redis(s) => s.remove_if_same(space, records).await,
+            Store::Memory(s) => Ok(s.remove_if_same(space, records).await),
         }
     }
 
     /// Number of records held, tombstones included.
     pub async fn record_count(&self) -> Result<u64, StoreError> {
+        self.count_in(&Space::Data).await
+    }
+
+    pub async fn count_in(&self, space: &Space) -> Result<u64, StoreError> {
         match self {
-            Store::Redis(s) => s.len().await,
-            Store::Memory(s) => Ok(s.map.lock().await.len() as u64),
+            Store::Redis(s) => s.count(space).await,
+            Store::Memory(s) => Ok(s
+                .spaces
+                .lock()
+                .await
+                .get(space)
+                .map_or(0, |m| m.len() as u64)),
         }
     }
 
@@ -140,24 +206,24 @@ impl Store {
         }
     }
 
-    /// Writes a plain string under a global (not namespaced) key, such as
-    /// the seed's `node_status:node1`. Memory store keeps it in a side map.
-    pub async fn set_plain(&self, key: &str, value: &str) -> Result<(), StoreError> {
+    /// Writes plain strings under global (not namespaced) keys, such as the
+    /// seed's `node_status:node1`. The memory store keeps them in a side map.
+    pub async fn set_plain(&self, pairs: &[(String, String)]) -> Result<(), StoreError> {
         match self {
             Store::Redis(s) => {
                 let mut conn = s.conn.clone();
-                redis::cmd("SET")
-                    .arg(key)
-                    .arg(value)
-                    .query_async::<()>(&mut conn)
-                    .await?;
+                let mut cmd = redis::cmd("MSET");
+                for (k, v) in pairs {
+                    cmd.arg(k).arg(v);
+                }
+                cmd.query_async::<()>(&mut conn).await?;
                 Ok(())
             }
             Store::Memory(s) => {
-                s.plain
-                    .lock()
-                    .await
-                    .insert(key.to_owned(), value.to_owned());
+                let mut plain = s.plain.lock().await;
+                for (k, v) in pairs {
+                    plain.insert(k.clone(), v.clone());
+                }
                 Ok(())
             }
         }
@@ -172,19 +238,42 @@ impl Store {
             Store::Memory(s) => Ok(s.plain.lock().await.get(key).cloned()),
         }
     }
+
+    pub async fn delete_plain(&self, key: &str) -> Result<(), StoreError> {
+        match self {
+            Store::Redis(s) => {
+                let mut conn = s.conn.clone();
+                redis::cmd("DEL")
+                    .arg(key)
+                    .query_async::<()>(&mut conn)
+                    .await?;
+                Ok(())
+            }
+            Store::Memory(s) => {
+                s.plain.lock().await.remove(key);
+                Ok(())
+            }
+        }
+    }
 }
 
 /// Records in one Redis hash per node.
 #[derive(Clone)]
 pub struct RedisStore {
     conn: ConnectionManager,
-    data_key: String,
+    node: String,
     script: Arc<Script>,
+    remove_script: Arc<Script>,
 }
 
 /// Name of the hash holding `node`'s records.
 pub fn data_key(node: &str) -> String {
     format!("kv:{node}:data")
+}
+
+/// Name of the hash holding `node`'s hints for `target`.
+pub fn hints_key(node: &str, target: &str) -> String {
+    format!("kv:{node}:hints:{target}")
 }
 
 /// Opens a managed, auto-reconnecting Redis connection with explicit
@@ -208,8 +297,16 @@ impl RedisStore {
     pub fn new(conn: ConnectionManager, node_id: &str) -> Self {
         RedisStore {
             conn,
-            data_key: data_key(node_id),
+            node: node_id.to_owned(),
             script: Arc::new(Script::new(APPLY_SCRIPT)),
+            remove_script: Arc::new(Script::new(REMOVE_IF_SAME_SCRIPT)),
+        }
+    }
+
+    fn hash(&self, space: &Space) -> String {
+        match space {
+            Space::Data => data_key(&self.node),
+            Space::Hints(target) => hints_key(&self.node, target),
         }
     }
 
@@ -218,8 +315,12 @@ impl RedisStore {
         self.conn.clone()
     }
 
-    async fn apply(&self, records: &[(String, Record)]) -> Result<Vec<bool>, StoreError> {
-        let mut invocation = self.script.key(&self.data_key);
+    async fn apply(
+        &self,
+        space: &Space,
+        records: &[(String, Record)],
+    ) -> Result<Vec<bool>, StoreError> {
+        let mut invocation = self.script.key(self.hash(space));
         for (key, record) in records {
             invocation.arg(key).arg(record.encode());
         }
@@ -237,7 +338,7 @@ impl RedisStore {
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Record>>, StoreError> {
         let mut conn = self.conn.clone();
         let raw: Vec<Option<String>> = redis::cmd("HMGET")
-            .arg(&self.data_key)
+            .arg(data_key(&self.node))
             .arg(keys)
             .query_async(&mut conn)
             .await?;
@@ -253,10 +354,10 @@ impl RedisStore {
             .collect()
     }
 
-    async fn scan(&self, cursor: u64, count: usize) -> Result<ScanPage, StoreError> {
+    async fn scan(&self, space: &Space, cursor: u64, count: usize) -> Result<ScanPage, StoreError> {
         let mut conn = self.conn.clone();
         let (next_cursor, flat): (u64, Vec<String>) = redis::cmd("HSCAN")
-            .arg(&self.data_key)
+            .arg(self.hash(space))
             .arg(cursor)
             .arg("COUNT")
             .arg(count.max(1))
@@ -277,12 +378,25 @@ impl RedisStore {
         })
     }
 
-    async fn len(&self) -> Result<u64, StoreError> {
+    async fn count(&self, space: &Space) -> Result<u64, StoreError> {
         let mut conn = self.conn.clone();
         Ok(redis::cmd("HLEN")
-            .arg(&self.data_key)
+            .arg(self.hash(space))
             .query_async(&mut conn)
             .await?)
+    }
+
+    async fn remove_if_same(
+        &self,
+        space: &Space,
+        records: &[(String, Record)],
+    ) -> Result<u64, StoreError> {
+        let mut invocation = self.remove_script.key(self.hash(space));
+        for (key, record) in records {
+            invocation.arg(key).arg(record.encode());
+        }
+        let mut conn = self.conn.clone();
+        Ok(invocation.invoke_async(&mut conn).await?)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -307,13 +421,14 @@ fn decode_opt(key: &str, encoded: Option<String>) -> Result<Option<Record>, Stor
 /// handlers. Not used by a running node.
 #[derive(Clone, Default)]
 pub struct MemoryStore {
-    map: Arc<Mutex<BTreeMap<String, Record>>>,
+    spaces: Arc<Mutex<BTreeMap<Space, BTreeMap<String, Record>>>>,
     plain: Arc<Mutex<BTreeMap<String, String>>>,
 }
 
 impl MemoryStore {
-    async fn apply(&self, records: &[(String, Record)]) -> Vec<bool> {
-        let mut map = self.map.lock().await;
+    async fn apply(&self, space: &Space, records: &[(String, Record)]) -> Vec<bool> {
+        let mut spaces = self.spaces.lock().await;
+        let map = spaces.entry(space.clone()).or_default();
         records
             .iter()
             .map(|(key, record)| {
@@ -327,12 +442,32 @@ impl MemoryStore {
     }
 
     async fn get_many(&self, keys: &[String]) -> Vec<Option<Record>> {
-        let map = self.map.lock().await;
-        keys.iter().map(|k| map.get(k).cloned()).collect()
+        let spaces = self.spaces.lock().await;
+        let map = spaces.get(&Space::Data);
+        keys.iter()
+            .map(|k| map.and_then(|m| m.get(k)).cloned())
+            .collect()
     }
 
-    async fn scan(&self, cursor: u64, count: usize) -> ScanPage {
-        let map = self.map.lock().await;
+    async fn remove_if_same(&self, space: &Space, records: &[(String, Record)]) -> u64 {
+        let mut spaces = self.spaces.lock().await;
+        let Some(map) = spaces.get_mut(space) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for (key, record) in records {
+            if map.get(key).is_some_and(|r| r.encode() == record.encode()) {
+                map.remove(key);
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    async fn scan(&self, space: &Space, cursor: u64, count: usize) -> ScanPage {
+        let spaces = self.spaces.lock().await;
+        let empty = BTreeMap::new();
+        let map = spaces.get(space).unwrap_or(&empty);
         let start = usize::try_from(cursor).unwrap_or(usize::MAX);
         let records: Vec<(String, Record)> = map
             .iter()

@@ -517,6 +517,40 @@ pub fn encode(s: &str) -> String {
     out
 }
 
+/// A key (`{prefix}{n}`) whose preference list, as `route` says, satisfies `pred`.
+pub async fn key_where(
+    cluster: &Cluster,
+    prefix: &str,
+    start: usize,
+    pred: impl Fn(&[String]) -> bool,
+) -> (String, usize) {
+    for n in start..start + 10_000 {
+        let key = format!("{prefix}{n}");
+        if pred(&cluster.route(0, &key).await) {
+            return (key, n);
+        }
+    }
+    panic!("no key matches");
+}
+
+/// `count` keys for which a write through node1 contacts node2 before node3
+/// (so with W=2 node3 is not contacted at all and gets a replication job).
+pub async fn keys_node2_before_node3(cluster: &Cluster, prefix: &str, count: usize) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut next = 0;
+    while keys.len() < count {
+        let (key, n) = key_where(cluster, prefix, next, |r| {
+            let p2 = r.iter().position(|x| x == "node2");
+            let p3 = r.iter().position(|x| x == "node3");
+            p2 < p3
+        })
+        .await;
+        keys.push(key);
+        next = n + 1;
+    }
+    keys
+}
+
 /// A key whose primary (first replica) is node `primary`, as `route` says.
 pub async fn key_with_primary(cluster: &Cluster, primary: &str, prefix: &str) -> String {
     for n in 0..10_000 {

@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 use shared::config::Config;
 use shared::core::hlc::Timestamp;
 use shared::core::record::{Record, Version};
-use shared::storage::{MemoryStore, RedisStore, Store, connect_redis};
+use shared::storage::{MemoryStore, RedisStore, Space, Store, connect_redis};
 
 fn rec(wall: u64, logical: u32, node: &str, json: Option<&str>) -> Record {
     let version = Version::new(Timestamp::new(wall, logical), node);
@@ -149,12 +149,55 @@ async fn suite(store: Store) {
     );
 
     // Plain keys (node_status:*) live outside the namespaced data.
-    store.set_plain("node_status:n1", "up").await.unwrap();
+    store
+        .set_plain(&[("node_status:n1".to_owned(), "up".to_owned())])
+        .await
+        .unwrap();
     assert_eq!(
         store.get_plain("node_status:n1").await.unwrap().as_deref(),
         Some("up")
     );
     assert_eq!(store.record_count().await.unwrap(), 603);
+
+    // Hints live in their own space per owner, with the same merge rules.
+    let hints = Space::Hints("n9".to_owned());
+    let h1 = rec(50, 0, "n1", Some("1"));
+    assert_eq!(
+        store
+            .apply_in(&hints, &[("h".into(), h1.clone())])
+            .await
+            .unwrap(),
+        vec![true]
+    );
+    assert_eq!(store.count_in(&hints).await.unwrap(), 1);
+    assert_eq!(
+        store.record_count().await.unwrap(),
+        603,
+        "hints are not data"
+    );
+    // Remove-if-same: a newer hint written meanwhile is not removed.
+    let h2 = rec(51, 0, "n1", Some("2"));
+    store
+        .apply_in(&hints, &[("h".into(), h2.clone())])
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .remove_if_same(&hints, &[("h".into(), h1)])
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        store
+            .remove_if_same(&hints, &[("h".into(), h2)])
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(store.count_in(&hints).await.unwrap(), 0);
+    let page = store.scan_in(&hints, 0, 10).await.unwrap();
+    assert!(page.records.is_empty() && page.next_cursor == 0);
 }
 
 #[tokio::test]

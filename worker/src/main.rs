@@ -15,7 +15,9 @@ use apalis::prelude::{BackendExt, BoxDynError, Data, Monitor, WorkerBuilder, Wor
 use shared::config::Config;
 use shared::coordinator::Coordinator;
 use shared::core::jobs::ReplicateJob;
+use shared::core::message::HeartbeatJob;
 use shared::jobs::{JobOutcome, JobQueues, POLL_INTERVAL_MS, replicate_and_settle};
+use shared::maintenance::{Periodic, run_heartbeat_job, spawn_periodic};
 use shared::storage::{RedisStore, Store, connect_redis};
 use tracing::{info, warn};
 
@@ -68,10 +70,20 @@ async fn run() -> anyhow::Result<()> {
     };
 
     let janitor = tokio::spawn(janitor(queues.clone()));
+    // Hint delivery, anti-entropy and tombstone collection (one worker per
+    // node runs each round, through a Redis lease).
+    spawn_periodic(
+        Arc::clone(&state.coord),
+        Periodic { heartbeat: false },
+        name.clone(),
+    );
     info!(node = %cfg.node_id, worker = %name, concurrency = cfg.worker_concurrency, "worker started");
 
     let concurrency = cfg.worker_concurrency;
     let replicate_storage = queues.replicate_storage();
+    let heartbeat_storage = queues.heartbeat_storage();
+    let heartbeat_state = state.clone();
+    let heartbeat_name = name.clone();
     let monitor = Monitor::new()
         .register(move |restart| {
             // A new name per restart: apalis-redis refuses to re-register a
@@ -85,6 +97,17 @@ async fn run() -> anyhow::Result<()> {
                 .data(state.clone())
                 .concurrency(concurrency)
                 .build(replicate_job)
+        })
+        .register(move |restart| {
+            WorkerBuilder::new(format!("{heartbeat_name}-heartbeat-{restart}"))
+                .backend(
+                    heartbeat_storage
+                        .clone()
+                        .poll_with_interval(Duration::from_millis(POLL_INTERVAL_MS)),
+                )
+                .data(heartbeat_state.clone())
+                .concurrency(1)
+                .build(heartbeat_job)
         })
         // A Redis stall ends an apalis worker with a backend error; restart it
         // after a pause instead of giving up.
@@ -113,6 +136,12 @@ async fn replicate_job(job: ReplicateJob, state: Data<WorkerState>) -> Result<()
     match replicate_and_settle(&state.coord, &state.queues, job).await? {
         JobOutcome::Delivered | JobOutcome::Retrying | JobOutcome::Dead => Ok(()),
     }
+}
+
+/// The heartbeat job function: check every node, record `node_status:*`.
+async fn heartbeat_job(job: HeartbeatJob, state: Data<WorkerState>) -> Result<(), BoxDynError> {
+    run_heartbeat_job(&state.coord, &job).await?;
+    Ok(())
 }
 
 /// Deletes finished job records every few seconds, so they stay bounded.

@@ -51,3 +51,14 @@ pub const REQUESTS_IN_FLIGHT_MAX_DEFAULT: usize = 1024;
 /// Background read-repair tasks in flight at once; further repairs are dropped
 /// (anti-entropy catches them later) rather than queued without bound.
 pub const READ_REPAIRS_IN_FLIGHT_MAX: usize = 256;
+/// Records fetched from a peer per anti-entropy request (whole leaves, so
+/// one request may exceed it by the size of one leaf).
+pub const SYNC_BATCH_RECORDS_MAX: usize = 2000;
+/// Tombstones examined per garbage-collection pass.
+pub const GC_BATCH_LEN_MAX: usize = 5000;
+/// Hints kept per owner when the operator sets none.
+pub const HINTS_PER_NODE_MAX_DEFAULT: u64 = 100_000;
+/// How long hints are kept for an owner that stays down (Cassandra's `max_hint_window`).
+pub const HINT_WINDOW_S_DEFAULT: u64 = 3 * 3600;
+/// Age a tombstone must reach before it may be collected.
+pub const TOMBSTONE_GRACE_S_DEFAULT: u64 = 24 * 3600;

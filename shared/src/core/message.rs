@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::merkle::Summary;
 use super::record::Record;
 
 /// A record with its key.
@@ -20,6 +21,10 @@ pub struct ApplyRequest {
     /// The sending node, for logs and clock errors.
     pub from: String,
     pub records: Vec<KeyedRecord>,
+    /// Sloppy quorum: the receiver is a fallback and must keep the records
+    /// as hints for this owner (not in its own data).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint_for: Option<String>,
 }
 
 /// Outcome of one record of an apply request.
@@ -63,6 +68,38 @@ pub struct ScanResponse {
     pub records: Vec<KeyedRecord>,
 }
 
+/// `POST /internal/merkle`: the summary of records shared with `for_node`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MerkleRequest {
+    pub for_node: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MerkleResponse {
+    pub node: String,
+    pub summary: Summary,
+}
+
+/// `POST /internal/buckets`: the records of some leaves shared with `for_node`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BucketsRequest {
+    pub for_node: String,
+    pub buckets: Vec<u16>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BucketsResponse {
+    pub node: String,
+    pub records: Vec<KeyedRecord>,
+}
+
+/// The heartbeat job: check every node and record its status.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeartbeatJob {
+    /// When the beat was scheduled; a beat older than two intervals is skipped.
+    pub scheduled_ms: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,6 +113,7 @@ mod tests {
         let null_value = Record::value(v.clone(), RawValue::from_string("null".into()).unwrap());
         let tomb = Record::tombstone(v);
         let request = ApplyRequest {
+            hint_for: None,
             from: "n1".into(),
             records: vec![
                 KeyedRecord {

@@ -17,6 +17,7 @@ pub mod hlc;
 pub mod jobs;
 pub mod limits;
 pub mod membership;
+pub mod merkle;
 pub mod message;
 pub mod quorum;
 pub mod record;
