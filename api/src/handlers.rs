@@ -571,6 +571,8 @@ pub async fn cluster(State(state): State<AppState>) -> Result<Response, ApiError
             "anti_entropy_stored": load(&stats.anti_entropy_stored),
             "tombstones_collected": load(&stats.tombstones_collected),
             "gc_runs": load(&stats.gc_runs),
+            "mail_enqueued": load(&stats.mail_enqueued),
+            "mail_not_queued": load(&stats.mail_not_queued),
         },
     }))
     .into_response())

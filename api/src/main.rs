@@ -7,6 +7,7 @@ use shared::config::Config;
 use shared::coordinator::{Coordinator, now_ms};
 use shared::core::message::HeartbeatJob;
 use shared::jobs::JobQueues;
+use shared::mail::Mailer;
 use shared::maintenance::{Periodic, spawn_periodic};
 use shared::storage::{RedisStore, Store, connect_redis};
 use tokio::net::TcpListener;
@@ -38,6 +39,12 @@ async fn run() -> anyhow::Result<()> {
         Coordinator::new(Arc::clone(&cfg), store).context("cannot build the peer HTTP client")?;
     let queues = JobQueues::new(conn, &cfg.node_id, coord.retry_policy());
     coord.set_queues(queues.clone());
+    if let Some(email) = &cfg.email {
+        // Built here too so a bad address stops the node at start.
+        let mailer = Mailer::new(email).context("e-mail configuration")?;
+        coord.set_mailer(Arc::new(mailer));
+        info!(host = %email.host, port = email.port, tls = ?email.tls, "e-mail notifications on");
+    }
     if cfg.background_sync {
         // Workers run the periodic tasks; this process schedules the heartbeat job.
         tokio::spawn(schedule_heartbeats(queues, cfg.heartbeat_interval));

@@ -282,6 +282,27 @@ pub async fn render(State(state): State<AppState>) -> Response {
                 "gauge",
                 &[(String::new(), c.lag_ms_last as f64)],
             );
+            gauge(
+                &mut out,
+                "kv_mail_sent_total",
+                "Notification e-mails sent.",
+                "counter",
+                &[(String::new(), c.mail_sent as f64)],
+            );
+            gauge(
+                &mut out,
+                "kv_mail_failed_total",
+                "Notification sends that failed (then retried or dead-lettered).",
+                "counter",
+                &[(String::new(), c.mail_failed as f64)],
+            );
+            gauge(
+                &mut out,
+                "kv_mail_digested_total",
+                "Notifications over the rate bound, summed up in a digest.",
+                "counter",
+                &[(String::new(), c.mail_digested as f64)],
+            );
             let avg = if c.delivered > 0 {
                 c.lag_ms_sum as f64 / c.delivered as f64
             } else {

@@ -26,6 +26,7 @@ use crate::core::jobs::{ReplicateJob, RetryPolicy};
 use crate::core::limits::{
     APPLY_BATCH_LEN_MAX, GC_BATCH_LEN_MAX, READ_REPAIRS_IN_FLIGHT_MAX, SYNC_BATCH_RECORDS_MAX,
 };
+use crate::core::mail::{MailJob, MailKind, PREVIEW_CHARS_MAX, key_notifies, preview};
 use crate::core::membership::{Health, Membership, PeerState, Transition};
 use crate::core::merkle::{Summary, bucket_of, shared_by};
 use crate::core::message::{ApplyStatus, KeyedRecord};
@@ -33,8 +34,13 @@ use crate::core::quorum::{Consistency, QuorumTally, TallyState};
 use crate::core::record::{Record, Version};
 use crate::core::ring::Ring;
 use crate::jobs::JobQueues;
+use crate::mail::Mailer;
 use crate::peer::PeerClient;
 use crate::storage::{ScanPage, Space, Store, StoreError};
+
+/// Notifications sent at once by the API process when background sync is off;
+/// beyond it a notification is logged and counted as not queued.
+pub const MAIL_INLINE_IN_FLIGHT_MAX: usize = 64;
 
 /// Records read per page when a node scans its own store.
 pub const SCAN_PAGE_LEN: usize = 1000;
@@ -180,6 +186,8 @@ pub struct Stats {
     pub anti_entropy_stored: AtomicU64,
     pub tombstones_collected: AtomicU64,
     pub gc_runs: AtomicU64,
+    pub mail_enqueued: AtomicU64,
+    pub mail_not_queued: AtomicU64,
 }
 
 /// The coordinator of one node.
@@ -193,6 +201,8 @@ pub struct Coordinator {
     repair_permits: Arc<Semaphore>,
     restore_state: Mutex<RestoreState>,
     queues: OnceLock<JobQueues>,
+    mailer: OnceLock<Arc<Mailer>>,
+    mail_permits: Arc<Semaphore>,
     pub stats: Stats,
 }
 
@@ -237,6 +247,8 @@ impl Coordinator {
             repair_permits: Arc::new(Semaphore::new(READ_REPAIRS_IN_FLIGHT_MAX)),
             restore_state: Mutex::new(RestoreState::Idle),
             queues: OnceLock::new(),
+            mailer: OnceLock::new(),
+            mail_permits: Arc::new(Semaphore::new(MAIL_INLINE_IN_FLIGHT_MAX)),
             stats: Stats::default(),
             ring,
             store,
@@ -255,6 +267,101 @@ impl Coordinator {
 
     pub fn queues(&self) -> Option<&JobQueues> {
         self.queues.get()
+    }
+
+    /// Sets the SMTP sender used in-process when background sync is off.
+    pub fn set_mailer(&self, mailer: Arc<Mailer>) {
+        if self.mailer.set(mailer).is_err() {
+            warn!("mailer already set; keeping the first");
+        }
+    }
+
+    /// Queues (or, background sync off, sends in-process) one notification.
+    /// Never waits for SMTP; a failure to queue is logged and counted.
+    pub async fn notify(&self, job: MailJob) {
+        let Some(queues) = self.queues.get() else {
+            return;
+        };
+        if self.cfg.background_sync {
+            match queues.push_mail(job, None).await {
+                Ok(()) => {
+                    self.stats.mail_enqueued.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(error) => {
+                    self.stats.mail_not_queued.fetch_add(1, Ordering::Relaxed);
+                    warn!(%error, "cannot queue a notification");
+                }
+            }
+            return;
+        }
+        let (Some(mailer), Ok(permit)) = (
+            self.mailer.get(),
+            Arc::clone(&self.mail_permits).try_acquire_owned(),
+        ) else {
+            self.stats.mail_not_queued.fetch_add(1, Ordering::Relaxed);
+            warn!(id = %job.id, "notification not sent: no mailer or too many in flight");
+            return;
+        };
+        self.stats.mail_enqueued.fetch_add(1, Ordering::Relaxed);
+        let (mailer, queues) = (Arc::clone(mailer), queues.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut job = job;
+            // The same job function and retry policy as a worker, with the
+            // delays slept here instead of scheduled on a queue.
+            loop {
+                let attempt = job.attempt;
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let outcome = crate::mail::run_mail_job(&mailer, &queues, &job).await;
+                let Err(failure) = outcome else { return };
+                let permanent = matches!(failure, crate::mail::MailError::Permanent(_));
+                let runs = attempt.saturating_add(1);
+                let result = crate::jobs::retry_or_dead_letter(
+                    &queues,
+                    crate::jobs::EMAIL,
+                    runs,
+                    !permanent,
+                    failure.to_string(),
+                    &job,
+                    async |next_attempt, delay| {
+                        let _ = tx.send((next_attempt, delay));
+                        Ok(())
+                    },
+                )
+                .await;
+                if let Err(error) = result {
+                    warn!(%error, "cannot settle an in-process notification");
+                    return;
+                }
+                let Ok((next_attempt, delay)) = rx.await else {
+                    return;
+                };
+                tokio::time::sleep(delay).await;
+                job.attempt = next_attempt;
+            }
+        });
+    }
+
+    /// The notification of an acknowledged client write, if one is due.
+    fn write_mail(&self, key: &str, record: &Record) -> Option<MailJob> {
+        let email = self.cfg.email.as_ref()?;
+        if (record.is_tombstone() && !email.on_delete) || !key_notifies(&email.key_patterns, key) {
+            return None;
+        }
+        Some(MailJob {
+            id: format!("w-{}", record.version),
+            node: self.cfg.node_id.clone(),
+            time_ms: record.version.ts.wall_ms,
+            kind: MailKind::Write {
+                key: key.to_owned(),
+                preview: record
+                    .value
+                    .as_ref()
+                    .map(|v| preview(v.get(), PREVIEW_CHARS_MAX)),
+                version: record.version.to_string(),
+            },
+            attempt: 0,
+        })
     }
 
     /// The retry policy of background jobs.
@@ -536,6 +643,11 @@ impl Coordinator {
                 error: error.clone(),
             })
             .collect();
+        if tally.state() == TallyState::Reached
+            && let Some(mail) = self.write_mail(&key, &record)
+        {
+            self.notify(mail).await;
+        }
         match tally.state() {
             TallyState::Reached => Ok(WriteReport {
                 key,

@@ -22,7 +22,7 @@
 
 use std::time::Duration;
 
-use apalis::prelude::{TaskBuilder, TaskSink};
+use apalis::prelude::{TaskBuilder, TaskId, TaskSink};
 use apalis_redis::{Config as QueueConfig, RedisStorage};
 use redis::aio::ConnectionManager;
 use serde::Serialize;
@@ -30,7 +30,8 @@ use thiserror::Error;
 use tracing::{debug, warn};
 
 use crate::coordinator::{Coordinator, now_ms};
-use crate::core::jobs::{DeadLetter, ReplicateJob, RetryDecision, RetryPolicy};
+use crate::core::jobs::{DeadLetter, Lenient, ReplicateJob, RetryDecision, RetryPolicy};
+use crate::core::mail::MailJob;
 use crate::core::message::{ApplyStatus, HeartbeatJob};
 
 /// How often an idle worker looks for new jobs.
@@ -48,7 +49,8 @@ pub const JANITOR_BATCH_LEN: usize = 1000;
 /// Queue kinds, one apalis queue each.
 pub const REPLICATE: &str = "replicate";
 pub const HEARTBEAT: &str = "heartbeat";
-pub const QUEUE_KINDS: [&str; 2] = [REPLICATE, HEARTBEAT];
+pub const EMAIL: &str = "email";
+pub const QUEUE_KINDS: [&str; 3] = [REPLICATE, HEARTBEAT, EMAIL];
 
 /// Name of a node's queue of one kind.
 pub fn queue_name(node: &str, kind: &str) -> String {
@@ -107,6 +109,11 @@ pub struct JobCounters {
     pub dead: u64,
     pub lag_ms_last: u64,
     pub lag_ms_sum: u64,
+    pub mail_sent: u64,
+    pub mail_failed: u64,
+    pub mail_digested: u64,
+    pub mail_duplicates_skipped: u64,
+    pub status_changes: u64,
 }
 
 /// The queues of one node.
@@ -116,6 +123,7 @@ pub struct JobQueues {
     conn: ConnectionManager,
     replicate: RedisStorage<ReplicateJob>,
     heartbeat: RedisStorage<HeartbeatJob>,
+    email: RedisStorage<MailJob>,
     pub policy: RetryPolicy,
 }
 
@@ -123,18 +131,35 @@ impl JobQueues {
     pub fn new(conn: ConnectionManager, node: &str, policy: RetryPolicy) -> Self {
         let replicate = RedisStorage::new(conn.clone()).with_config(queue_config(node, REPLICATE));
         let heartbeat = RedisStorage::new(conn.clone()).with_config(queue_config(node, HEARTBEAT));
+        let email = RedisStorage::new(conn.clone()).with_config(queue_config(node, EMAIL));
         JobQueues {
             node: node.to_owned(),
             conn,
             replicate,
             heartbeat,
+            email,
             policy,
         }
     }
 
-    /// The storage workers of the heartbeat queue consume.
-    pub fn heartbeat_storage(&self) -> RedisStorage<HeartbeatJob> {
-        self.heartbeat.clone()
+    /// The node's Redis connection (shared, multiplexed).
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// Pushes a mail job. Its task id is derived from the job id and
+    /// attempt, so pushing the same job twice enqueues it once.
+    pub async fn push_mail(&self, job: MailJob, delay: Option<Duration>) -> Result<(), QueueError> {
+        let id = TaskId::from_string(format!("{}-a{}", job.id, job.attempt));
+        let mut builder = TaskBuilder::new(job).task_id(id);
+        if let Some(delay) = delay {
+            builder = builder.run_after(delay);
+        }
+        let mut storage = self.email.clone();
+        storage
+            .push_task(builder.build())
+            .await
+            .map_err(|e| QueueError::Push(e.to_string()))
     }
 
     /// Pushes a heartbeat job.
@@ -146,9 +171,27 @@ impl JobQueues {
             .map_err(|e| QueueError::Push(e.to_string()))
     }
 
-    /// The storage workers of the replicate queue consume.
-    pub fn replicate_storage(&self) -> RedisStorage<ReplicateJob> {
-        self.replicate.clone()
+    /// The storage a worker of queue `kind` consumes: the same queue, read
+    /// leniently (see [`Lenient`]).
+    pub fn worker_storage<T>(&self, kind: &str) -> RedisStorage<Lenient<T>> {
+        RedisStorage::new(self.conn.clone()).with_config(queue_config(&self.node, kind))
+    }
+
+    /// Dead-letters a job its worker could not decode.
+    pub async fn dead_letter_invalid(
+        &self,
+        kind: &str,
+        job: serde_json::Value,
+    ) -> Result<(), QueueError> {
+        warn!(kind, "undecodable job dead-lettered");
+        let letter = DeadLetter {
+            queue: queue_name(&self.node, kind),
+            reason: "the job payload could not be decoded".to_owned(),
+            attempts: 0,
+            failed_ms: now_ms(),
+            job,
+        };
+        self.dead_letter(&letter).await
     }
 
     pub fn node(&self) -> &str {
@@ -266,6 +309,11 @@ impl JobQueues {
             dead: get("dead"),
             lag_ms_last: get("lag_ms_last"),
             lag_ms_sum: get("lag_ms_sum"),
+            mail_sent: get("mail_sent"),
+            mail_failed: get("mail_failed"),
+            mail_digested: get("mail_digested"),
+            mail_duplicates_skipped: get("mail_duplicates_skipped"),
+            status_changes: get("status_changes"),
         })
     }
 
@@ -404,59 +452,94 @@ pub enum JobOutcome {
     Dead,
 }
 
+/// After a failed run: push the job again after the policy's delay, or,
+/// when out of attempts (or `retryable` is false), write a dead letter.
+/// `requeue` receives the new attempt count and the delay.
+#[allow(clippy::too_many_arguments)]
+pub async fn retry_or_dead_letter<J: Serialize>(
+    queues: &JobQueues,
+    kind: &str,
+    runs: u32,
+    retryable: bool,
+    reason: String,
+    job: &J,
+    requeue: impl AsyncFnOnce(u32, Duration) -> Result<(), QueueError>,
+) -> Result<(), QueueError> {
+    let decision = if retryable {
+        queues.policy.after_failure(runs)
+    } else {
+        RetryDecision::GiveUp
+    };
+    match decision {
+        RetryDecision::RetryAfter { delay_ms, attempt } => {
+            debug!(kind, attempt, delay_ms, %reason, "job failed; retrying");
+            requeue(attempt, Duration::from_millis(delay_ms)).await?;
+            queues.count("retried", 1).await?;
+        }
+        RetryDecision::GiveUp => {
+            warn!(kind, runs, %reason, "job dead-lettered");
+            let letter = DeadLetter {
+                queue: queue_name(queues.node(), kind),
+                reason,
+                attempts: runs,
+                failed_ms: now_ms(),
+                job: serde_json::to_value(job).unwrap_or_default(),
+            };
+            queues.dead_letter(&letter).await?;
+        }
+    }
+    Ok(())
+}
+
 /// Runs a replication job once and, on failure, schedules the retry on the
-/// queue or dead-letters it. Used by the worker's job function.
+/// queue or dead-letters it (keeping the records as a hint). Used by the
+/// worker's job function.
 pub async fn replicate_and_settle(
     coord: &Coordinator,
     queues: &JobQueues,
     job: ReplicateJob,
 ) -> Result<JobOutcome, QueueError> {
-    match run_replicate(coord, &job).await {
+    let failure = match run_replicate(coord, &job).await {
         Ok(()) => {
             queues
                 .record_delivery(now_ms().saturating_sub(job.created_ms))
                 .await?;
-            Ok(JobOutcome::Delivered)
+            return Ok(JobOutcome::Delivered);
         }
-        Err(failure) => {
-            let runs = job.attempt.saturating_add(1);
-            match queues.policy.after_failure(runs) {
-                RetryDecision::RetryAfter { delay_ms, attempt } => {
-                    debug!(target = %job.target, attempt, delay_ms, error = %failure, "replication failed; retrying");
-                    let next = ReplicateJob { attempt, ..job };
-                    queues
-                        .push_replicate(next, Some(Duration::from_millis(delay_ms)))
-                        .await?;
-                    queues.count("retried", 1).await?;
-                    Ok(JobOutcome::Retrying)
-                }
-                RetryDecision::GiveUp => {
-                    // The job is dead, not the data: keep it as a hint, which
-                    // is delivered as soon as the target answers again.
-                    let kept = coord.keep_hint(&job.target, job.records.clone()).await;
-                    warn!(target = %job.target, runs, error = %failure, kept_as_hint = kept, "replication job dead-lettered");
-                    let reason = if kept {
-                        format!(
-                            "{}; gave up after {runs} runs, records kept as a hint",
-                            failure.0
-                        )
-                    } else {
-                        format!(
-                            "{}; gave up after {runs} runs, no hint kept (anti-entropy will repair)",
-                            failure.0
-                        )
-                    };
-                    let letter = DeadLetter {
-                        queue: queue_name(queues.node(), REPLICATE),
-                        reason,
-                        attempts: runs,
-                        failed_ms: now_ms(),
-                        job: serde_json::to_value(&job).unwrap_or_default(),
-                    };
-                    queues.dead_letter(&letter).await?;
-                    Ok(JobOutcome::Dead)
-                }
-            }
-        }
+        Err(failure) => failure,
+    };
+    let runs = job.attempt.saturating_add(1);
+    let give_up = queues.policy.after_failure(runs) == RetryDecision::GiveUp;
+    let mut reason = failure.0;
+    if give_up {
+        // The job is dead, not the data: keep it as a hint, which is
+        // delivered as soon as the target answers again.
+        let kept = coord.keep_hint(&job.target, job.records.clone()).await;
+        reason = if kept {
+            format!("{reason}; gave up after {runs} runs, records kept as a hint")
+        } else {
+            format!("{reason}; gave up after {runs} runs, no hint kept (anti-entropy will repair)")
+        };
     }
+    retry_or_dead_letter(
+        queues,
+        REPLICATE,
+        runs,
+        true,
+        reason,
+        &job,
+        async |attempt, delay| {
+            let next = ReplicateJob {
+                attempt,
+                ..job.clone()
+            };
+            queues.push_replicate(next, Some(delay)).await
+        },
+    )
+    .await?;
+    Ok(if give_up {
+        JobOutcome::Dead
+    } else {
+        JobOutcome::Retrying
+    })
 }

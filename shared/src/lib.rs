@@ -6,6 +6,7 @@ pub mod config;
 pub mod coordinator;
 pub mod core;
 pub mod jobs;
+pub mod mail;
 pub mod maintenance;
 pub mod peer;
 pub mod storage;

@@ -14,6 +14,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::coordinator::{Coordinator, now_ms};
+use crate::core::mail::{MailJob, MailKind};
 use crate::core::message::HeartbeatJob;
 use crate::storage::{Store, StoreError};
 
@@ -46,6 +47,7 @@ pub async fn heartbeat(coord: &Arc<Coordinator>) -> Result<HeartbeatReport, Stor
     let now = now_ms().to_string();
     let mut report = HeartbeatReport::default();
     let mut pairs = Vec::new();
+    let mut transitions: Vec<(String, &'static str)> = Vec::new();
     while let Some(joined) = probes.join_next().await {
         let Ok((node, up)) = joined else { continue };
         let status = if up { "up" } else { "down" };
@@ -53,7 +55,8 @@ pub async fn heartbeat(coord: &Arc<Coordinator>) -> Result<HeartbeatReport, Stor
         if previous.as_deref() != Some(status) {
             match previous {
                 Some(previous) => {
-                    warn!(%node, from = %previous, to = status, "heartbeat: node status changed")
+                    warn!(%node, from = %previous, to = status, "heartbeat: node status changed");
+                    transitions.push((node.clone(), status));
                 }
                 None => info!(%node, status, "heartbeat: first status"),
             }
@@ -69,6 +72,7 @@ pub async fn heartbeat(coord: &Arc<Coordinator>) -> Result<HeartbeatReport, Stor
         }
     }
     coord.store().set_plain(&pairs).await?;
+    send_alerts(coord, &report, &transitions).await;
     if !report.changed.is_empty()
         && let Some(queues) = coord.queues()
         && let Err(error) = queues
@@ -78,6 +82,41 @@ pub async fn heartbeat(coord: &Arc<Coordinator>) -> Result<HeartbeatReport, Stor
         debug!(%error, "cannot count status changes");
     }
     Ok(report)
+}
+
+/// One alert e-mail per status change. To avoid one mail per node for the
+/// same event, only the first node (by id) that this heartbeat found up
+/// sends alerts; every node computes the same choice when views agree.
+async fn send_alerts(
+    coord: &Arc<Coordinator>,
+    report: &HeartbeatReport,
+    transitions: &[(String, &'static str)],
+) {
+    let Some(email) = &coord.config().email else {
+        return;
+    };
+    let mut up = report.up.clone();
+    up.sort();
+    if !email.alerts
+        || transitions.is_empty()
+        || up.first().map(String::as_str) != Some(coord.node_id())
+    {
+        return;
+    }
+    let now = now_ms();
+    for (node, status) in transitions {
+        let job = MailJob {
+            id: format!("alert-{node}-{status}-{}", now / 1000),
+            node: coord.node_id().to_owned(),
+            time_ms: now,
+            kind: MailKind::Alert {
+                about: node.clone(),
+                status: (*status).to_owned(),
+            },
+            attempt: 0,
+        };
+        coord.notify(job).await;
+    }
 }
 
 /// Runs a heartbeat job, unless it is stale (scheduled more than two

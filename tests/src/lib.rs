@@ -8,6 +8,8 @@
 //! first). Every wait polls a condition with a deadline; nothing sleeps and
 //! hopes.
 
+pub mod smtp;
+
 use std::future::Future;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

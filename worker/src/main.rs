@@ -14,9 +14,15 @@ use anyhow::Context;
 use apalis::prelude::{BackendExt, BoxDynError, Data, Monitor, WorkerBuilder, WorkerBuilderExt};
 use shared::config::Config;
 use shared::coordinator::Coordinator;
+use shared::core::jobs::Lenient;
 use shared::core::jobs::ReplicateJob;
+use shared::core::mail::MailJob;
 use shared::core::message::HeartbeatJob;
-use shared::jobs::{JobOutcome, JobQueues, POLL_INTERVAL_MS, replicate_and_settle};
+use shared::jobs::{
+    EMAIL, HEARTBEAT, JobOutcome, JobQueues, POLL_INTERVAL_MS, REPLICATE, replicate_and_settle,
+    retry_or_dead_letter,
+};
+use shared::mail::{Mailer, mail_and_settle};
 use shared::maintenance::{Periodic, run_heartbeat_job, spawn_periodic};
 use shared::storage::{RedisStore, Store, connect_redis};
 use tracing::{info, warn};
@@ -25,6 +31,16 @@ use tracing::{info, warn};
 const SHUTDOWN_DEADLINE_S: u64 = 10;
 /// How often the janitor trims finished job records.
 const JANITOR_INTERVAL_S: u64 = 5;
+
+/// E-mails one worker sends at once.
+const MAIL_CONCURRENCY: usize = 4;
+
+/// What the e-mail job function gets.
+#[derive(Clone)]
+struct MailState {
+    mailer: Option<Arc<Mailer>>,
+    queues: JobQueues,
+}
 
 /// What every job function gets.
 #[derive(Clone)]
@@ -64,6 +80,8 @@ async fn run() -> anyhow::Result<()> {
     let coord =
         Coordinator::new(Arc::clone(&cfg), store).context("cannot build the peer HTTP client")?;
     let queues = JobQueues::new(conn, &cfg.node_id, coord.retry_policy());
+    // Jobs that raise notifications (heartbeat alerts) push them here.
+    coord.set_queues(queues.clone());
     let state = WorkerState {
         coord,
         queues: queues.clone(),
@@ -80,8 +98,20 @@ async fn run() -> anyhow::Result<()> {
     info!(node = %cfg.node_id, worker = %name, concurrency = cfg.worker_concurrency, "worker started");
 
     let concurrency = cfg.worker_concurrency;
-    let replicate_storage = queues.replicate_storage();
-    let heartbeat_storage = queues.heartbeat_storage();
+    let replicate_storage = queues.worker_storage::<ReplicateJob>(REPLICATE);
+    let heartbeat_storage = queues.worker_storage::<HeartbeatJob>(HEARTBEAT);
+    let email_storage = queues.worker_storage::<MailJob>(EMAIL);
+    let mailer = match &cfg.email {
+        Some(email) => Some(Arc::new(
+            Mailer::new(email).context("e-mail configuration")?,
+        )),
+        None => None,
+    };
+    let mail_state = MailState {
+        mailer: mailer.clone(),
+        queues: queues.clone(),
+    };
+    let mail_name = name.clone();
     let heartbeat_state = state.clone();
     let heartbeat_name = name.clone();
     let monitor = Monitor::new()
@@ -109,6 +139,17 @@ async fn run() -> anyhow::Result<()> {
                 .concurrency(1)
                 .build(heartbeat_job)
         })
+        .register(move |restart| {
+            WorkerBuilder::new(format!("{mail_name}-email-{restart}"))
+                .backend(
+                    email_storage
+                        .clone()
+                        .poll_with_interval(Duration::from_millis(POLL_INTERVAL_MS)),
+                )
+                .data(mail_state.clone())
+                .concurrency(MAIL_CONCURRENCY)
+                .build(mail_job)
+        })
         // A Redis stall ends an apalis worker with a backend error; restart it
         // after a pause instead of giving up.
         .should_restart(|_ctx, error| {
@@ -132,15 +173,70 @@ async fn run() -> anyhow::Result<()> {
 /// The replication job function: deliver, or schedule the retry, or
 /// dead-letter. An error here (Redis unreachable while settling) lets apalis
 /// retry the whole job, which is safe: delivery is idempotent.
-async fn replicate_job(job: ReplicateJob, state: Data<WorkerState>) -> Result<(), BoxDynError> {
+async fn replicate_job(
+    job: Lenient<ReplicateJob>,
+    state: Data<WorkerState>,
+) -> Result<(), BoxDynError> {
+    let job = match job {
+        Lenient::Valid(job) => job,
+        Lenient::Invalid(raw) => {
+            return Ok(state.queues.dead_letter_invalid(REPLICATE, raw).await?);
+        }
+    };
     match replicate_and_settle(&state.coord, &state.queues, job).await? {
         JobOutcome::Delivered | JobOutcome::Retrying | JobOutcome::Dead => Ok(()),
     }
 }
 
 /// The heartbeat job function: check every node, record `node_status:*`.
-async fn heartbeat_job(job: HeartbeatJob, state: Data<WorkerState>) -> Result<(), BoxDynError> {
+async fn heartbeat_job(
+    job: Lenient<HeartbeatJob>,
+    state: Data<WorkerState>,
+) -> Result<(), BoxDynError> {
+    let job = match job {
+        Lenient::Valid(job) => job,
+        Lenient::Invalid(raw) => {
+            return Ok(state.queues.dead_letter_invalid(HEARTBEAT, raw).await?);
+        }
+    };
     run_heartbeat_job(&state.coord, &job).await?;
+    Ok(())
+}
+
+/// The e-mail job function: send (or digest, or skip a duplicate), retry,
+/// dead-letter. Without SMTP settings on this worker, the job waits for a
+/// worker that has them (its failure is retried, then dead-lettered).
+async fn mail_job(job: Lenient<MailJob>, state: Data<MailState>) -> Result<(), BoxDynError> {
+    let job = match job {
+        Lenient::Valid(job) => job,
+        Lenient::Invalid(raw) => return Ok(state.queues.dead_letter_invalid(EMAIL, raw).await?),
+    };
+    match &state.mailer {
+        Some(mailer) => mail_and_settle(mailer, &state.queues, job).await?,
+        None => {
+            retry_or_dead_letter(
+                &state.queues,
+                EMAIL,
+                job.attempt.saturating_add(1),
+                true,
+                "this worker has no SMTP settings (EMAIL_HOST)".to_owned(),
+                &job,
+                async |attempt, delay| {
+                    state
+                        .queues
+                        .push_mail(
+                            MailJob {
+                                attempt,
+                                ..job.clone()
+                            },
+                            Some(delay),
+                        )
+                        .await
+                },
+            )
+            .await?
+        }
+    }
     Ok(())
 }
 

@@ -21,6 +21,33 @@ pub struct ReplicateJob {
     pub created_ms: u64,
 }
 
+/// How a worker reads a job: a payload it cannot decode (a bug, or a job
+/// left by another version) becomes `Invalid` and is dead-lettered, instead
+/// of failing the queue's decoder and stopping the worker on every poll.
+/// Serialised like the job itself.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Lenient<T> {
+    Valid(T),
+    Invalid(serde_json::Value),
+}
+
+impl<'de, T: serde::de::DeserializeOwned> Deserialize<'de> for Lenient<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // Through the raw text, not serde's buffered `Content` (which is
+        // what `#[serde(untagged)]` would use): records hold `RawValue`s,
+        // which only deserialize straight from JSON text.
+        let raw = Box::<serde_json::value::RawValue>::deserialize(deserializer)?;
+        Ok(match serde_json::from_str::<T>(raw.get()) {
+            Ok(job) => Lenient::Valid(job),
+            Err(_) => Lenient::Invalid(
+                serde_json::from_str(raw.get())
+                    .unwrap_or_else(|_| serde_json::Value::String(raw.get().to_owned())),
+            ),
+        })
+    }
+}
+
 /// A job that ran out of attempts, kept in the node's dead-letter list.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeadLetter {
@@ -73,6 +100,27 @@ impl RetryPolicy {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn undecodable_jobs_are_kept_not_fatal() {
+        let good = ReplicateJob {
+            target: "n2".into(),
+            records: vec![],
+            attempt: 1,
+            created_ms: 5,
+        };
+        let json = serde_json::to_string(&good).unwrap();
+        assert!(
+            matches!(serde_json::from_str::<Lenient<ReplicateJob>>(&json).unwrap(), Lenient::Valid(j) if j == good)
+        );
+        let bad = serde_json::from_str::<Lenient<ReplicateJob>>(r#"{"target": 3}"#).unwrap();
+        assert!(matches!(bad, Lenient::Invalid(_)));
+        assert_eq!(
+            serde_json::to_string(&Lenient::Valid(good)).unwrap(),
+            json,
+            "same wire format"
+        );
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_cap_then_gives_up() {

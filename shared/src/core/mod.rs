@@ -16,6 +16,7 @@
 pub mod hlc;
 pub mod jobs;
 pub mod limits;
+pub mod mail;
 pub mod membership;
 pub mod merkle;
 pub mod message;
