@@ -1,5 +1,5 @@
 # The two commands of the README: `make run` and `make test`.
-.PHONY: run build release test lint fmt clean-cluster
+.PHONY: run build release test lint fmt clean-cluster compose-up compose-test
 
 CARGO ?= cargo
 
@@ -27,3 +27,15 @@ fmt:
 
 clean-cluster:
 	rm -rf .cluster
+
+# The compose cluster without a registry: images built FROM scratch from this
+# machine's release binaries and Debian's redis-server (docker/build-rootfs.sh).
+compose-up: release
+	./docker/build-rootfs.sh
+	docker-compose -f docker-compose.yml -f docker-compose.local.yml up --build
+
+# Brings the compose cluster up, runs the seed's scenarios, a stop/start of
+# node2 and a partition through the containers, and tears it all down.
+compose-test: release
+	./docker/build-rootfs.sh
+	$(CARGO) test -p kv-tests --test compose -- --ignored --nocapture

@@ -18,6 +18,9 @@ const REDIS_STARTUP_WAIT_S: u64 = 30;
 
 #[tokio::main]
 async fn main() {
+    if std::env::args().nth(1).as_deref() == Some("healthcheck") {
+        std::process::exit(healthcheck());
+    }
     if let Err(error) = run().await {
         // One clear line; configuration errors name their variable.
         eprintln!("api: {error:#}");
@@ -96,6 +99,40 @@ async fn run() -> anyhow::Result<()> {
         .context("server failed")?;
     info!("node stopped");
     Ok(())
+}
+
+/// `api healthcheck`: exit 0 when this node's `/health` answers 200 (for
+/// container health checks in an image without curl).
+fn healthcheck() -> i32 {
+    use std::io::{Read, Write};
+    let _ = dotenvy::dotenv();
+    let Ok(cfg) = Config::from_env() else {
+        return 2;
+    };
+    let mut addr = cfg.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let timeout = std::time::Duration::from_secs(2);
+    let Ok(mut stream) = std::net::TcpStream::connect_timeout(&addr, timeout) else {
+        return 1;
+    };
+    let _ = stream.set_read_timeout(Some(timeout));
+    let _ = stream.set_write_timeout(Some(timeout));
+    if stream
+        .write_all(b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .is_err()
+    {
+        return 1;
+    }
+    let mut head = [0u8; 64];
+    let n = stream.read(&mut head).unwrap_or(0);
+    let line = String::from_utf8_lossy(&head[..n]);
+    if line.starts_with("HTTP/1.0 200") || line.starts_with("HTTP/1.1 200") {
+        0
+    } else {
+        1
+    }
 }
 
 /// Pushes a heartbeat job every interval (the seed's 30 s by default); a
