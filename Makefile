@@ -1,5 +1,5 @@
 # The two commands of the README: `make run` and `make test`.
-.PHONY: run build release test lint fmt clean-cluster compose-up compose-test
+.PHONY: run build release test lint fmt clean-cluster compose-up compose-test bench
 
 CARGO ?= cargo
 
@@ -39,3 +39,9 @@ compose-up: release
 compose-test: release
 	./docker/build-rootfs.sh
 	$(CARGO) test -p kv-tests --test compose -- --ignored --nocapture
+
+# This store against a 3-member etcd and raw redis-server, in one run
+# (installs wrk, etcd-server and redis-server with apt-get when missing).
+bench: release
+	./scripts/bench-deps.sh
+	KV_BIN_DIR=$(CURDIR)/target/release $(CARGO) run --release -q -p kv-tests --bin kvbench

@@ -100,6 +100,9 @@ pub struct Options {
     pub env: Vec<(String, String)>,
     /// Worker processes per node.
     pub workers: usize,
+    /// Redis `appendfsync` policy (`always` in tests: every acknowledged
+    /// write is on disk before Redis answers).
+    pub appendfsync: &'static str,
 }
 
 impl Default for Options {
@@ -108,6 +111,7 @@ impl Default for Options {
             nodes: 3,
             env: Vec::new(),
             workers: 0,
+            appendfsync: "always",
         }
     }
 }
@@ -199,6 +203,7 @@ impl Cluster {
 
     /// Starts (or restarts) node `i`'s Redis, with AOF, and waits for PING.
     pub async fn start_redis(&mut self, i: usize) {
+        let appendfsync = self.opts.appendfsync;
         let node = &mut self.nodes[i];
         let data = node.dir.join("redis");
         std::fs::create_dir_all(&data).expect("redis dir");
@@ -216,7 +221,7 @@ impl Cluster {
                 "--appendonly",
                 "yes",
                 "--appendfsync",
-                "always",
+                appendfsync,
             ])
             .arg("--dir")
             .arg(&data)
@@ -306,6 +311,14 @@ impl Cluster {
             },
         )
         .await;
+    }
+
+    /// Process ids of node `i`'s API and workers (for resource figures).
+    pub fn pids(&self, i: usize) -> (Option<u32>, Vec<u32>) {
+        let node = &self.nodes[i];
+        let api = node.api.0.as_ref().map(Child::id);
+        let workers = node.workers.iter().filter_map(|w| w.0.as_ref().map(Child::id)).collect();
+        (api, workers)
     }
 
     /// SIGKILLs node `i`'s API process.
