@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::core::hlc::HybridClock;
-use crate::core::jobs::{ReplicateJob, RetryPolicy};
+use crate::core::jobs::{PendingReplication, RetryPolicy};
 use crate::core::limits::{
     APPLY_BATCH_LEN_MAX, GC_BATCH_LEN_MAX, READ_REPAIRS_IN_FLIGHT_MAX, SYNC_BATCH_RECORDS_MAX,
 };
@@ -33,7 +33,7 @@ use crate::core::message::{ApplyStatus, KeyedRecord};
 use crate::core::quorum::{Consistency, QuorumTally, TallyState};
 use crate::core::record::{Record, Version};
 use crate::core::ring::Ring;
-use crate::jobs::JobQueues;
+use crate::jobs::{JobQueues, ReplicationBatcher};
 use crate::mail::Mailer;
 use crate::peer::PeerClient;
 use crate::storage::{ScanPage, Space, Store, StoreError};
@@ -201,6 +201,7 @@ pub struct Coordinator {
     repair_permits: Arc<Semaphore>,
     restore_state: Mutex<RestoreState>,
     queues: OnceLock<JobQueues>,
+    batcher: OnceLock<ReplicationBatcher>,
     mailer: OnceLock<Arc<Mailer>>,
     mail_permits: Arc<Semaphore>,
     pub stats: Stats,
@@ -247,6 +248,7 @@ impl Coordinator {
             repair_permits: Arc::new(Semaphore::new(READ_REPAIRS_IN_FLIGHT_MAX)),
             restore_state: Mutex::new(RestoreState::Idle),
             queues: OnceLock::new(),
+            batcher: OnceLock::new(),
             mailer: OnceLock::new(),
             mail_permits: Arc::new(Semaphore::new(MAIL_INLINE_IN_FLIGHT_MAX)),
             stats: Stats::default(),
@@ -260,6 +262,9 @@ impl Coordinator {
     /// Sets the node's job queues (once, at start). With background sync on,
     /// replicas not contacted by a write get a replication job on them.
     pub fn set_queues(&self, queues: JobQueues) {
+        if self.cfg.background_sync && self.batcher.get().is_none() {
+            let _ = self.batcher.set(ReplicationBatcher::start(queues.clone()));
+        }
         if self.queues.set(queues).is_err() {
             warn!("job queues already set; keeping the first");
         }
@@ -676,30 +681,31 @@ impl Coordinator {
         }
     }
 
-    /// Pushes a replication job for every target (background sync on).
-    /// A failure to enqueue falls back to a hint on this node.
+    /// Queues the records for every target (background sync on), through the
+    /// group-commit batcher; waits until they are on the queue. A failure to
+    /// enqueue falls back to a hint on this node.
     async fn defer(&self, targets: &[String], records: &[KeyedRecord], created_ms: u64) {
-        let Some(queues) = self.queues.get() else {
+        let Some(batcher) = self.batcher.get() else {
             return;
         };
         for target in targets {
-            let job = ReplicateJob {
-                target: target.clone(),
-                records: records.to_vec(),
-                attempt: 0,
-                created_ms,
-            };
-            match queues.push_replicate(job, None).await {
-                Ok(()) => {
-                    self.stats.jobs_enqueued.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(error) => {
-                    self.stats
-                        .jobs_enqueue_failed
-                        .fetch_add(1, Ordering::Relaxed);
-                    warn!(%target, %error, "cannot enqueue replication; keeping a hint instead");
-                    self.keep_hint(target, records.to_vec()).await;
-                }
+            let mut queued = true;
+            for record in records {
+                let item = PendingReplication {
+                    target: target.clone(),
+                    record: record.clone(),
+                    created_ms,
+                };
+                queued &= batcher.submit(item).await;
+            }
+            if queued {
+                self.stats.jobs_enqueued.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.stats
+                    .jobs_enqueue_failed
+                    .fetch_add(1, Ordering::Relaxed);
+                warn!(%target, "cannot enqueue replication; keeping a hint instead");
+                self.keep_hint(target, records.to_vec()).await;
             }
         }
     }
@@ -762,8 +768,9 @@ impl Coordinator {
         Ok(true)
     }
 
-    /// Reads a key: asks the replicas, returns the newest record among those
-    /// that answered, and repairs the ones that answered with older data.
+    /// Reads a key: asks R replicas (more only to replace failures), returns
+    /// the newest record among those that answered, and repairs the ones
+    /// that answered with older data.
     pub async fn read(
         self: &Arc<Self>,
         key: String,
@@ -773,30 +780,55 @@ impl Coordinator {
         let replicas = self.replicas(&key);
         let required = consistency.required(replicas.len());
         let mut tally = QuorumTally::new(required, replicas.len());
-        let mut calls = JoinSet::new();
         let skip = self.nodes_to_skip(&replicas, required);
-        for node in &replicas {
-            if skip.contains(node) {
-                tally.fail(node.clone(), "skipped: marked down after failed calls");
-                continue;
-            }
+        for node in &skip {
+            tally.fail(node.clone(), "skipped: marked down after failed calls");
+        }
+        // Ask just R replicas, this node first (a local read is cheapest),
+        // and replace each failure with the next one: R + W > N still holds.
+        let mut untried: VecDeque<String> = replicas
+            .iter()
+            .filter(|n| **n == self.cfg.node_id)
+            .chain(replicas.iter().filter(|n| **n != self.cfg.node_id))
+            .filter(|n| !skip.contains(n))
+            .cloned()
+            .collect();
+        let mut calls = JoinSet::new();
+        let start = |calls: &mut JoinSet<_>, node: String| {
             let this = Arc::clone(self);
-            let node = node.clone();
             let keys = vec![key.clone()];
             calls.spawn(async move {
                 let outcome = this.read_on(&node, keys).await;
                 (node, outcome)
             });
+        };
+        for _ in 0..required {
+            if let Some(node) = untried.pop_front() {
+                start(&mut calls, node);
+            }
         }
         let mut answers: Vec<(String, Option<Record>)> = Vec::with_capacity(replicas.len());
         while let Some(joined) = calls.join_next().await {
-            match joined {
+            let failed = match joined {
                 Ok((node, Ok(mut records))) => {
                     tally.ack(node.clone());
                     answers.push((node, records.pop().flatten()));
+                    false
                 }
-                Ok((node, Err(error))) => tally.fail(node, error),
-                Err(join_error) => warn!(%join_error, "replica call task failed"),
+                Ok((node, Err(error))) => {
+                    tally.fail(node, error);
+                    true
+                }
+                Err(join_error) => {
+                    warn!(%join_error, "replica call task failed");
+                    true
+                }
+            };
+            if failed
+                && tally.state() == TallyState::Waiting
+                && let Some(node) = untried.pop_front()
+            {
+                start(&mut calls, node);
             }
         }
         if tally.state() != TallyState::Reached {

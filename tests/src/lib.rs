@@ -317,7 +317,11 @@ impl Cluster {
     pub fn pids(&self, i: usize) -> (Option<u32>, Vec<u32>) {
         let node = &self.nodes[i];
         let api = node.api.0.as_ref().map(Child::id);
-        let workers = node.workers.iter().filter_map(|w| w.0.as_ref().map(Child::id)).collect();
+        let workers = node
+            .workers
+            .iter()
+            .filter_map(|w| w.0.as_ref().map(Child::id))
+            .collect();
         (api, workers)
     }
 

@@ -48,6 +48,60 @@ impl<'de, T: serde::de::DeserializeOwned> Deserialize<'de> for Lenient<T> {
     }
 }
 
+/// One record waiting to be replicated to one target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingReplication {
+    pub target: String,
+    pub record: KeyedRecord,
+    pub created_ms: u64,
+}
+
+/// Records in one replication job.
+pub const REPLICATE_BATCH_RECORDS_MAX: usize = 500;
+/// Approximate bytes of records in one replication job (a single larger
+/// record still travels, alone).
+pub const REPLICATE_BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+fn approx_bytes(record: &KeyedRecord) -> usize {
+    record.key.len() + record.record.value.as_ref().map_or(0, |v| v.get().len()) + 48
+}
+
+/// Groups pending replications into jobs: one per target (in order of first
+/// appearance), each within the record and byte bounds. Returns, for every
+/// input item, the index of the job that carries it.
+pub fn group_into_jobs(items: &[PendingReplication]) -> (Vec<ReplicateJob>, Vec<usize>) {
+    let mut jobs: Vec<ReplicateJob> = Vec::new();
+    let mut bytes: Vec<usize> = Vec::new();
+    let mut open: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut placement = Vec::with_capacity(items.len());
+    for item in items {
+        let size = approx_bytes(&item.record);
+        let fits = open.get(item.target.as_str()).copied().filter(|&j| {
+            jobs[j].records.len() < REPLICATE_BATCH_RECORDS_MAX
+                && bytes[j] + size <= REPLICATE_BATCH_BYTES_MAX
+        });
+        let j = match fits {
+            Some(j) => j,
+            None => {
+                jobs.push(ReplicateJob {
+                    target: item.target.clone(),
+                    records: Vec::new(),
+                    attempt: 0,
+                    created_ms: item.created_ms,
+                });
+                bytes.push(0);
+                open.insert(item.target.as_str(), jobs.len() - 1);
+                jobs.len() - 1
+            }
+        };
+        jobs[j].records.push(item.record.clone());
+        jobs[j].created_ms = jobs[j].created_ms.min(item.created_ms);
+        bytes[j] += size;
+        placement.push(j);
+    }
+    (jobs, placement)
+}
+
 /// A job that ran out of attempts, kept in the node's dead-letter list.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeadLetter {
@@ -100,6 +154,60 @@ impl RetryPolicy {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    fn pending(target: &str, key: &str, len: usize, created_ms: u64) -> PendingReplication {
+        let record = crate::core::record::Record::value(
+            crate::core::record::Version::new(crate::core::hlc::Timestamp::new(1, 0), "n1"),
+            serde_json::value::RawValue::from_string(format!("\"{}\"", "x".repeat(len))).unwrap(),
+        );
+        PendingReplication {
+            target: target.into(),
+            record: KeyedRecord {
+                key: key.into(),
+                record,
+            },
+            created_ms,
+        }
+    }
+
+    #[test]
+    fn replications_group_by_target_within_bounds() {
+        let items = vec![
+            pending("a", "1", 1, 5),
+            pending("b", "2", 1, 3),
+            pending("a", "3", 1, 1),
+        ];
+        let (jobs, placement) = group_into_jobs(&items);
+        assert_eq!(jobs.len(), 2);
+        assert_eq!(placement, vec![0, 1, 0]);
+        assert_eq!(jobs[0].records.len(), 2);
+        assert_eq!(jobs[0].created_ms, 1, "lag counts from the oldest write");
+        // The byte bound splits a target's records; a huge record travels alone.
+        let big = REPLICATE_BATCH_BYTES_MAX / 2;
+        let items = vec![
+            pending("a", "1", big, 0),
+            pending("a", "2", big, 0),
+            pending("a", "3", 10, 0),
+        ];
+        let (jobs, placement) = group_into_jobs(&items);
+        assert_eq!(jobs.len(), 2);
+        assert_eq!(placement, vec![0, 1, 1]);
+    }
+
+    proptest! {
+        #[test]
+        fn grouping_keeps_every_record_once(targets in proptest::collection::vec(0u8..4, 0..1200)) {
+            let items: Vec<PendingReplication> = targets.iter().enumerate()
+                .map(|(i, t)| pending(&format!("n{t}"), &i.to_string(), 1, i as u64)).collect();
+            let (jobs, placement) = group_into_jobs(&items);
+            prop_assert_eq!(jobs.iter().map(|j| j.records.len()).sum::<usize>(), items.len());
+            for (i, j) in placement.iter().enumerate() {
+                prop_assert_eq!(&jobs[*j].target, &items[i].target);
+                prop_assert!(jobs[*j].records.iter().any(|r| r.key == items[i].record.key));
+            }
+            prop_assert!(jobs.iter().all(|j| j.records.len() <= REPLICATE_BATCH_RECORDS_MAX));
+        }
+    }
 
     #[test]
     fn undecodable_jobs_are_kept_not_fatal() {

@@ -17,7 +17,10 @@ use std::time::{Duration, Instant};
 use kv_tests::{Cluster, Options, free_port, json, wait_for};
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// One measured point.
@@ -38,7 +41,10 @@ fn bench_dir() -> PathBuf {
 
 /// "1.23ms" / "456.00us" / "1.02s" → milliseconds.
 fn to_ms(text: &str) -> f64 {
-    let (num, unit) = text.split_at(text.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(text.len()));
+    let (num, unit) = text.split_at(
+        text.find(|c: char| c.is_ascii_alphabetic())
+            .unwrap_or(text.len()),
+    );
     let n: f64 = num.parse().unwrap_or(f64::NAN);
     match unit {
         "us" => n / 1000.0,
@@ -50,9 +56,23 @@ fn to_ms(text: &str) -> f64 {
 }
 
 /// Runs wrk once and parses throughput, p50, p99 and non-2xx answers.
-fn wrk(url: &str, script: &str, conns: usize, seconds: u64, env: &[(&str, &str)]) -> (f64, f64, f64, u64) {
+fn wrk(
+    url: &str,
+    script: &str,
+    conns: usize,
+    seconds: u64,
+    env: &[(&str, &str)],
+) -> (f64, f64, f64, u64) {
     let out = Command::new("wrk")
-        .args(["-t2", &format!("-c{conns}"), &format!("-d{seconds}s"), "--latency", "--timeout", "5s", "-s"])
+        .args([
+            "-t2",
+            &format!("-c{conns}"),
+            &format!("-d{seconds}s"),
+            "--latency",
+            "--timeout",
+            "5s",
+            "-s",
+        ])
         .arg(bench_dir().join(script))
         .arg(url)
         .envs(env.iter().copied())
@@ -85,10 +105,19 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn measure(system: &str, op: &str, url: &str, script: &str, conns: usize, env: &[(&str, &str)]) -> Point {
+fn measure(
+    system: &str,
+    op: &str,
+    url: &str,
+    script: &str,
+    conns: usize,
+    env: &[(&str, &str)],
+) -> Point {
     let seconds = env_or("BENCH_SECONDS", 10u64);
     let repeats = env_or("BENCH_REPEATS", 3usize).max(1);
-    let runs: Vec<(f64, f64, f64, u64)> = (0..repeats).map(|_| wrk(url, script, conns, seconds, env)).collect();
+    let runs: Vec<(f64, f64, f64, u64)> = (0..repeats)
+        .map(|_| wrk(url, script, conns, seconds, env))
+        .collect();
     let point = Point {
         system: system.to_owned(),
         op: op.to_owned(),
@@ -98,7 +127,10 @@ fn measure(system: &str, op: &str, url: &str, script: &str, conns: usize, env: &
         p99_ms: median(runs.iter().map(|r| r.2).collect()),
         errors: runs.iter().map(|r| r.3).sum(),
     };
-    eprintln!("  {system:<28} {op:<5} c={conns:<3} {:>9.0} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {}", point.ops_s, point.p50_ms, point.p99_ms, point.errors);
+    eprintln!(
+        "  {system:<28} {op:<5} c={conns:<3} {:>9.0} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {}",
+        point.ops_s, point.p50_ms, point.p99_ms, point.errors
+    );
     point
 }
 
@@ -115,7 +147,11 @@ fn b64(data: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -156,7 +192,15 @@ async fn preload(url: &str, etcd: bool) {
 
 async fn bench_store(points: &mut Vec<Point>, appendfsync: &'static str, gets: bool) {
     let label = format!("kvstore (AOF {appendfsync})");
-    let c = Cluster::start(Options { workers: 1, appendfsync, ..Options::default() }.env("RUST_LOG", "warn")).await;
+    let c = Cluster::start(
+        Options {
+            workers: 1,
+            appendfsync,
+            ..Options::default()
+        }
+        .env("RUST_LOG", "warn"),
+    )
+    .await;
     let url = c.url(0);
     preload(&url, false).await;
     for conns in connections() {
@@ -202,11 +246,25 @@ async fn start_etcd() -> Etcd {
                 .args(["--name", &format!("e{i}")])
                 .arg("--data-dir")
                 .arg(dir.join(format!("e{i}")))
-                .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
-                .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
+                .args([
+                    "--listen-client-urls",
+                    &format!("http://127.0.0.1:{client}"),
+                ])
+                .args([
+                    "--advertise-client-urls",
+                    &format!("http://127.0.0.1:{client}"),
+                ])
                 .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-                .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
-                .args(["--initial-cluster", &initial, "--initial-cluster-state", "new"])
+                .args([
+                    "--initial-advertise-peer-urls",
+                    &format!("http://127.0.0.1:{peer}"),
+                ])
+                .args([
+                    "--initial-cluster",
+                    &initial,
+                    "--initial-cluster-state",
+                    "new",
+                ])
                 .args(["--log-level", "error"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::from(log))
@@ -225,7 +283,11 @@ async fn start_etcd() -> Etcd {
         }
     })
     .await;
-    Etcd { children, dir, client_url }
+    Etcd {
+        children,
+        dir,
+        client_url,
+    }
 }
 
 fn redis_benchmark(points: &mut Vec<Point>) {
@@ -233,7 +295,14 @@ fn redis_benchmark(points: &mut Vec<Point>) {
     let dir = std::env::temp_dir().join(format!("kvbench-redis-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut server = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
         .arg("--dir")
         .arg(&dir)
         .stdout(Stdio::null())
@@ -242,12 +311,29 @@ fn redis_benchmark(points: &mut Vec<Point>) {
     std::thread::sleep(Duration::from_millis(300)); // redis-benchmark retries on connect anyway
     for conns in connections() {
         let out = Command::new("redis-benchmark")
-            .args(["-p", &port.to_string(), "-t", "set,get", "-n", "200000", "-c", &conns.to_string(), "-d", "100", "-r", "10000", "--csv"])
+            .args([
+                "-p",
+                &port.to_string(),
+                "-t",
+                "set,get",
+                "-n",
+                "200000",
+                "-c",
+                &conns.to_string(),
+                "-d",
+                "100",
+                "-r",
+                "10000",
+                "--csv",
+            ])
             .output()
             .expect("redis-benchmark");
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         for line in text.lines().skip(1) {
-            let cols: Vec<String> = line.split(',').map(|c| c.trim_matches('"').to_owned()).collect();
+            let cols: Vec<String> = line
+                .split(',')
+                .map(|c| c.trim_matches('"').to_owned())
+                .collect();
             if cols.len() >= 7 {
                 let p = Point {
                     system: "redis-server (raw)".to_owned(),
@@ -258,7 +344,10 @@ fn redis_benchmark(points: &mut Vec<Point>) {
                     p99_ms: cols[5].parse().unwrap_or(f64::NAN),
                     errors: 0,
                 };
-                eprintln!("  {:<28} {:<5} c={conns:<3} {:>9.0} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms", p.system, p.op, p.ops_s, p.p50_ms, p.p99_ms);
+                eprintln!(
+                    "  {:<28} {:<5} c={conns:<3} {:>9.0} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms",
+                    p.system, p.op, p.ops_s, p.p50_ms, p.p99_ms
+                );
                 points.push(p);
             }
         }
@@ -279,7 +368,15 @@ fn rss_mib(pid: u32) -> f64 {
 }
 
 async fn memory_and_restore(keys: usize) {
-    let c = Cluster::start(Options { workers: 1, appendfsync: "everysec", ..Options::default() }.env("RUST_LOG", "warn")).await;
+    let c = Cluster::start(
+        Options {
+            workers: 1,
+            appendfsync: "everysec",
+            ..Options::default()
+        }
+        .env("RUST_LOG", "warn"),
+    )
+    .await;
     let c = Arc::new(c);
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -294,22 +391,37 @@ async fn memory_and_restore(keys: usize) {
         });
     }
     while tasks.join_next().await.is_some() {}
-    println!("\nloaded {keys} keys in {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "\nloaded {keys} keys in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     // Let the replication queues drain before measuring.
-    wait_for("replication backlog to drain", Duration::from_secs(300), || async {
-        let mut total = 0u64;
-        for i in 0..3 {
-            let view = c.cluster_view(i).await;
-            total += view["records"].as_u64().unwrap_or(0);
-        }
-        (total >= 3 * keys as u64).then_some(())
-    })
+    wait_for(
+        "replication backlog to drain",
+        Duration::from_secs(300),
+        || async {
+            let mut total = 0u64;
+            for i in 0..3 {
+                let view = c.cluster_view(i).await;
+                total += view["records"].as_u64().unwrap_or(0);
+            }
+            (total >= 3 * keys as u64).then_some(())
+        },
+    )
     .await;
     println!("resident memory with {keys} keys (MiB):");
     for i in 0..3 {
         let (api, workers) = c.pids(i);
-        let workers: Vec<String> = workers.iter().map(|w| format!("{:.1}", rss_mib(*w))).collect();
-        println!("  node{}: api {:.1}, worker {}", i + 1, api.map_or(f64::NAN, rss_mib), workers.join(", "));
+        let workers: Vec<String> = workers
+            .iter()
+            .map(|w| format!("{:.1}", rss_mib(*w)))
+            .collect();
+        println!(
+            "  node{}: api {:.1}, worker {}",
+            i + 1,
+            api.map_or(f64::NAN, rss_mib),
+            workers.join(", ")
+        );
     }
     let mut c = Arc::try_unwrap(c).ok().unwrap();
     c.kill_api(1);
@@ -320,7 +432,8 @@ async fn memory_and_restore(keys: usize) {
     c.restart_api(1).await;
     let view = wait_for("node2 to restore", Duration::from_secs(600), || async {
         let view = c.cluster_view(1).await;
-        (view["restore"]["state"] == "ready" && view["records"].as_u64() == Some(keys as u64)).then_some(view)
+        (view["restore"]["state"] == "ready" && view["records"].as_u64() == Some(keys as u64))
+            .then_some(view)
     })
     .await;
     let report = &view["restore"]["report"];
@@ -334,12 +447,22 @@ async fn memory_and_restore(keys: usize) {
     let (_, report) = c.request(reqwest::Method::POST, 1, "/restore/", None).await;
     println!(
         "restore of an identical node: {} records, {} bytes of records received (hash summaries only: ~{} KB per peer)",
-        report["received"], report["bytes_received"], 1024 * 14 / 1000
+        report["received"],
+        report["bytes_received"],
+        1024 * 14 / 1000
     );
 }
 
-fn ratio(points: &[Point], a: (&str, &str, usize), b: (&str, &str, usize)) -> Option<(f64, f64, f64)> {
-    let find = |(sys, op, conns): (&str, &str, usize)| points.iter().find(|p| p.system.starts_with(sys) && p.op == op && p.conns == conns);
+fn ratio(
+    points: &[Point],
+    a: (&str, &str, usize),
+    b: (&str, &str, usize),
+) -> Option<(f64, f64, f64)> {
+    let find = |(sys, op, conns): (&str, &str, usize)| {
+        points
+            .iter()
+            .find(|p| p.system.starts_with(sys) && p.op == op && p.conns == conns)
+    };
     let (x, y) = (find(a)?, find(b)?);
     Some((x.ops_s / y.ops_s, x.p99_ms, y.p99_ms))
 }
@@ -347,43 +470,95 @@ fn ratio(points: &[Point], a: (&str, &str, usize), b: (&str, &str, usize)) -> Op
 #[tokio::main]
 async fn main() {
     for tool in ["wrk", "etcd", "redis-server", "redis-benchmark"] {
-        if Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().map(|o| !o.status.success()).unwrap_or(true) {
-            eprintln!("kvbench: {tool} is missing; `make bench` installs it with apt-get when run as root");
+        if Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .map(|o| !o.status.success())
+            .unwrap_or(true)
+        {
+            eprintln!(
+                "kvbench: {tool} is missing; `make bench` installs it with apt-get when run as root"
+            );
             std::process::exit(2);
         }
     }
     let mut points = Vec::new();
+    // BENCH_ONLY=store measures this store alone (for before/after runs).
+    let only_store = std::env::var("BENCH_ONLY").is_ok_and(|v| v == "store");
     eprintln!("this store: 3 nodes, N=3, W=R=quorum, background sync on, 1 worker per node");
     bench_store(&mut points, "everysec", true).await;
-    bench_store(&mut points, "always", false).await;
+    if !only_store {
+        bench_store(&mut points, "always", false).await;
+    }
     eprintln!("etcd: 3 members on loopback, JSON gateway");
-    {
+    if !only_store {
         let etcd = start_etcd().await;
         preload(&etcd.client_url, true).await;
         for conns in connections() {
-            points.push(measure("etcd 3-member", "PUT", &etcd.client_url, "etcd.lua", conns, &[("ETCD_OP", "put")]));
-            points.push(measure("etcd 3-member", "GET", &etcd.client_url, "etcd.lua", conns, &[("ETCD_OP", "range")]));
+            points.push(measure(
+                "etcd 3-member",
+                "PUT",
+                &etcd.client_url,
+                "etcd.lua",
+                conns,
+                &[("ETCD_OP", "put")],
+            ));
+            points.push(measure(
+                "etcd 3-member",
+                "GET",
+                &etcd.client_url,
+                "etcd.lua",
+                conns,
+                &[("ETCD_OP", "range")],
+            ));
         }
     }
     eprintln!("raw redis-server: redis-benchmark, no pipelining");
-    redis_benchmark(&mut points);
+    if !only_store {
+        redis_benchmark(&mut points);
+    }
 
     println!("\n| system | op | conns | ops/s | p50 ms | p99 ms | errors |");
     println!("|---|---|---|---|---|---|---|");
     for p in &points {
-        println!("| {} | {} | {} | {:.0} | {:.2} | {:.2} | {} |", p.system, p.op, p.conns, p.ops_s, p.p50_ms, p.p99_ms, p.errors);
+        println!(
+            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {} |",
+            p.system, p.op, p.conns, p.ops_s, p.p50_ms, p.p99_ms, p.errors
+        );
     }
     println!("\nratios (same run):");
     for conns in connections() {
         for (label, a, b) in [
-            ("PUT kvstore/etcd", ("kvstore (AOF everysec)", "PUT", conns), ("etcd", "PUT", conns)),
-            ("PUT kvstore(always)/etcd", ("kvstore (AOF always)", "PUT", conns), ("etcd", "PUT", conns)),
-            ("GET kvstore/etcd", ("kvstore (AOF everysec)", "GET", conns), ("etcd", "GET", conns)),
-            ("PUT kvstore/redis SET", ("kvstore (AOF everysec)", "PUT", conns), ("redis", "SET", conns)),
-            ("GET kvstore/redis GET", ("kvstore (AOF everysec)", "GET", conns), ("redis", "GET", conns)),
+            (
+                "PUT kvstore/etcd",
+                ("kvstore (AOF everysec)", "PUT", conns),
+                ("etcd", "PUT", conns),
+            ),
+            (
+                "PUT kvstore(always)/etcd",
+                ("kvstore (AOF always)", "PUT", conns),
+                ("etcd", "PUT", conns),
+            ),
+            (
+                "GET kvstore/etcd",
+                ("kvstore (AOF everysec)", "GET", conns),
+                ("etcd", "GET", conns),
+            ),
+            (
+                "PUT kvstore/redis SET",
+                ("kvstore (AOF everysec)", "PUT", conns),
+                ("redis", "SET", conns),
+            ),
+            (
+                "GET kvstore/redis GET",
+                ("kvstore (AOF everysec)", "GET", conns),
+                ("redis", "GET", conns),
+            ),
         ] {
             if let Some((r, pa, pb)) = ratio(&points, a, b) {
-                println!("  c={conns:<3} {label:<26} throughput x{r:.2}   p99 {pa:.2} ms vs {pb:.2} ms");
+                println!(
+                    "  c={conns:<3} {label:<26} throughput x{r:.2}   p99 {pa:.2} ms vs {pb:.2} ms"
+                );
             }
         }
     }
