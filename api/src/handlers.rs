@@ -702,11 +702,13 @@ pub async fn internal_buckets(
     }
     let records = state
         .coord
-        .bucket_records_for(&request.for_node, &request.buckets)
+        .bucket_records_for(&request.for_node, &request.buckets, request.cursor)
         .await?;
+    let (records, next_cursor) = records;
     Ok(Json(BucketsResponse {
         node: state.coord.node_id().to_owned(),
         records,
+        next_cursor,
     })
     .into_response())
 }

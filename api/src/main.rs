@@ -29,9 +29,7 @@ async fn main() {
 }
 
 async fn run() -> anyhow::Result<()> {
-    let _ = dotenvy::dotenv();
-    let cfg = Config::from_env().context("configuration error")?;
-    shared::telemetry::init_tracing();
+    let cfg = shared::telemetry::start().context("configuration error")?;
     if cfg.cluster_secret_is_default {
         warn!("KV_CLUSTER_SECRET is not set: using the development default; set it in production");
     }
@@ -81,7 +79,7 @@ async fn run() -> anyhow::Result<()> {
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticker.tick().await;
-                prober.probe_peers(true).await;
+                prober.probe_peers(false).await;
             }
         });
     }

@@ -80,8 +80,8 @@ pub struct Config {
     pub redis_response_timeout: Duration,
     /// `KV_HEARTBEAT_INTERVAL_S` (default 30, as in the seed).
     pub heartbeat_interval: Duration,
-    /// `KV_PROBE_INTERVAL_MS` (default 1000): how often peers not known to be
-    /// up are probed, so a recovered peer is used again quickly.
+    /// `KV_PROBE_INTERVAL_MS` (default 1000): how often the API probes every
+    /// peer, so routing learns of a dead or recovered peer within about that.
     pub probe_interval: Duration,
     /// `KV_BACKGROUND_SYNC` (default on).
     pub background_sync: bool,

@@ -912,10 +912,23 @@ impl Coordinator {
         if node == self.cfg.node_id {
             return self.apply_local(records).await.map_err(|e| e.to_string());
         }
-        match self.peers.apply(node, records, None).await {
-            Ok(response) => {
+        let response = self
+            .tracked(node, self.peers.apply(node, records, None))
+            .await?;
+        Ok(response.results)
+    }
+
+    /// Awaits a call to a peer and records its outcome in the membership
+    /// view (a failure marks the peer suspect at once).
+    async fn tracked<T>(
+        &self,
+        node: &str,
+        call: impl std::future::Future<Output = Result<T, crate::peer::PeerError>>,
+    ) -> Result<T, String> {
+        match call.await {
+            Ok(value) => {
                 self.note_success(node);
-                Ok(response.results)
+                Ok(value)
             }
             Err(error) => {
                 let reason = error.to_string();
@@ -938,21 +951,8 @@ impl Coordinator {
                 .await
                 .map_err(|e| e.to_string());
         }
-        match self
-            .peers
-            .apply(node, records, Some(owner.to_owned()))
-            .await
-        {
-            Ok(response) => {
-                self.note_success(node);
-                Ok(response.results)
-            }
-            Err(error) => {
-                let reason = error.to_string();
-                self.note_failure(node, &reason);
-                Err(reason)
-            }
-        }
+        let call = self.peers.apply(node, records, Some(owner.to_owned()));
+        Ok(self.tracked(node, call).await?.results)
     }
 
     /// Keeps records as hints for `owner` (this node is a sloppy-quorum
@@ -993,17 +993,10 @@ impl Coordinator {
         if node == self.cfg.node_id {
             return self.store.get_many(&keys).await.map_err(|e| e.to_string());
         }
-        match self.peers.read(node, keys).await {
-            Ok(response) => {
-                self.note_success(node);
-                Ok(response.records)
-            }
-            Err(error) => {
-                let reason = error.to_string();
-                self.note_failure(node, &reason);
-                Err(reason)
-            }
-        }
+        Ok(self
+            .tracked(node, self.peers.read(node, keys))
+            .await?
+            .records)
     }
 
     /// Stores records that are newer than the local copies. Records whose
@@ -1127,41 +1120,49 @@ impl Coordinator {
         Ok(summary)
     }
 
-    /// The local records of the given leaves that both this node and `peer`
-    /// should hold.
+    /// One page of the local records of the given leaves that both this node
+    /// and `peer` should hold: scans from `cursor` until about
+    /// [`SYNC_BATCH_RECORDS_MAX`] records are found; returns them and the
+    /// cursor to continue from (0 = done). One pass over the store in all.
     pub async fn bucket_records_for(
         &self,
         peer: &str,
         buckets: &[u16],
-    ) -> Result<Vec<KeyedRecord>, StoreError> {
+        mut cursor: u64,
+    ) -> Result<(Vec<KeyedRecord>, u64), StoreError> {
         let n = self.cfg.replication_factor;
         let me = self.cfg.node_id.as_str();
         let wanted: std::collections::BTreeSet<u16> = buckets.iter().copied().collect();
         let mut out = Vec::new();
-        self.for_each_local(&Space::Data, |key, record| {
-            if wanted.contains(&bucket_of(&key)) && shared_by(&self.ring, n, &key, me, peer) {
-                out.push(KeyedRecord { key, record });
+        loop {
+            let page = self
+                .store
+                .scan_in(&Space::Data, cursor, SCAN_PAGE_LEN)
+                .await?;
+            for (key, record) in page.records {
+                if wanted.contains(&bucket_of(&key)) && shared_by(&self.ring, n, &key, me, peer) {
+                    out.push(KeyedRecord { key, record });
+                }
             }
-        })
-        .await?;
-        Ok(out)
+            cursor = page.next_cursor;
+            if cursor == 0 || out.len() >= SYNC_BATCH_RECORDS_MAX {
+                return Ok((out, cursor));
+            }
+        }
     }
 
-    /// One anti-entropy exchange: compare trees with `peer`, fetch the
-    /// records of differing leaves in batches, store the newer ones.
+    /// One anti-entropy exchange: compare trees with `peer`, then page
+    /// through the peer's records of the differing leaves (one pass over its
+    /// store) and store the newer ones.
     pub async fn sync_from(&self, peer: &str) -> Result<RestorePeerReport, CoordError> {
         let mut report = RestorePeerReport {
             node: peer.to_owned(),
             ..RestorePeerReport::default()
         };
-        let theirs = match self.peers.merkle(peer).await {
-            Ok(response) => {
-                self.note_success(peer);
-                response.summary
-            }
+        let theirs = match self.tracked(peer, self.peers.merkle(peer)).await {
+            Ok(response) => response.summary,
             Err(error) => {
-                self.note_failure(peer, &error.to_string());
-                report.error = Some(error.to_string());
+                report.error = Some(error);
                 return Ok(report);
             }
         };
@@ -1170,31 +1171,22 @@ impl Coordinator {
         report.peer_records = theirs.records();
         let differing = ours.diff(&theirs);
         report.leaves_differing = differing.len() as u64;
-        // Batches of leaves holding about SYNC_BATCH_RECORDS_MAX records on the peer.
-        let mut batches: Vec<Vec<u16>> = Vec::new();
-        let mut batch: Vec<u16> = Vec::new();
-        let mut batch_records = 0u64;
-        for bucket in differing {
-            let count = theirs.leaves.get(&bucket).map_or(0, |l| u64::from(l.count));
-            if count == 0 {
-                continue; // nothing there to pull; our extra records go the other way
-            }
-            if !batch.is_empty() && batch_records + count > SYNC_BATCH_RECORDS_MAX as u64 {
-                batches.push(std::mem::take(&mut batch));
-                batch_records = 0;
-            }
-            batch.push(bucket);
-            batch_records += count;
+        // Leaves the peer has records in (our extra records go the other way,
+        // when the peer syncs from us).
+        let wanted: Vec<u16> = differing
+            .into_iter()
+            .filter(|b| theirs.leaves.get(b).is_some_and(|l| l.count > 0))
+            .collect();
+        if wanted.is_empty() {
+            return Ok(report);
         }
-        if !batch.is_empty() {
-            batches.push(batch);
-        }
-        for buckets in batches {
-            let records = match self.peers.buckets(peer, buckets).await {
-                Ok(response) => response.records,
+        let mut cursor = 0u64;
+        loop {
+            let call = self.peers.buckets(peer, wanted.clone(), cursor);
+            let (records, next_cursor) = match self.tracked(peer, call).await {
+                Ok(response) => (response.records, response.next_cursor),
                 Err(error) => {
-                    self.note_failure(peer, &error.to_string());
-                    report.error = Some(error.to_string());
+                    report.error = Some(error);
                     return Ok(report);
                 }
             };
@@ -1213,8 +1205,11 @@ impl Coordinator {
                     ApplyStatus::Refused => report.refused += 1,
                 }
             }
+            if next_cursor == 0 {
+                return Ok(report);
+            }
+            cursor = next_cursor;
         }
-        Ok(report)
     }
 
     /// Delivers the hints this node keeps to their owners that answer, in
@@ -1370,16 +1365,7 @@ impl Coordinator {
         if node == self.cfg.node_id {
             return self.store.ping().await.is_ok();
         }
-        match self.peers.health(node).await {
-            Ok(_) => {
-                self.note_success(node);
-                true
-            }
-            Err(error) => {
-                self.note_failure(node, &error.to_string());
-                false
-            }
-        }
+        self.tracked(node, self.peers.health(node)).await.is_ok()
     }
 
     /// Calls the `/health` of every peer (or, with `only_unhealthy`, of every
@@ -1398,10 +1384,7 @@ impl Coordinator {
         for node in targets {
             let this = Arc::clone(self);
             calls.spawn(async move {
-                match this.peers.health(&node).await {
-                    Ok(_) => this.note_success(&node),
-                    Err(error) => this.note_failure(&node, &error.to_string()),
-                }
+                this.probe(&node).await;
             });
         }
         while calls.join_next().await.is_some() {}

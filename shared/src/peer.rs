@@ -106,10 +106,12 @@ impl PeerClient {
         &self,
         node: &str,
         buckets: Vec<u16>,
+        cursor: u64,
     ) -> Result<BucketsResponse, PeerError> {
         let request = BucketsRequest {
             for_node: self.self_id.clone(),
             buckets,
+            cursor,
         };
         self.post(node, "/internal/buckets", &request).await
     }

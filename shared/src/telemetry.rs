@@ -1,5 +1,5 @@
-//! Logging setup shared by the binaries: `tracing` to stderr, filtered by
-//! `RUST_LOG` (default `info`), colours only on a terminal.
+//! Start-up shared by the binaries: `.env`, configuration, and `tracing` to
+//! stderr, filtered by `RUST_LOG` (default `info`), colours only on a terminal.
 
 use std::io::IsTerminal;
 
@@ -20,4 +20,12 @@ pub fn init_tracing() {
         .with(layer)
         .with(filter)
         .init();
+}
+
+/// Reads `.env` (when present) and the configuration, then starts logging.
+pub fn start() -> Result<crate::config::Config, crate::config::ConfigError> {
+    let _ = dotenvy::dotenv();
+    let cfg = crate::config::Config::from_env()?;
+    init_tracing();
+    Ok(cfg)
 }

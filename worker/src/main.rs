@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use apalis::prelude::{BackendExt, BoxDynError, Data, Monitor, WorkerBuilder, WorkerBuilderExt};
-use shared::config::Config;
 use shared::coordinator::Coordinator;
 use shared::core::jobs::Lenient;
 use shared::core::jobs::ReplicateJob;
@@ -58,9 +57,7 @@ async fn main() {
 }
 
 async fn run() -> anyhow::Result<()> {
-    let _ = dotenvy::dotenv();
-    let cfg = Config::from_env().context("configuration error")?;
-    shared::telemetry::init_tracing();
+    let cfg = shared::telemetry::start().context("configuration error")?;
     let cfg = Arc::new(cfg);
     let conn = connect_redis(&cfg)
         .await

@@ -85,12 +85,18 @@ pub struct MerkleResponse {
 pub struct BucketsRequest {
     pub for_node: String,
     pub buckets: Vec<u16>,
+    /// Where the sender's scan continues (0 to start).
+    #[serde(default)]
+    pub cursor: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BucketsResponse {
     pub node: String,
     pub records: Vec<KeyedRecord>,
+    /// Cursor for the next request; 0 when the scan is complete.
+    #[serde(default)]
+    pub next_cursor: u64,
 }
 
 /// The heartbeat job: check every node and record its status.
