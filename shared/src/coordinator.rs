@@ -207,6 +207,16 @@ pub struct Coordinator {
     pub stats: Stats,
 }
 
+/// The order in which a request calls replicas: this node first (a local
+/// call is cheapest), then the others in ring order, and last those marked
+/// down, which are called only when the others cannot make the quorum.
+fn call_order(replicas: &[String], me: &str, down: &[String]) -> VecDeque<String> {
+    let local = replicas.iter().filter(|n| *n == me);
+    let up = replicas.iter().filter(|n| *n != me && !down.contains(n));
+    let down_last = replicas.iter().filter(|n| *n != me && down.contains(n));
+    local.chain(up).chain(down_last).cloned().collect()
+}
+
 /// Plain Redis key holding when this node started keeping hints for `owner`.
 pub fn hint_since_key(node: &str, owner: &str) -> String {
     format!("kv:{node}:hints:{owner}:since")
@@ -424,11 +434,12 @@ impl Coordinator {
         }
     }
 
-    /// Replicas not worth calling now: peers marked down that failed within
-    /// the last [`PEER_RETRY_AFTER_MS`]. Skipping saves a timeout per request
-    /// on a hung peer. But when skipping them would leave fewer than
-    /// `required` replicas, every replica is called anyway: a failed call
-    /// costs little, and a peer that just came back answers at once.
+    /// Replicas not worth calling first: peers marked down that failed within
+    /// the last [`PEER_RETRY_AFTER_MS`]. Calling them last saves a timeout
+    /// per request on a hung peer; they are still called when the others
+    /// fail. When skipping them would leave fewer than `required` replicas,
+    /// none is skipped: a failed call costs little, and a peer that just came
+    /// back answers at once.
     fn nodes_to_skip(&self, replicas: &[String], required: usize) -> Vec<String> {
         let now = now_ms();
         let membership = lock(&self.membership);
@@ -520,23 +531,13 @@ impl Coordinator {
         };
         let mut fallbacks: VecDeque<String> = fallbacks.into();
         let mut tally = QuorumTally::new(required, replicas.len() + fallbacks.len());
-        // This node first (a local write is cheapest), then ring order.
-        let mut untried: VecDeque<String> = replicas
-            .iter()
-            .filter(|n| **n == self.cfg.node_id)
-            .chain(replicas.iter().filter(|n| **n != self.cfg.node_id))
-            .filter(|n| !skip.contains(n))
-            .cloned()
-            .collect();
+        let mut untried = call_order(&replicas, &self.cfg.node_id, &skip);
         let mut missing: VecDeque<String> = VecDeque::new();
-        for node in &skip {
-            tally.fail(node.clone(), "skipped: marked down after failed calls");
-            missing.push_back(node.clone());
-        }
+        let mut called: Vec<String> = Vec::with_capacity(replicas.len());
         let fan_out = if self.cfg.background_sync {
             required
         } else {
-            replicas.len()
+            replicas.len() - skip.len()
         };
         let batch = vec![KeyedRecord {
             key: key.clone(),
@@ -556,6 +557,7 @@ impl Coordinator {
         };
         for _ in 0..fan_out {
             if let Some(node) = untried.pop_front() {
+                called.push(node.clone());
                 start(&mut calls, node, None);
             }
         }
@@ -567,6 +569,7 @@ impl Coordinator {
             while replacements_due > 0 && tally.state() == TallyState::Waiting {
                 replacements_due -= 1;
                 if let Some(node) = untried.pop_front() {
+                    called.push(node.clone());
                     start(&mut calls, node, None);
                 } else if let (Some(owner), Some(fallback)) =
                     (missing.front().cloned(), fallbacks.pop_front())
@@ -608,6 +611,12 @@ impl Coordinator {
             }
         }
         let acks = tally.acks().to_vec();
+        // Owners believed down and never called need a hint too.
+        for node in &skip {
+            if !called.contains(node) && !missing.contains(node) {
+                missing.push_back(node.clone());
+            }
+        }
         // Owners never reached and not covered by a fallback: keep the hint here.
         let covered: Vec<&String> = hints.iter().map(|h| &h.owner).collect();
         let unreached: Vec<String> = replicas
@@ -781,18 +790,9 @@ impl Coordinator {
         let required = consistency.required(replicas.len());
         let mut tally = QuorumTally::new(required, replicas.len());
         let skip = self.nodes_to_skip(&replicas, required);
-        for node in &skip {
-            tally.fail(node.clone(), "skipped: marked down after failed calls");
-        }
         // Ask just R replicas, this node first (a local read is cheapest),
         // and replace each failure with the next one: R + W > N still holds.
-        let mut untried: VecDeque<String> = replicas
-            .iter()
-            .filter(|n| **n == self.cfg.node_id)
-            .chain(replicas.iter().filter(|n| **n != self.cfg.node_id))
-            .filter(|n| !skip.contains(n))
-            .cloned()
-            .collect();
+        let mut untried = call_order(&replicas, &self.cfg.node_id, &skip);
         let mut calls = JoinSet::new();
         let start = |calls: &mut JoinSet<_>, node: String| {
             let this = Arc::clone(self);

@@ -186,7 +186,19 @@ impl PeerClient {
                 }
             }
         };
-        let response = request.send().await.map_err(classify)?;
+        // Internal calls are idempotent. A pooled keep-alive connection to a
+        // peer that restarted fails on first use without any request having
+        // been processed; one retry on a fresh connection tells that apart
+        // from a peer that is really down (connect errors and timeouts are
+        // not retried).
+        let retry = request.try_clone();
+        let response = match request.send().await {
+            Err(e) if !e.is_timeout() && !e.is_connect() && retry.is_some() => match retry {
+                Some(retry) => retry.send().await.map_err(classify)?,
+                None => return Err(classify(e)),
+            },
+            other => other.map_err(classify)?,
+        };
         let status = response.status();
         if let Some(len) = response.content_length()
             && len > PEER_RESPONSE_BYTES_MAX as u64
