@@ -54,7 +54,8 @@ cleanup() {
   wait 2>/dev/null || true
   echo "cluster stopped"
 }
-trap cleanup INT TERM EXIT
+trap 'cleanup; exit 0' INT TERM
+trap cleanup EXIT
 
 mkdir -p "$cluster_dir"
 for i in 0 1 2; do
