@@ -143,7 +143,7 @@ async fn require_token(
     if let Some(token) = &state.coord.config().api_token {
         match bearer(request.headers()) {
             None => return Err(ApiError::Unauthorized("send Authorization: Bearer <token>")),
-            Some(given) if !secret_eq(given.as_bytes(), token.as_bytes()) => {
+            Some(given) if !secret_eq(given.as_bytes(), token.0.as_bytes()) => {
                 return Err(ApiError::Forbidden("token is not valid"));
             }
             Some(_) => {}
@@ -158,7 +158,7 @@ async fn require_secret(
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let secret = state.coord.config().cluster_secret.as_bytes();
+    let secret = state.coord.config().cluster_secret.0.as_bytes();
     match request.headers().get(SECRET_HEADER) {
         None => Err(ApiError::Unauthorized(
             "internal route: cluster secret required",

@@ -57,11 +57,11 @@ pub struct Config {
     /// `REDIS_URL`, or `REDIS_HOST` + `REDIS_PORT` (+ `REDIS_DB`).
     pub redis_url: String,
     /// `KV_CLUSTER_SECRET`: shared by all nodes; guards `/internal/*`.
-    pub cluster_secret: String,
+    pub cluster_secret: Secret,
     /// True when no secret was configured and the development default is used.
     pub cluster_secret_is_default: bool,
     /// `KV_API_TOKEN`: when set, clients must send `Authorization: Bearer <token>`.
-    pub api_token: Option<String>,
+    pub api_token: Option<Secret>,
     /// `KV_KEY_BYTES_MAX` (default 1024).
     pub key_bytes_max: usize,
     /// `KV_VALUE_BYTES_MAX` (default 1 MiB).
@@ -340,10 +340,10 @@ impl Config {
             Some(secret) if secret.len() < 8 => {
                 return Err(err("KV_CLUSTER_SECRET", "must be at least 8 characters"));
             }
-            Some(secret) => (secret, false),
-            None => (CLUSTER_SECRET_DEFAULT.to_owned(), true),
+            Some(secret) => (Secret(secret), false),
+            None => (Secret(CLUSTER_SECRET_DEFAULT.to_owned()), true),
         };
-        let api_token = get("KV_API_TOKEN");
+        let api_token = get("KV_API_TOKEN").map(Secret);
 
         let key_bytes_max = parse_or(&get, "KV_KEY_BYTES_MAX", KEY_BYTES_MAX_DEFAULT)?;
         if key_bytes_max == 0 || key_bytes_max > 64 * 1024 {
@@ -698,6 +698,21 @@ mod tests {
         ] {
             assert_eq!(config(vars).unwrap_err().var, var);
         }
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let c = config(&[
+            ("KV_CLUSTER_SECRET", "s3cret-cluster"),
+            ("KV_API_TOKEN", "t0ken-client"),
+        ])
+        .unwrap();
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("s3cret-cluster") && !shown.contains("t0ken-client"),
+            "{shown}"
+        );
+        assert_eq!(c.cluster_secret.0, "s3cret-cluster");
     }
 
     #[test]

@@ -243,7 +243,7 @@ impl Coordinator {
         let peers = PeerClient::new(
             &cfg.node_id,
             cfg.nodes.clone(),
-            &cfg.cluster_secret,
+            &cfg.cluster_secret.0,
             cfg.peer_connect_timeout,
             cfg.peer_request_timeout,
         )?;

@@ -347,4 +347,21 @@ async fn internal_routes_need_the_cluster_secret_and_refuse_future_versions() {
     let (status, answer) = kv_tests::read_json(resp).await;
     assert_eq!(status, 404, "the bomb was not stored: {answer}");
     assert_eq!(c.request(Method::GET, 0, "/health", None).await.0, 200);
+
+    // The cluster secret and the client token never leave the node: not in
+    // /cluster/, /metrics or any error, nor in the log.
+    let mut seen = String::new();
+    for path in ["/cluster/", "/metrics", "/kv/?key=x", "/internal/scan"] {
+        let resp = c
+            .http
+            .get(format!("{}{path}", c.url(0)))
+            .bearer_auth("client-token-1")
+            .send()
+            .await
+            .unwrap();
+        seen.push_str(&resp.text().await.unwrap());
+    }
+    seen.push_str(&c.api_log(0));
+    assert!(!seen.contains(TEST_SECRET), "cluster secret leaked");
+    assert!(!seen.contains("client-token-1"), "client token leaked");
 }
