@@ -29,7 +29,7 @@ async fn main() {
 }
 
 async fn run() -> anyhow::Result<()> {
-    let cfg = shared::telemetry::start().context("configuration error")?;
+    let cfg = shared::process::start().context("configuration error")?;
     if cfg.cluster_secret_is_default {
         warn!("KV_CLUSTER_SECRET is not set: using the development default; set it in production");
     }
@@ -92,7 +92,7 @@ async fn run() -> anyhow::Result<()> {
     }
 
     axum::serve(listener, api::app(coord))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(shared::process::shutdown_signal())
         .await
         .context("server failed")?;
     info!("node stopped");
@@ -168,23 +168,4 @@ async fn connect_with_retry(cfg: &Config) -> anyhow::Result<redis::aio::Connecti
             }
         }
     }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
-    }
-    info!("shutdown signal received");
 }

@@ -138,50 +138,101 @@ pub async fn render(State(state): State<AppState>) -> Response {
     let stats = &coord.stats;
     let load =
         |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed) as f64;
-    let counters = [
+    let counters: [(&str, &str, &std::sync::atomic::AtomicU64); 17] = [
         (
             "kv_writes_total",
             "Client writes coordinated here.",
-            load(&stats.writes),
+            &stats.writes,
         ),
         (
             "kv_reads_total",
             "Client reads coordinated here.",
-            load(&stats.reads),
+            &stats.reads,
         ),
         (
             "kv_unavailable_total",
             "Requests answered 503: consistency level not reached.",
-            load(&stats.unavailable),
+            &stats.unavailable,
         ),
         (
             "kv_read_repairs_total",
             "Stale replicas repaired after a read.",
-            load(&stats.read_repairs),
+            &stats.read_repairs,
         ),
         (
             "kv_read_repairs_dropped_total",
             "Read repairs dropped because too many were in flight.",
-            load(&stats.read_repairs_dropped),
+            &stats.read_repairs_dropped,
         ),
         (
             "kv_refused_versions_total",
             "Records refused for a version too far in the future.",
-            load(&stats.refused_versions),
+            &stats.refused_versions,
         ),
         (
             "kv_jobs_enqueued_total",
-            "Replication jobs handed to the background replicator.",
-            load(&stats.jobs_enqueued),
+            "Writes whose replication was queued.",
+            &stats.jobs_enqueued,
         ),
         (
             "kv_jobs_enqueue_failed_total",
-            "Replication jobs that could not be enqueued.",
-            load(&stats.jobs_enqueue_failed),
+            "Writes whose replication could not be queued (kept as hints).",
+            &stats.jobs_enqueue_failed,
+        ),
+        (
+            "kv_hints_kept_total",
+            "Records kept as hints for unreachable replicas.",
+            &stats.hints_kept,
+        ),
+        (
+            "kv_hints_dropped_total",
+            "Hints not kept (bounds or hint window exceeded).",
+            &stats.hints_dropped,
+        ),
+        (
+            "kv_hints_delivered_total",
+            "Hints delivered to their owners.",
+            &stats.hints_delivered,
+        ),
+        (
+            "kv_sloppy_writes_total",
+            "Writes that counted a fallback node toward W.",
+            &stats.sloppy_writes,
+        ),
+        (
+            "kv_peer_transitions_total",
+            "Changes of a peer's health seen by this node.",
+            &stats.peer_transitions,
+        ),
+        (
+            "kv_anti_entropy_stored_total",
+            "Records repaired by anti-entropy.",
+            &stats.anti_entropy_stored,
+        ),
+        (
+            "kv_tombstones_collected_total",
+            "Tombstones collected after the grace period.",
+            &stats.tombstones_collected,
+        ),
+        (
+            "kv_mail_enqueued_total",
+            "Notifications queued (or started in-process).",
+            &stats.mail_enqueued,
+        ),
+        (
+            "kv_mail_not_queued_total",
+            "Notifications that could not be queued.",
+            &stats.mail_not_queued,
         ),
     ];
     for (name, help, value) in counters {
-        gauge(&mut out, name, help, "counter", &[(String::new(), value)]);
+        gauge(
+            &mut out,
+            name,
+            help,
+            "counter",
+            &[(String::new(), load(value))],
+        );
     }
 
     let peers: Vec<(String, f64)> = coord

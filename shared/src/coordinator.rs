@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::core::hlc::HybridClock;
-use crate::core::jobs::{PendingReplication, RetryPolicy};
+use crate::core::jobs::{PendingReplication, RetryDecision, RetryPolicy};
 use crate::core::limits::{
     APPLY_BATCH_LEN_MAX, GC_BATCH_LEN_MAX, READ_REPAIRS_IN_FLIGHT_MAX, SYNC_BATCH_RECORDS_MAX,
 };
@@ -325,34 +325,28 @@ impl Coordinator {
             // The same job function and retry policy as a worker, with the
             // delays slept here instead of scheduled on a queue.
             loop {
-                let attempt = job.attempt;
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                let outcome = crate::mail::run_mail_job(&mailer, &queues, &job).await;
-                let Err(failure) = outcome else { return };
-                let permanent = matches!(failure, crate::mail::MailError::Permanent(_));
-                let runs = attempt.saturating_add(1);
-                let result = crate::jobs::retry_or_dead_letter(
-                    &queues,
-                    crate::jobs::EMAIL,
-                    runs,
-                    !permanent,
-                    failure.to_string(),
-                    &job,
-                    async |next_attempt, delay| {
-                        let _ = tx.send((next_attempt, delay));
-                        Ok(())
-                    },
-                )
-                .await;
-                if let Err(error) = result {
-                    warn!(%error, "cannot settle an in-process notification");
-                    return;
-                }
-                let Ok((next_attempt, delay)) = rx.await else {
+                let Err(failure) = crate::mail::run_mail_job(&mailer, &queues, &job).await else {
                     return;
                 };
-                tokio::time::sleep(delay).await;
-                job.attempt = next_attempt;
+                let permanent = matches!(failure, crate::mail::MailError::Permanent(_));
+                let runs = job.attempt.saturating_add(1);
+                match queues.decide(runs, !permanent) {
+                    RetryDecision::RetryAfter { delay_ms, attempt } => {
+                        let _ = queues.count("retried", 1).await;
+                        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                        job.attempt = attempt;
+                    }
+                    RetryDecision::GiveUp => {
+                        let reason = failure.to_string();
+                        if let Err(error) = queues
+                            .dead_letter_job(crate::jobs::EMAIL, runs, reason, &job)
+                            .await
+                        {
+                            warn!(%error, "cannot record the dead letter of a notification");
+                        }
+                        return;
+                    }
+                }
             }
         });
     }
@@ -514,19 +508,24 @@ impl Coordinator {
             value,
         };
         let deleted = record.is_tombstone();
-        let replicas = self.replicas(&key);
+        // One walk of the ring: the first N nodes are the replicas, the rest
+        // (minus nodes known down) the fallbacks of a sloppy quorum.
+        let mut walk: Vec<String> = self
+            .ring
+            .walk(&key)
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        let fallbacks = walk.split_off(self.cfg.replication_factor.min(walk.len()));
+        let replicas = walk;
         let required = consistency.required(replicas.len());
         let skip = self.nodes_to_skip(&replicas, required);
-        // Fallbacks: the rest of the ring walk, minus nodes known down.
         let fallbacks: Vec<String> = {
             let now = now_ms();
             let membership = lock(&self.membership);
-            self.ring
-                .walk(&key)
+            fallbacks
                 .into_iter()
-                .skip(replicas.len())
                 .filter(|n| membership.should_call(n, now))
-                .map(str::to_owned)
                 .collect()
         };
         let mut fallbacks: VecDeque<String> = fallbacks.into();

@@ -76,6 +76,20 @@ pub enum QueueError {
     Redis(#[from] redis::RedisError),
     #[error("cannot enqueue: {0}")]
     Push(String),
+    #[error("queue {queue} holds {depth} jobs, the limit is {max}")]
+    Full { queue: String, depth: u64, max: u64 },
+}
+
+/// Jobs a queue may hold (ready plus scheduled) before new ones are refused.
+/// The check reads the depth before pushing, so concurrent pushers may pass
+/// it by a few jobs; retries are not checked, since each replaces the job
+/// that failed. A refused replication falls back to a (bounded) hint, a
+/// refused mail is logged and counted.
+pub fn queue_jobs_max(kind: &str) -> u64 {
+    match kind {
+        HEARTBEAT => 100,
+        _ => 100_000,
+    }
 }
 
 /// The apalis-redis configuration of one queue.
@@ -153,6 +167,9 @@ impl JobQueues {
     /// Pushes a mail job. Its task id is derived from the job id and
     /// attempt, so pushing the same job twice enqueues it once.
     pub async fn push_mail(&self, job: MailJob, delay: Option<Duration>) -> Result<(), QueueError> {
+        if job.attempt == 0 {
+            self.ensure_room(EMAIL).await?;
+        }
         let id = TaskId::from_string(format!("{}-a{}", job.id, job.attempt));
         let mut builder = TaskBuilder::new(job).task_id(id);
         if let Some(delay) = delay {
@@ -167,11 +184,31 @@ impl JobQueues {
 
     /// Pushes a heartbeat job.
     pub async fn push_heartbeat(&self, job: HeartbeatJob) -> Result<(), QueueError> {
+        self.ensure_room(HEARTBEAT).await?;
         let mut storage = self.heartbeat.clone();
         storage
             .push_task(TaskBuilder::new(job).build())
             .await
             .map_err(|e| QueueError::Push(e.to_string()))
+    }
+
+    /// Refuses a new job when queue `kind` is at its bound.
+    async fn ensure_room(&self, kind: &str) -> Result<(), QueueError> {
+        let queue = queue_name(&self.node, kind);
+        let mut conn = self.conn.clone();
+        let (ready, scheduled): (u64, u64) = redis::pipe()
+            .cmd("LLEN")
+            .arg(format!("{queue}:active"))
+            .cmd("ZCARD")
+            .arg(format!("{queue}:scheduled"))
+            .query_async(&mut conn)
+            .await?;
+        let depth = ready + scheduled;
+        let max = queue_jobs_max(kind);
+        if depth >= max {
+            return Err(QueueError::Full { queue, depth, max });
+        }
+        Ok(())
     }
 
     /// The storage a worker of queue `kind` consumes: the same queue, read
@@ -186,13 +223,35 @@ impl JobQueues {
         kind: &str,
         job: serde_json::Value,
     ) -> Result<(), QueueError> {
-        warn!(kind, "undecodable job dead-lettered");
+        let reason = "the job payload could not be decoded".to_owned();
+        self.dead_letter_job(kind, 0, reason, &job).await
+    }
+
+    /// What to do after a failed run: the retry policy, or give up at once
+    /// when the failure is not retryable.
+    pub fn decide(&self, runs: u32, retryable: bool) -> RetryDecision {
+        if retryable {
+            self.policy.after_failure(runs)
+        } else {
+            RetryDecision::GiveUp
+        }
+    }
+
+    /// Writes a job of queue `kind` that will not run again to the dead letters.
+    pub async fn dead_letter_job<J: Serialize>(
+        &self,
+        kind: &str,
+        runs: u32,
+        reason: String,
+        job: &J,
+    ) -> Result<(), QueueError> {
+        warn!(kind, runs, %reason, "job dead-lettered");
         let letter = DeadLetter {
             queue: queue_name(&self.node, kind),
-            reason: "the job payload could not be decoded".to_owned(),
-            attempts: 0,
+            reason,
+            attempts: runs,
             failed_ms: now_ms(),
-            job,
+            job: serde_json::to_value(job).unwrap_or_default(),
         };
         self.dead_letter(&letter).await
     }
@@ -207,6 +266,9 @@ impl JobQueues {
         job: ReplicateJob,
         delay: Option<Duration>,
     ) -> Result<(), QueueError> {
+        if job.attempt == 0 {
+            self.ensure_room(REPLICATE).await?;
+        }
         let mut builder = TaskBuilder::new(job);
         if let Some(delay) = delay {
             builder = builder.run_after(delay);
@@ -468,28 +530,13 @@ pub async fn retry_or_dead_letter<J: Serialize>(
     job: &J,
     requeue: impl AsyncFnOnce(u32, Duration) -> Result<(), QueueError>,
 ) -> Result<(), QueueError> {
-    let decision = if retryable {
-        queues.policy.after_failure(runs)
-    } else {
-        RetryDecision::GiveUp
-    };
-    match decision {
+    match queues.decide(runs, retryable) {
         RetryDecision::RetryAfter { delay_ms, attempt } => {
             debug!(kind, attempt, delay_ms, %reason, "job failed; retrying");
             requeue(attempt, Duration::from_millis(delay_ms)).await?;
             queues.count("retried", 1).await?;
         }
-        RetryDecision::GiveUp => {
-            warn!(kind, runs, %reason, "job dead-lettered");
-            let letter = DeadLetter {
-                queue: queue_name(queues.node(), kind),
-                reason,
-                attempts: runs,
-                failed_ms: now_ms(),
-                job: serde_json::to_value(job).unwrap_or_default(),
-            };
-            queues.dead_letter(&letter).await?;
-        }
+        RetryDecision::GiveUp => queues.dead_letter_job(kind, runs, reason, job).await?,
     }
     Ok(())
 }

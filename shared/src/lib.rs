@@ -9,8 +9,8 @@ pub mod jobs;
 pub mod mail;
 pub mod maintenance;
 pub mod peer;
+pub mod process;
 pub mod storage;
-pub mod telemetry;
 
 /// Constant-time equality for secrets: the time taken does not depend on
 /// where the first differing byte is.

@@ -165,42 +165,30 @@ pub struct Periodic {
 /// Spawns the periodic loops of a node. `holder` names this process in leases.
 pub fn spawn_periodic(coord: Arc<Coordinator>, periodic: Periodic, holder: String) {
     let cfg = coord.config().clone();
-    let node = cfg.node_id.clone();
-
-    let tick = |interval: Duration| {
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticker
-    };
-
-    {
-        let (coord, node, holder) = (Arc::clone(&coord), node.clone(), holder.clone());
-        let interval = cfg.hint_delivery_interval;
-        tokio::spawn(async move {
-            let mut ticker = tick(interval);
-            loop {
-                ticker.tick().await;
-                if !try_lease(coord.store(), &node, "hints", interval, &holder).await {
-                    continue;
-                }
-                match coord.deliver_hints().await {
-                    Ok(0) => {}
-                    Ok(n) => info!(delivered = n, "hints delivered"),
-                    Err(error) => warn!(%error, "hint delivery failed"),
-                }
+    let leased = Some(holder);
+    spawn_rounds(
+        &coord,
+        "hints",
+        cfg.hint_delivery_interval,
+        false,
+        leased.clone(),
+        |coord| async move {
+            match coord.deliver_hints().await {
+                Ok(0) => {}
+                Ok(n) => info!(delivered = n, "hints delivered"),
+                Err(error) => warn!(%error, "hint delivery failed"),
             }
-        });
-    }
+        },
+    );
     if let Some(interval) = cfg.anti_entropy_interval {
-        let (coord, node, holder) = (Arc::clone(&coord), node.clone(), holder.clone());
-        tokio::spawn(async move {
-            let mut ticker = tick(interval);
-            ticker.tick().await; // the first round is one interval after start
-            loop {
-                ticker.tick().await;
-                if !try_lease(coord.store(), &node, "anti-entropy", interval, &holder).await {
-                    continue;
-                }
+        // The first round is one interval after start (start-up has its own restore).
+        spawn_rounds(
+            &coord,
+            "anti-entropy",
+            interval,
+            true,
+            leased.clone(),
+            |coord| async move {
                 match coord.restore(None).await {
                     Ok(report) if report.stored > 0 => {
                         info!(
@@ -212,36 +200,62 @@ pub fn spawn_periodic(coord: Arc<Coordinator>, periodic: Periodic, holder: Strin
                     Ok(_) => debug!("anti-entropy: in sync"),
                     Err(error) => warn!(%error, "anti-entropy failed"),
                 }
-            }
-        });
+            },
+        );
     }
     if let Some(interval) = cfg.gc_interval {
-        let (coord, node, holder) = (Arc::clone(&coord), node.clone(), holder.clone());
-        tokio::spawn(async move {
-            let mut ticker = tick(interval);
-            loop {
-                ticker.tick().await;
-                if !try_lease(coord.store(), &node, "gc", interval, &holder).await {
-                    continue;
-                }
-                match coord.collect_tombstones().await {
-                    Ok(0) => {}
-                    Ok(n) => info!(collected = n, "tombstones collected"),
-                    Err(error) => warn!(%error, "tombstone collection failed"),
-                }
+        spawn_rounds(&coord, "gc", interval, false, leased, |coord| async move {
+            match coord.collect_tombstones().await {
+                Ok(0) => {}
+                Ok(n) => info!(collected = n, "tombstones collected"),
+                Err(error) => warn!(%error, "tombstone collection failed"),
             }
         });
     }
     if periodic.heartbeat {
-        let interval = cfg.heartbeat_interval;
-        tokio::spawn(async move {
-            let mut ticker = tick(interval);
-            loop {
-                ticker.tick().await;
+        spawn_rounds(
+            &coord,
+            "heartbeat",
+            cfg.heartbeat_interval,
+            false,
+            None,
+            |coord| async move {
                 if let Err(error) = heartbeat(&coord).await {
                     warn!(%error, "heartbeat failed");
                 }
-            }
-        });
+            },
+        );
     }
+}
+
+/// Runs `round` every `interval` in a task of its own. With `lease_holder`,
+/// a round runs only in the process that takes the task's lease for it.
+fn spawn_rounds<F, Fut>(
+    coord: &Arc<Coordinator>,
+    task: &'static str,
+    interval: Duration,
+    skip_first: bool,
+    lease_holder: Option<String>,
+    round: F,
+) where
+    F: Fn(Arc<Coordinator>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let coord = Arc::clone(coord);
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        if skip_first {
+            ticker.tick().await;
+        }
+        loop {
+            ticker.tick().await;
+            if let Some(holder) = &lease_holder
+                && !try_lease(coord.store(), coord.node_id(), task, interval, holder).await
+            {
+                continue;
+            }
+            round(Arc::clone(&coord)).await;
+        }
+    });
 }

@@ -192,13 +192,11 @@ impl PeerClient {
         // from a peer that is really down (connect errors and timeouts are
         // not retried).
         let retry = request.try_clone();
-        let response = match request.send().await {
-            Err(e) if !e.is_timeout() && !e.is_connect() && retry.is_some() => match retry {
-                Some(retry) => retry.send().await.map_err(classify)?,
-                None => return Err(classify(e)),
-            },
-            other => other.map_err(classify)?,
-        };
+        let response = match (request.send().await, retry) {
+            (Err(e), Some(retry)) if !e.is_timeout() && !e.is_connect() => retry.send().await,
+            (result, _) => result,
+        }
+        .map_err(classify)?;
         let status = response.status();
         if let Some(len) = response.content_length()
             && len > PEER_RESPONSE_BYTES_MAX as u64

@@ -364,6 +364,15 @@ impl Cluster {
         self.wait_healthy(i).await;
     }
 
+    /// Wipes node `i`: SIGKILLs its API and Redis, deletes the Redis data and
+    /// starts an empty Redis. The caller restarts the API (and times it).
+    pub async fn wipe_node(&mut self, i: usize) {
+        self.kill_api(i);
+        self.kill_redis(i);
+        std::fs::remove_dir_all(self.nodes[i].dir.join("redis")).expect("remove redis data");
+        self.start_redis(i).await;
+    }
+
     /// A Redis connection to node `i`'s own Redis.
     pub async fn redis(&self, i: usize) -> redis::aio::MultiplexedConnection {
         let client =

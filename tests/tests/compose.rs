@@ -32,9 +32,11 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn compose(args: &[&str]) -> String {
+/// `docker compose -p kvcompose -f docker-compose.yml -f docker-compose.local.yml`.
+fn compose_command() -> Command {
     let cmd = compose_cmd();
-    let out = Command::new(&cmd[0])
+    let mut command = Command::new(&cmd[0]);
+    command
         .args(&cmd[1..])
         .args([
             "-p",
@@ -44,8 +46,13 @@ fn compose(args: &[&str]) -> String {
             "-f",
             "docker-compose.local.yml",
         ])
+        .current_dir(root());
+    command
+}
+
+fn compose(args: &[&str]) -> String {
+    let out = compose_command()
         .args(args)
-        .current_dir(root())
         .env("KV_HEARTBEAT_INTERVAL_S", "1")
         .env("KV_ANTI_ENTROPY_INTERVAL_S", "5")
         .output()
@@ -78,32 +85,13 @@ struct Teardown;
 
 impl Drop for Teardown {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            let cmd = compose_cmd();
-            if let Ok(out) = Command::new(&cmd[0])
-                .args(&cmd[1..])
-                .args(["-p", PROJECT, "logs", "--tail", "30"])
-                .current_dir(root())
-                .output()
-            {
-                eprintln!("{}", String::from_utf8_lossy(&out.stdout));
-            }
+        if std::thread::panicking()
+            && let Ok(out) = compose_command().args(["logs", "--tail", "30"]).output()
+        {
+            eprintln!("{}", String::from_utf8_lossy(&out.stdout));
         }
-        let cmd = compose_cmd();
-        let _ = Command::new(&cmd[0])
-            .args(&cmd[1..])
-            .args([
-                "-p",
-                PROJECT,
-                "-f",
-                "docker-compose.yml",
-                "-f",
-                "docker-compose.local.yml",
-                "down",
-                "-v",
-                "--remove-orphans",
-            ])
-            .current_dir(root())
+        let _ = compose_command()
+            .args(["down", "-v", "--remove-orphans"])
             .output();
     }
 }

@@ -202,10 +202,7 @@ async fn a_wiped_node_restores_ten_thousand_keys() {
     assert_eq!(c.cluster_view(1).await["records"], 10_000);
 
     // Wipe node2: kill its API and Redis, delete the data, start both again.
-    c.kill_api(1);
-    c.kill_redis(1);
-    std::fs::remove_dir_all(c.dir.join("node2/redis")).unwrap();
-    c.start_redis(1).await;
+    c.wipe_node(1).await;
     let restarted = Instant::now();
     c.restart_api(1).await;
     let view = wait_for(
@@ -394,6 +391,8 @@ async fn random_node_kills_lose_no_acknowledged_write() {
         });
     }
     // The fault schedule: kill a random node, restart it a little later.
+    // These sleeps are the schedule itself (how long a node stays down or up),
+    // not waits for a condition.
     let mut rng = Rng(seed);
     let mut kills = 0;
     while Instant::now() + Duration::from_secs(3) < deadline {

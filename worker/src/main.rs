@@ -57,7 +57,7 @@ async fn main() {
 }
 
 async fn run() -> anyhow::Result<()> {
-    let cfg = shared::telemetry::start().context("configuration error")?;
+    let cfg = shared::process::start().context("configuration error")?;
     let cfg = Arc::new(cfg);
     let conn = connect_redis(&cfg)
         .await
@@ -69,7 +69,7 @@ async fn run() -> anyhow::Result<()> {
     if !cfg.background_sync {
         // Background sync off: the API process runs the jobs itself.
         info!(node = %cfg.node_id, "KV_BACKGROUND_SYNC is off: this worker has nothing to do; idle until stopped");
-        shutdown_signal().await;
+        shared::process::shutdown_signal().await;
         return Ok(());
     }
 
@@ -157,7 +157,7 @@ async fn run() -> anyhow::Result<()> {
         .shutdown_timeout(Duration::from_secs(SHUTDOWN_DEADLINE_S));
     let result = monitor
         .run_with_signal(async {
-            shutdown_signal().await;
+            shared::process::shutdown_signal().await;
             Ok(())
         })
         .await;
@@ -248,20 +248,4 @@ async fn janitor(queues: JobQueues) {
             Err(error) => warn!(%error, "janitor pass failed"),
         }
     }
-}
-
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        () = terminate => {},
-    }
-    info!("shutdown signal received");
 }

@@ -35,6 +35,16 @@ struct Point {
     errors: u64,
 }
 
+/// An HTTP client with connect and request timeouts.
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(15))
+        .no_proxy()
+        .build()
+        .expect("http client")
+}
+
 fn bench_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../bench")
 }
@@ -166,7 +176,7 @@ fn b64(data: &[u8]) -> String {
 
 /// Writes every key of the 10k-key space once, so reads find them.
 async fn preload(url: &str, etcd: bool) {
-    let http = reqwest::Client::new();
+    let http = http_client();
     let mut tasks = tokio::task::JoinSet::new();
     for t in 0..32 {
         let (http, url) = (http.clone(), url.to_owned());
@@ -273,7 +283,7 @@ async fn start_etcd() -> Etcd {
         );
     }
     let client_url = format!("http://127.0.0.1:{}", ports[0].0);
-    let http = reqwest::Client::new();
+    let http = http_client();
     let health = format!("{client_url}/health");
     wait_for("etcd to be healthy", Duration::from_secs(30), || {
         let (http, health) = (http.clone(), health.clone());
@@ -308,7 +318,17 @@ fn redis_benchmark(points: &mut Vec<Point>) {
         .stdout(Stdio::null())
         .spawn()
         .expect("redis-server");
-    std::thread::sleep(Duration::from_millis(300)); // redis-benchmark retries on connect anyway
+    // Wait until it accepts connections (deadline 10 s).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect_timeout(
+        &([127, 0, 0, 1], port).into(),
+        Duration::from_millis(200),
+    )
+    .is_err()
+    {
+        assert!(Instant::now() < deadline, "redis-server did not start");
+        std::thread::sleep(Duration::from_millis(20)); // poll interval
+    }
     for conns in connections() {
         let out = Command::new("redis-benchmark")
             .args([
@@ -424,10 +444,7 @@ async fn memory_and_restore(keys: usize) {
         );
     }
     let mut c = Arc::try_unwrap(c).ok().unwrap();
-    c.kill_api(1);
-    c.kill_redis(1);
-    std::fs::remove_dir_all(c.dir.join("node2/redis")).unwrap();
-    c.start_redis(1).await;
+    c.wipe_node(1).await;
     let restarted = Instant::now();
     c.restart_api(1).await;
     let view = wait_for("node2 to restore", Duration::from_secs(600), || async {

@@ -1,5 +1,6 @@
-//! Start-up shared by the binaries: `.env`, configuration, and `tracing` to
-//! stderr, filtered by `RUST_LOG` (default `info`), colours only on a terminal.
+//! Process start-up and shutdown shared by the binaries: `.env`,
+//! configuration, `tracing` to stderr (filtered by `RUST_LOG`, default
+//! `info`, colours only on a terminal), and the shutdown signal.
 
 use std::io::IsTerminal;
 
@@ -28,4 +29,21 @@ pub fn start() -> Result<crate::config::Config, crate::config::ConfigError> {
     let cfg = crate::config::Config::from_env()?;
     init_tracing();
     Ok(cfg)
+}
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM.
+pub async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutdown signal received");
 }
