@@ -6,7 +6,7 @@
 //! (`REDIS_HOST`, `REDIS_PORT`, `EMAIL_*`) keep working.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -111,6 +111,13 @@ pub struct Config {
     pub restore_on_start: bool,
     /// `KV_REQUESTS_IN_FLIGHT_MAX` (default 1024).
     pub requests_in_flight_max: usize,
+    /// `KV_PEER_SOURCE_ADDR`: local IP that calls to peers are made from
+    /// (default: chosen by the OS). Lets a host with several addresses, or a
+    /// test cluster on 127.0.0.x, keep node-to-node traffic on the node's own address.
+    pub peer_source_addr: Option<IpAddr>,
+    /// `KV_CLOCK_OFFSET_MS` (default 0): added to the system clock. A fault
+    /// injection setting for tests of clock skew; leave it 0 in production.
+    pub clock_offset_ms: i64,
 }
 
 /// A secret string: never shown by `Debug` or logs.
@@ -332,7 +339,12 @@ impl Config {
                 let host = get("REDIS_HOST").unwrap_or_else(|| "127.0.0.1".to_owned());
                 let port: u16 = parse_or(&get, "REDIS_PORT", 6379)?;
                 let db: u32 = parse_or(&get, "REDIS_DB", 0)?;
-                format!("redis://{host}:{port}/{db}")
+                match get("REDIS_PASSWORD") {
+                    Some(pw) if !pw.is_empty() => {
+                        format!("redis://:{}@{host}:{port}/{db}", percent_encode(&pw))
+                    }
+                    _ => format!("redis://{host}:{port}/{db}"),
+                }
             }
         };
 
@@ -444,6 +456,21 @@ impl Config {
             return Err(err("KV_REQUESTS_IN_FLIGHT_MAX", "must be at least 1"));
         }
 
+        let peer_source_addr = match get("KV_PEER_SOURCE_ADDR") {
+            Some(a) if !a.is_empty() => Some(
+                a.parse()
+                    .map_err(|_| err("KV_PEER_SOURCE_ADDR", format!("not an IP address: {a:?}")))?,
+            ),
+            _ => None,
+        };
+        let clock_offset_ms: i64 = parse_or(&get, "KV_CLOCK_OFFSET_MS", 0)?;
+        if clock_offset_ms.unsigned_abs() > 3_600_000 {
+            return Err(err(
+                "KV_CLOCK_OFFSET_MS",
+                "must be within ±3600000 (one hour)",
+            ));
+        }
+
         Ok(Config {
             node_id,
             listen,
@@ -479,6 +506,8 @@ impl Config {
             email,
             restore_on_start,
             requests_in_flight_max,
+            peer_source_addr,
+            clock_offset_ms,
         })
     }
 
@@ -558,6 +587,20 @@ pub fn parse_peers(spec: &str) -> Result<BTreeMap<String, String>, ConfigError> 
     Ok(nodes)
 }
 
+/// Percent-encodes everything but unreserved URL characters (RFC 3986).
+fn percent_encode(s: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
 fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
@@ -571,6 +614,30 @@ fn redact_url(url: &str) -> String {
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    #[test]
+    fn redis_password_is_encoded_and_redacted() {
+        let c = config(&[("REDIS_HOST", "r1"), ("REDIS_PASSWORD", "p@ss:w/rd")]).unwrap();
+        assert_eq!(c.redis_url, "redis://:p%40ss%3Aw%2Frd@r1:6379/0");
+        assert_eq!(c.redis_url_redacted(), "redis://***@r1:6379/0");
+        let c = config(&[
+            ("KV_PEER_SOURCE_ADDR", "127.0.0.12"),
+            ("KV_CLOCK_OFFSET_MS", "-2000"),
+        ])
+        .unwrap();
+        assert_eq!(c.peer_source_addr, Some("127.0.0.12".parse().unwrap()));
+        assert_eq!(c.clock_offset_ms, -2000);
+        assert_eq!(
+            config(&[("KV_PEER_SOURCE_ADDR", "nope")]).unwrap_err().var,
+            "KV_PEER_SOURCE_ADDR"
+        );
+        assert_eq!(
+            config(&[("KV_CLOCK_OFFSET_MS", "9999999")])
+                .unwrap_err()
+                .var,
+            "KV_CLOCK_OFFSET_MS"
+        );
+    }
 
     fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let map: HashMap<String, String> = vars

@@ -9,7 +9,7 @@
 //! Handlers (axum) and job functions (workers) are thin wrappers over this.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -222,12 +222,22 @@ pub fn hint_since_key(node: &str, owner: &str) -> String {
     format!("kv:{node}:hints:{owner}:since")
 }
 
-/// Milliseconds since the Unix epoch, from the system clock. The one place
-/// the coordinator reads the wall clock; the core only ever receives it.
+/// `KV_CLOCK_OFFSET_MS`, set once at start (fault injection for clock-skew tests).
+static CLOCK_OFFSET_MS: AtomicI64 = AtomicI64::new(0);
+
+/// Shifts this process's clock by `offset_ms` (see `Config::clock_offset_ms`).
+pub fn set_clock_offset_ms(offset_ms: i64) {
+    CLOCK_OFFSET_MS.store(offset_ms, Ordering::Relaxed);
+}
+
+/// Milliseconds since the Unix epoch, from the system clock (plus the
+/// configured test offset). The one place the coordinator reads the wall
+/// clock; the core only ever receives it.
 pub fn now_ms() -> u64 {
-    SystemTime::now()
+    let wall = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    wall.saturating_add_signed(CLOCK_OFFSET_MS.load(Ordering::Relaxed))
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -239,6 +249,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Coordinator {
     pub fn new(cfg: Arc<Config>, store: Store) -> Result<Arc<Self>, reqwest::Error> {
+        set_clock_offset_ms(cfg.clock_offset_ms);
         let ring = Ring::new(cfg.nodes.keys().cloned(), cfg.vnodes);
         let peers = PeerClient::new(
             &cfg.node_id,
@@ -246,6 +257,7 @@ impl Coordinator {
             &cfg.cluster_secret.0,
             cfg.peer_connect_timeout,
             cfg.peer_request_timeout,
+            cfg.peer_source_addr,
         )?;
         let others = cfg.nodes.keys().filter(|n| **n != cfg.node_id).cloned();
         Ok(Arc::new(Coordinator {

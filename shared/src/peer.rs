@@ -58,8 +58,10 @@ impl PeerClient {
         secret: &str,
         connect_timeout: Duration,
         request_timeout: Duration,
+        source_addr: Option<std::net::IpAddr>,
     ) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
+            .local_address(source_addr)
             .connect_timeout(connect_timeout)
             .timeout(request_timeout)
             .pool_idle_timeout(Duration::from_secs(60))
