@@ -1,5 +1,5 @@
 # The two commands of the README: `make run` and `make test`.
-.PHONY: run build release test lint fmt clean-cluster compose-up compose-test bench
+.PHONY: run build release test lint fmt clean-cluster compose-up compose-test bench chaos
 
 CARGO ?= cargo
 
@@ -45,3 +45,14 @@ compose-test: release
 bench: release
 	./scripts/bench-deps.sh
 	KV_BIN_DIR=$(CURDIR)/target/release $(CARGO) run --release -q -p kv-tests --bin kvbench
+
+# One seeded fault-injection run against 5 nodes on 127.0.77.11-15 (needs
+# root: iptables, tc), then the history checkers and the recovery figures.
+# The same SEED replays the same fault schedule.
+SEED ?= 1
+DURATION ?= 60
+RESTORE_KEYS ?= 10000
+chaos: release
+	$(CARGO) build --release -q -p kv-tests --bin chaos
+	SEED=$(SEED) DURATION=$(DURATION) RESTORE_KEYS=$(RESTORE_KEYS) \
+	  KV_BIN_DIR=$(CURDIR)/target/release $(CURDIR)/target/release/chaos

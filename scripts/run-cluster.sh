@@ -7,6 +7,9 @@
 #   KV_CLUSTER_DIR     data and logs (default .cluster/)
 #   KV_WORKERS         worker processes per node (default 1; 0 = none)
 #   KV_REDIS_BASE_PORT first Redis port (default 6381; node i uses base+i-1)
+#   REDIS_PASSWORD     password the Redis servers require (default: a random
+#                      one, generated once and kept in $KV_CLUSTER_DIR/redis-password)
+# The Redis servers listen on 127.0.0.1 only.
 # Every other variable (and .env) is passed through to every node, so
 # `EMAIL_HOST=... make run` configures all of them.
 set -euo pipefail
@@ -58,10 +61,20 @@ trap 'cleanup; exit 0' INT TERM
 trap cleanup EXIT
 
 mkdir -p "$cluster_dir"
+pwfile="$cluster_dir/redis-password"
+if [ -z "${REDIS_PASSWORD:-}" ]; then
+  if [ ! -s "$pwfile" ]; then
+    (umask 077; od -An -N16 -tx1 /dev/urandom | tr -d ' \n' >"$pwfile")
+  fi
+  REDIS_PASSWORD="$(cat "$pwfile")"
+fi
+# Passed to redis-server in a config file on stdin, so it is not in `ps`.
+export REDISCLI_AUTH="$REDIS_PASSWORD"
 for i in 0 1 2; do
   node="${nodes[$i]}"; rport=$((redis_base + i)); dir="$cluster_dir/$node"
   mkdir -p "$dir/redis"
-  redis-server --port "$rport" --bind 127.0.0.1 --dir "$dir/redis" --appendonly yes \
+  printf 'requirepass %s\n' "$REDIS_PASSWORD" | redis-server - --port "$rport" --bind 127.0.0.1 \
+    --protected-mode yes --dir "$dir/redis" --appendonly yes \
     --appendfsync everysec --save "" --daemonize no --logfile "$dir/redis.log" &
   pids+=($!)
 done
@@ -76,7 +89,8 @@ done
 
 for i in 0 1 2; do
   node="${nodes[$i]}"; rport=$((redis_base + i)); dir="$cluster_dir/$node"
-  common=(env KV_NODE_ID="$node" KV_PEERS="$peers" REDIS_URL="redis://127.0.0.1:$rport/0")
+  common=(env -u REDIS_URL KV_NODE_ID="$node" KV_PEERS="$peers" REDIS_HOST=127.0.0.1 REDIS_PORT="$rport"
+    REDIS_PASSWORD="$REDIS_PASSWORD")
   "${common[@]}" KV_LISTEN="127.0.0.1:${api_ports[$i]}" "$bin_dir/api" >>"$dir/api.log" 2>&1 &
   pids+=($!)
   for w in $(seq 1 "$workers"); do
@@ -97,6 +111,7 @@ echo "cluster up (logs and data in $cluster_dir):"
 for i in 0 1 2; do
   echo "  ${nodes[$i]}: http://127.0.0.1:${api_ports[$i]}  redis 127.0.0.1:$((redis_base + i))  workers: $workers"
 done
+echo "redis password: in $pwfile (redis-cli -p $redis_base --askpass, or REDISCLI_AUTH=...)"
 echo "try: curl -s -XPOST localhost:8001/kv/ -H 'content-type: application/json' -d '{\"key\":\"username123\",\"value\":\"mci_admin\"}'"
 echo "Ctrl-C stops everything."
 # Exit (and clean up) as soon as any process dies, or on a signal.

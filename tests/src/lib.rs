@@ -8,6 +8,7 @@
 //! first). Every wait polls a condition with a deadline; nothing sleeps and
 //! hopes.
 
+pub mod chaos;
 pub mod smtp;
 
 use std::future::Future;
@@ -24,6 +25,9 @@ pub use serde_json::json;
 
 /// The secret every test cluster shares.
 pub const TEST_SECRET: &str = "test-cluster-secret";
+
+/// The password every test cluster's Redis servers require.
+pub const TEST_REDIS_PASSWORD: &str = "test-redis-password";
 
 static CLUSTER_SEQ: AtomicU32 = AtomicU32::new(0);
 
@@ -47,7 +51,12 @@ where
 
 /// A free TCP port on 127.0.0.1 (the kernel picks it; we release it at once).
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    free_port_on("127.0.0.1")
+}
+
+/// A free TCP port on `host` (a loopback address).
+pub fn free_port_on(host: &str) -> u16 {
+    let listener = TcpListener::bind((host, 0)).expect("bind port 0");
     listener.local_addr().expect("local addr").port()
 }
 
@@ -103,6 +112,11 @@ pub struct Options {
     /// Redis `appendfsync` policy (`always` in tests: every acknowledged
     /// write is on disk before Redis answers).
     pub appendfsync: &'static str,
+    /// When set, node `i` (from 1) lives on its own address
+    /// `127.0.<subnet>.<10+i>`: its API, its Redis, and the source address of
+    /// its calls to peers, so links between nodes can be cut with iptables.
+    /// Otherwise every node is on 127.0.0.1.
+    pub subnet: Option<u8>,
 }
 
 impl Default for Options {
@@ -112,6 +126,7 @@ impl Default for Options {
             env: Vec::new(),
             workers: 0,
             appendfsync: "always",
+            subnet: None,
         }
     }
 }
@@ -126,6 +141,11 @@ impl Options {
 /// One node: its Redis, its API process and its workers.
 pub struct Node {
     pub id: String,
+    /// The node's address (its API and its Redis listen there).
+    pub host: String,
+    /// Extra environment for this node only, applied on its next (re)start
+    /// after `Options::env` (e.g. a clock offset).
+    pub env: Vec<(String, String)>,
     pub api_port: u16,
     pub redis_port: u16,
     dir: PathBuf,
@@ -151,10 +171,19 @@ impl Cluster {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create test dir");
         let nodes: Vec<Node> = (1..=opts.nodes)
-            .map(|i| Node {
+            .map(|i| {
+                let host = match opts.subnet {
+                    Some(net) => format!("127.0.{net}.{}", 10 + i),
+                    None => "127.0.0.1".to_owned(),
+                };
+                (i, host)
+            })
+            .map(|(i, host)| Node {
                 id: format!("node{i}"),
-                api_port: free_port(),
-                redis_port: free_port(),
+                api_port: free_port_on(&host),
+                redis_port: free_port_on(&host),
+                host,
+                env: Vec::new(),
                 dir: dir.join(format!("node{i}")),
                 redis: Proc(None),
                 api: Proc(None),
@@ -163,7 +192,7 @@ impl Cluster {
             .collect();
         let peers = nodes
             .iter()
-            .map(|n| format!("{}=http://127.0.0.1:{}", n.id, n.api_port))
+            .map(|n| format!("{}=http://{}:{}", n.id, n.host, n.api_port))
             .collect::<Vec<_>>()
             .join(",");
         let http = reqwest::Client::builder()
@@ -194,7 +223,16 @@ impl Cluster {
     }
 
     pub fn url(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.nodes[i].api_port)
+        format!("http://{}:{}", self.nodes[i].host, self.nodes[i].api_port)
+    }
+
+    /// The URL of node `i`'s Redis, password included.
+    pub fn redis_url(&self, i: usize) -> String {
+        let node = &self.nodes[i];
+        format!(
+            "redis://:{TEST_REDIS_PASSWORD}@{}:{}/0",
+            node.host, node.redis_port
+        )
     }
 
     pub fn index_of(&self, id: &str) -> usize {
@@ -213,7 +251,9 @@ impl Cluster {
                 "--port",
                 &node.redis_port.to_string(),
                 "--bind",
-                "127.0.0.1",
+                &node.host,
+                "--requirepass",
+                TEST_REDIS_PASSWORD,
             ])
             .args([
                 "--save",
@@ -230,7 +270,7 @@ impl Cluster {
             .spawn()
             .expect("redis-server must be installed (apt-get install redis-server)");
         node.redis = Proc(Some(child));
-        let url = format!("redis://127.0.0.1:{}/0", node.redis_port);
+        let url = self.redis_url(i);
         wait_for("redis to answer PING", Duration::from_secs(10), || {
             let url = url.clone();
             async move {
@@ -252,17 +292,18 @@ impl Cluster {
             ("KV_PEERS".to_owned(), self.peers.clone()),
             (
                 "KV_LISTEN".to_owned(),
-                format!("127.0.0.1:{}", node.api_port),
+                format!("{}:{}", node.host, node.api_port),
             ),
-            (
-                "REDIS_URL".to_owned(),
-                format!("redis://127.0.0.1:{}/0", node.redis_port),
-            ),
+            ("REDIS_URL".to_owned(), self.redis_url(i)),
             ("KV_CLUSTER_SECRET".to_owned(), TEST_SECRET.to_owned()),
             ("KV_PEER_TIMEOUT_MS".to_owned(), "3000".to_owned()),
             ("RUST_LOG".to_owned(), "info".to_owned()),
         ];
+        if self.opts.subnet.is_some() {
+            env.push(("KV_PEER_SOURCE_ADDR".to_owned(), node.host.clone()));
+        }
         env.extend(self.opts.env.iter().cloned());
+        env.extend(node.env.iter().cloned());
         env
     }
 
@@ -335,6 +376,28 @@ impl Cluster {
         self.nodes[i].redis.kill();
     }
 
+    /// Whether node `i`'s API process is running (not killed).
+    pub fn api_running(&self, i: usize) -> bool {
+        self.nodes[i].api.is_running()
+    }
+
+    /// Whether node `i`'s Redis is running (not killed).
+    pub fn redis_running(&self, i: usize) -> bool {
+        self.nodes[i].redis.is_running()
+    }
+
+    /// Sends `signal` (e.g. `STOP`, `CONT`) to node `i`'s API process.
+    pub fn signal_api(&self, i: usize, signal: &str) {
+        if let Some(pid) = self.nodes[i].api.0.as_ref().map(Child::id) {
+            let status = Command::new("kill")
+                .arg(format!("-{signal}"))
+                .arg(pid.to_string())
+                .status()
+                .expect("kill");
+            assert!(status.success(), "kill -{signal} {pid} failed");
+        }
+    }
+
     /// SIGKILLs worker `w` of node `i` (it stays in the list, stopped).
     pub fn kill_worker(&mut self, i: usize, w: usize) {
         self.nodes[i].workers[w].kill();
@@ -375,9 +438,7 @@ impl Cluster {
 
     /// A Redis connection to node `i`'s own Redis.
     pub async fn redis(&self, i: usize) -> redis::aio::MultiplexedConnection {
-        let client =
-            redis::Client::open(format!("redis://127.0.0.1:{}/0", self.nodes[i].redis_port))
-                .expect("redis url");
+        let client = redis::Client::open(self.redis_url(i)).expect("redis url");
         client
             .get_multiplexed_async_connection()
             .await

@@ -56,7 +56,11 @@ async fn scenario_i(c: &Cluster) {
         .request(Method::GET, 0, "/kv/?key=username123", None)
         .await;
     assert_eq!(status, 404);
-    assert_eq!(body, json!({"key": "username123", "value": null}));
+    assert_eq!(body["key"], "username123");
+    assert_eq!(body["value"], json!(null));
+    // The tombstone's version is named, so a client can tell which delete it saw.
+    assert_eq!(body["deleted"], true);
+    assert!(body["version"].is_string(), "{body}");
 
     // Path forms.
     let (status, _) = c

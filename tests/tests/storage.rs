@@ -214,8 +214,7 @@ async fn redis_store_and_namespacing() {
     })
     .await;
     c.kill_api(0);
-    let port = c.nodes[0].redis_port;
-    let url = format!("redis://127.0.0.1:{port}/0");
+    let url = c.redis_url(0);
     let cfg = Config::from_lookup(|name| (name == "REDIS_URL").then(|| url.clone())).unwrap();
     let conn = connect_redis(&cfg).await.unwrap();
     suite(Store::Redis(RedisStore::new(conn.clone(), "suite-a"))).await;

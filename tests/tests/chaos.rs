@@ -1,0 +1,36 @@
+//! The short chaos run of `make test`: a few fixed seeds of the seeded
+//! fault-injection harness (tests/src/chaos.rs), one after another (they share
+//! `lo`'s queueing discipline). `make chaos SEED=n DURATION=s` runs longer ones.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stderr)]
+
+use std::time::Duration;
+
+use kv_tests::chaos::{Settings, run};
+
+/// Seeds and seconds of faults for CI; together about four minutes.
+const SEEDS: [u64; 3] = [11, 12, 13];
+const SECONDS: u64 = 40;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeded_faults_lose_no_acknowledged_write() {
+    for seed in SEEDS {
+        let settings = Settings::new(seed, Duration::from_secs(SECONDS));
+        let report = run(&settings).await;
+        eprintln!("{report}");
+        let replay =
+            format!("seed {seed} failed; replay with: make chaos SEED={seed} DURATION={SECONDS}");
+        assert!(report.verdict.is_clean(), "{replay}\n{report}");
+        assert_eq!(report.server_errors, 0, "{replay}\n{report}");
+        let (ok, all) = report.availability;
+        assert!(
+            ok as f64 >= 0.99 * all as f64,
+            "{replay}: {ok}/{all} quorum writes with one node down\n{report}"
+        );
+        // Every run must have exercised something.
+        assert!(
+            !report.faults.is_empty() && report.ops.values().sum::<usize>() > 100,
+            "{report}"
+        );
+    }
+}
