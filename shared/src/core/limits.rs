@@ -13,6 +13,23 @@ pub const BODY_ENVELOPE_BYTES: usize = 16 * 1024;
 pub const VALUE_BYTES_MAX_CEILING: usize = 64 * 1024 * 1024;
 /// Deepest JSON nesting accepted in a value (serde_json also stops at 128).
 pub const VALUE_DEPTH_MAX: usize = 64;
+/// Distinct parameters accepted in one query string.
+pub const QUERY_PARAMS_MAX: usize = 32;
+
+/// Client connections a node holds open at once; further ones wait in the
+/// listen backlog until one closes.
+pub const CONNECTIONS_OPEN_MAX: usize = 8192;
+/// Time a client has to send a request's headers, and how long an idle
+/// keep-alive connection stays open (hyper applies one timer to both).
+/// Slowloris connections are closed after it.
+pub const HEADER_READ_TIMEOUT_MS: u64 = 30_000;
+/// Idle time after which a pooled connection to a peer is dropped; below
+/// [`HEADER_READ_TIMEOUT_MS`] so the client, not the peer, closes it.
+pub const PEER_POOL_IDLE_MS: u64 = 20_000;
+/// Time a client has to send a whole request body once its headers are in.
+pub const BODY_READ_TIMEOUT_MS: u64 = 30_000;
+/// Time in-flight requests get to finish after a shutdown signal.
+pub const SHUTDOWN_GRACE_MS: u64 = 10_000;
 
 /// Replication factor used when the operator sets none (capped at cluster size).
 pub const REPLICATION_FACTOR_DEFAULT: usize = 3;

@@ -12,6 +12,7 @@
 //! - [`quorum`]: consistency levels and the tally that decides a quorum call.
 //! - [`limits`]: every bound the store enforces, with units in the names.
 //! - [`validate`]: key and node-id checks shared by the API and the peers.
+//! - [`request`]: strict parsing of client query strings and write bodies.
 
 pub mod hlc;
 pub mod jobs;
@@ -22,5 +23,6 @@ pub mod merkle;
 pub mod message;
 pub mod quorum;
 pub mod record;
+pub mod request;
 pub mod ring;
 pub mod validate;
