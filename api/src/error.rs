@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use shared::coordinator::{CoordError, NodeFailure};
 use shared::core::quorum::Consistency;
+use shared::core::request::RequestError;
 use tracing::error;
 
 #[derive(Debug)]
@@ -23,6 +24,8 @@ pub enum ApiError {
     NoRoute(String),
     /// 405.
     MethodNotAllowed,
+    /// 408: the body did not arrive in time.
+    RequestTimeout { timeout_ms: u64 },
     /// 413: body over the limit.
     PayloadTooLarge { limit_bytes: usize },
     /// 415: body is not JSON.
@@ -79,6 +82,12 @@ impl ApiError {
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
                 "this route does not accept that method".to_owned(),
+                Value::Null,
+            ),
+            ApiError::RequestTimeout { timeout_ms } => (
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!("request body did not arrive within {timeout_ms} ms"),
                 Value::Null,
             ),
             ApiError::PayloadTooLarge { limit_bytes } => (
@@ -176,6 +185,12 @@ impl From<CoordError> for ApiError {
                 ApiError::bad_request("unknown_node", format!("unknown node {node:?}"))
             }
         }
+    }
+}
+
+impl From<RequestError> for ApiError {
+    fn from(e: RequestError) -> Self {
+        ApiError::bad_request(e.code(), e.to_string())
     }
 }
 

@@ -1,21 +1,23 @@
 //! Thin handlers: parse and check the request, call the coordinator, shape
 //! the answer. No decision about replicas or versions is made here.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::body::{Body, Bytes, HttpBody as _};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use shared::coordinator::{Coordinator, WriteReport};
 use shared::core::limits::{
-    APPLY_BATCH_LEN_MAX, READ_BATCH_LEN_MAX, RESTORE_BATCH_LEN_MAX, SNAPSHOT_PAGE_LEN_DEFAULT,
-    SNAPSHOT_PAGE_LEN_MAX, VALUE_DEPTH_MAX,
+    APPLY_BATCH_LEN_MAX, BODY_READ_TIMEOUT_MS, READ_BATCH_LEN_MAX, RESTORE_BATCH_LEN_MAX,
+    SNAPSHOT_PAGE_LEN_DEFAULT, SNAPSHOT_PAGE_LEN_MAX,
 };
 use shared::core::merkle::MERKLE_BUCKETS;
 use shared::core::message::{
@@ -24,8 +26,9 @@ use shared::core::message::{
 };
 use shared::core::quorum::Consistency;
 use shared::core::record::Record;
+use shared::core::request::{WriteBody, WriteLimits, parse_query, parse_write_body};
 use shared::core::ring::{RING_SEED, key_position};
-use shared::core::validate::{json_depth, validate_key};
+use shared::core::validate::validate_key;
 use shared::maintenance::status_key;
 
 use crate::error::ApiError;
@@ -40,19 +43,15 @@ pub struct AppState {
 /// Header form of `?consistency=`.
 pub const CONSISTENCY_HEADER: &str = "x-consistency";
 
-type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
+/// Query parameters, decoded strictly (see [`parse_query`]).
+type Params = BTreeMap<String, String>;
 
-fn params(q: Params) -> Result<HashMap<String, String>, ApiError> {
-    q.map(|Query(p)| p).map_err(|e| {
-        ApiError::bad_request(
-            "bad_query",
-            format!("query string is malformed: {}", e.body_text()),
-        )
-    })
+fn params(RawQuery(raw): RawQuery) -> Result<Params, ApiError> {
+    Ok(parse_query(raw.as_deref().unwrap_or(""))?)
 }
 
 fn consistency(
-    params: &HashMap<String, String>,
+    params: &Params,
     headers: &HeaderMap,
     default: Consistency,
 ) -> Result<Consistency, ApiError> {
@@ -77,7 +76,7 @@ fn checked_key(state: &AppState, key: &str) -> Result<(), ApiError> {
         .map_err(|e| ApiError::bad_request("bad_key", e.to_string()))
 }
 
-fn key_param(state: &AppState, params: &HashMap<String, String>) -> Result<String, ApiError> {
+fn key_param(state: &AppState, params: &Params) -> Result<String, ApiError> {
     let key = params.get("key").ok_or_else(|| {
         ApiError::bad_request(
             "missing_key",
@@ -108,7 +107,10 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(value) = headers.get(header::CONTENT_TYPE) else {
         return Ok(());
     };
-    let text = value.to_str().unwrap_or("").to_ascii_lowercase();
+    let Ok(text) = value.to_str() else {
+        return Err(ApiError::UnsupportedMediaType("<not text>".to_owned()));
+    };
+    let text = text.to_ascii_lowercase();
     let mime = text.split(';').next().unwrap_or("").trim();
     let ok = mime == "application/json"
         || mime.ends_with("+json")
@@ -124,119 +126,57 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-fn body_bytes(
+/// Reads a JSON request body of at most `limit_bytes`.
+///
+/// A `Content-Length` over the limit is refused before a byte is read, so a
+/// client announcing 100 MB gets its 413 at once; a chunked body is refused
+/// as soon as it grows past the limit. The whole body must arrive within
+/// [`BODY_READ_TIMEOUT_MS`], so a client trickling bytes cannot hold a
+/// request slot for ever.
+async fn read_body(headers: &HeaderMap, body: Body, limit_bytes: usize) -> Result<Bytes, ApiError> {
+    check_content_type(headers)?;
+    let too_large = || ApiError::PayloadTooLarge { limit_bytes };
+    let announced = body.size_hint().lower();
+    if announced > limit_bytes as u64 {
+        return Err(too_large());
+    }
+    let read = async move {
+        let mut body = body;
+        // `announced` is at most `limit_bytes` here.
+        let mut buf = Vec::with_capacity(usize::try_from(announced).unwrap_or(0));
+        while let Some(frame) = body.frame().await {
+            let frame = frame
+                .map_err(|e| ApiError::bad_request("bad_body", format!("cannot read body: {e}")))?;
+            if let Ok(data) = frame.into_data() {
+                if buf.len() + data.len() > limit_bytes {
+                    return Err(too_large());
+                }
+                buf.extend_from_slice(&data);
+            }
+        }
+        Ok(Bytes::from(buf))
+    };
+    tokio::time::timeout(Duration::from_millis(BODY_READ_TIMEOUT_MS), read)
+        .await
+        .map_err(|_| ApiError::RequestTimeout {
+            timeout_ms: BODY_READ_TIMEOUT_MS,
+        })?
+}
+
+/// Reads and checks a client write body (see [`parse_write_body`]).
+async fn write_body(
     state: &AppState,
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Bytes, ApiError> {
-    check_content_type(headers)?;
-    body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge {
-                limit_bytes: state.coord.config().body_bytes_max(),
-            }
-        } else {
-            ApiError::bad_request(
-                "bad_body",
-                format!("cannot read body: {}", rejection.body_text()),
-            )
-        }
-    })
-}
-
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    }
-}
-
-/// Parses `{"key": "...", "value": <json>}`. With `path_key`, the body's key
-/// is optional but must match. Returns the key and the value's compact JSON.
-fn parse_write_body(
-    state: &AppState,
-    bytes: &[u8],
+    body: Body,
     path_key: Option<&str>,
-) -> Result<(String, Box<RawValue>), ApiError> {
-    if bytes.is_empty() {
-        return Err(ApiError::bad_request(
-            "bad_json",
-            "body is empty; send {\"key\": \"...\", \"value\": ...}",
-        ));
-    }
-    // serde_json refuses nesting deeper than 128 without recursing further,
-    // so a hostile 100,000-deep body is a plain parse error here.
-    let body: Value = serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::bad_request("bad_json", format!("body is not valid JSON: {e}")))?;
-    let Value::Object(mut fields) = body else {
-        return Err(ApiError::bad_request(
-            "bad_json",
-            format!("body must be a JSON object, got {}", type_name(&body)),
-        ));
+) -> Result<WriteBody, ApiError> {
+    let cfg = state.coord.config();
+    let bytes = read_body(headers, body, cfg.body_bytes_max()).await?;
+    let limits = WriteLimits {
+        key_bytes_max: cfg.key_bytes_max,
+        value_bytes_max: cfg.value_bytes_max,
     };
-    if let Some(unknown) = fields.keys().find(|k| *k != "key" && *k != "value") {
-        return Err(ApiError::bad_request(
-            "bad_json",
-            format!("unknown field {unknown:?}; expected key and value"),
-        ));
-    }
-    let body_key = match fields.remove("key") {
-        None => None,
-        Some(Value::String(k)) => Some(k),
-        Some(other) => {
-            return Err(ApiError::bad_request(
-                "bad_key",
-                format!("key must be a string, got {}", type_name(&other)),
-            ));
-        }
-    };
-    let key = match (path_key, body_key) {
-        (Some(p), Some(b)) if p != b => {
-            return Err(ApiError::bad_request(
-                "key_mismatch",
-                format!("key in body {b:?} differs from key in path {p:?}"),
-            ));
-        }
-        (Some(p), _) => p.to_owned(),
-        (None, Some(b)) => b,
-        (None, None) => {
-            return Err(ApiError::bad_request(
-                "missing_key",
-                "field key is required",
-            ));
-        }
-    };
-    checked_key(state, &key)?;
-    let value = fields.remove("value").ok_or_else(|| {
-        ApiError::bad_request(
-            "missing_value",
-            "field value is required (any JSON, null included)",
-        )
-    })?;
-    let depth = json_depth(&value);
-    if depth > VALUE_DEPTH_MAX {
-        return Err(ApiError::bad_request(
-            "value_too_deep",
-            format!("value nests {depth} levels; the limit is {VALUE_DEPTH_MAX}"),
-        ));
-    }
-    let text = serde_json::to_string(&value).map_err(|_| ApiError::Internal)?;
-    let limit = state.coord.config().value_bytes_max;
-    if text.len() > limit {
-        return Err(ApiError::bad_request(
-            "value_too_large",
-            format!(
-                "value is {} bytes of JSON; the limit is {limit} bytes",
-                text.len()
-            ),
-        ));
-    }
-    let raw = RawValue::from_string(text).map_err(|_| ApiError::Internal)?;
-    Ok((key, raw))
+    Ok(parse_write_body(&bytes, path_key, limits)?)
 }
 
 fn write_response(report: WriteReport) -> Response {
@@ -293,13 +233,12 @@ async fn do_read(
 pub async fn put_body(
     State(state): State<AppState>,
     headers: HeaderMap,
-    q: Params,
-    body: Result<Bytes, BytesRejection>,
+    q: RawQuery,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let params = params(q)?;
     let consistency = consistency(&params, &headers, state.coord.config().write_consistency)?;
-    let bytes = body_bytes(&state, &headers, body)?;
-    let (key, value) = parse_write_body(&state, &bytes, None)?;
+    let WriteBody { key, value } = write_body(&state, &headers, body, None).await?;
     do_write(&state, key, Some(value), consistency).await
 }
 
@@ -307,7 +246,7 @@ pub async fn put_body(
 pub async fn get_query(
     State(state): State<AppState>,
     headers: HeaderMap,
-    q: Params,
+    q: RawQuery,
 ) -> Result<Response, ApiError> {
     let params = params(q)?;
     let key = key_param(&state, &params)?;
@@ -319,7 +258,7 @@ pub async fn get_query(
 pub async fn delete_query(
     State(state): State<AppState>,
     headers: HeaderMap,
-    q: Params,
+    q: RawQuery,
 ) -> Result<Response, ApiError> {
     let params = params(q)?;
     let key = key_param(&state, &params)?;
@@ -332,7 +271,7 @@ pub async fn get_path(
     State(state): State<AppState>,
     headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
-    q: Params,
+    q: RawQuery,
 ) -> Result<Response, ApiError> {
     let params = params(q)?;
     let key = path_key(&state, path)?;
@@ -345,14 +284,13 @@ pub async fn put_path(
     State(state): State<AppState>,
     headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
-    q: Params,
-    body: Result<Bytes, BytesRejection>,
+    q: RawQuery,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let params = params(q)?;
     let key = path_key(&state, path)?;
     let consistency = consistency(&params, &headers, state.coord.config().write_consistency)?;
-    let bytes = body_bytes(&state, &headers, body)?;
-    let (key, value) = parse_write_body(&state, &bytes, Some(&key))?;
+    let WriteBody { key, value } = write_body(&state, &headers, body, Some(&key)).await?;
     do_write(&state, key, Some(value), consistency).await
 }
 
@@ -361,7 +299,7 @@ pub async fn delete_path(
     State(state): State<AppState>,
     headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
-    q: Params,
+    q: RawQuery,
 ) -> Result<Response, ApiError> {
     let params = params(q)?;
     let key = path_key(&state, path)?;
@@ -370,7 +308,7 @@ pub async fn delete_path(
 }
 
 /// `GET /kv/route/?key=K`: the key's preference list, primary first.
-pub async fn route(State(state): State<AppState>, q: Params) -> Result<Response, ApiError> {
+pub async fn route(State(state): State<AppState>, q: RawQuery) -> Result<Response, ApiError> {
     let params = params(q)?;
     let key = key_param(&state, &params)?;
     let replicas = state.coord.replicas(&key);
@@ -388,7 +326,7 @@ pub async fn route(State(state): State<AppState>, q: Params) -> Result<Response,
     .into_response())
 }
 
-fn flag(params: &HashMap<String, String>, name: &str) -> Result<bool, ApiError> {
+fn flag(params: &Params, name: &str) -> Result<bool, ApiError> {
     match params.get(name).map(|v| v.to_ascii_lowercase()) {
         None => Ok(false),
         Some(v) => match v.as_str() {
@@ -402,11 +340,7 @@ fn flag(params: &HashMap<String, String>, name: &str) -> Result<bool, ApiError> 
     }
 }
 
-fn number<T: std::str::FromStr>(
-    params: &HashMap<String, String>,
-    name: &str,
-    default: T,
-) -> Result<T, ApiError> {
+fn number<T: std::str::FromStr>(params: &Params, name: &str, default: T) -> Result<T, ApiError> {
     match params.get(name) {
         None => Ok(default),
         Some(v) => v.parse().map_err(|_| {
@@ -420,7 +354,7 @@ fn number<T: std::str::FromStr>(
 
 /// `GET /snapshot/?cursor=C&limit=L&versions=true&tombstones=true`: this
 /// node's local data, one page at a time (`next_cursor` is null at the end).
-pub async fn snapshot(State(state): State<AppState>, q: Params) -> Result<Response, ApiError> {
+pub async fn snapshot(State(state): State<AppState>, q: RawQuery) -> Result<Response, ApiError> {
     let params = params(q)?;
     let cursor: u64 = number(&params, "cursor", 0)?;
     let limit: usize = number(&params, "limit", SNAPSHOT_PAGE_LEN_DEFAULT)?;
@@ -467,7 +401,7 @@ pub async fn snapshot(State(state): State<AppState>, q: Params) -> Result<Respon
 }
 
 /// `POST /restore/?from=node2`: pull this node's data from live peers now.
-pub async fn restore(State(state): State<AppState>, q: Params) -> Result<Response, ApiError> {
+pub async fn restore(State(state): State<AppState>, q: RawQuery) -> Result<Response, ApiError> {
     let params = params(q)?;
     let report = state.coord.restore(params.get("from").cloned()).await?;
     Ok(Json(report).into_response())
@@ -623,12 +557,13 @@ pub async fn health(State(state): State<AppState>) -> Response {
     }
 }
 
-fn internal_json<T: serde::de::DeserializeOwned>(
+async fn internal_json<T: serde::de::DeserializeOwned>(
     state: &AppState,
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<T, ApiError> {
-    let bytes = body_bytes(state, headers, body)?;
+    let limit = crate::INTERNAL_BODY_BYTES_MAX.max(state.coord.config().body_bytes_max());
+    let bytes = read_body(headers, body, limit).await?;
     serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request("bad_json", format!("malformed internal message: {e}")))
 }
@@ -637,9 +572,9 @@ fn internal_json<T: serde::de::DeserializeOwned>(
 pub async fn internal_apply(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, ApiError> {
-    let request: ApplyRequest = internal_json(&state, &headers, body)?;
+    let request: ApplyRequest = internal_json(&state, &headers, body).await?;
     if request.records.len() > APPLY_BATCH_LEN_MAX {
         return Err(ApiError::bad_request(
             "batch_too_large",
@@ -669,9 +604,9 @@ pub async fn internal_apply(
 pub async fn internal_merkle(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, ApiError> {
-    let request: MerkleRequest = internal_json(&state, &headers, body)?;
+    let request: MerkleRequest = internal_json(&state, &headers, body).await?;
     known_node(&state, &request.for_node)?;
     let summary = state.coord.summary_for(&request.for_node).await?;
     Ok(Json(MerkleResponse {
@@ -685,9 +620,9 @@ pub async fn internal_merkle(
 pub async fn internal_buckets(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, ApiError> {
-    let request: BucketsRequest = internal_json(&state, &headers, body)?;
+    let request: BucketsRequest = internal_json(&state, &headers, body).await?;
     known_node(&state, &request.for_node)?;
     if request.buckets.len() > MERKLE_BUCKETS
         || request
@@ -728,9 +663,9 @@ fn known_node(state: &AppState, node: &str) -> Result<(), ApiError> {
 pub async fn internal_read(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, ApiError> {
-    let request: ReadRequest = internal_json(&state, &headers, body)?;
+    let request: ReadRequest = internal_json(&state, &headers, body).await?;
     if request.keys.len() > READ_BATCH_LEN_MAX {
         return Err(ApiError::bad_request(
             "batch_too_large",
@@ -746,7 +681,10 @@ pub async fn internal_read(
 }
 
 /// `GET /internal/scan?cursor=C&count=N`: one page of local records, tombstones included.
-pub async fn internal_scan(State(state): State<AppState>, q: Params) -> Result<Response, ApiError> {
+pub async fn internal_scan(
+    State(state): State<AppState>,
+    q: RawQuery,
+) -> Result<Response, ApiError> {
     let params = params(q)?;
     let cursor: u64 = number(&params, "cursor", 0)?;
     let count: usize = number(&params, "count", RESTORE_BATCH_LEN_MAX)?;

@@ -6,6 +6,7 @@
 pub mod error;
 pub mod handlers;
 pub mod metrics;
+pub mod server;
 
 use std::any::Any;
 use std::sync::Arc;
@@ -30,6 +31,11 @@ use crate::handlers::AppState;
 
 /// Extra room for internal apply batches over a single client body.
 pub const INTERNAL_BODY_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// The OpenAPI 3 description of the client API (`GET /openapi.json`).
+/// Kept as a file so it is reviewed like code; a test checks that it is
+/// valid JSON and names every client route.
+pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
 
 /// The whole router of a node.
 pub fn app(coord: Arc<Coordinator>) -> Router {
@@ -93,6 +99,7 @@ pub fn app(coord: Arc<Coordinator>) -> Router {
         .merge(internal)
         .route("/health", get(handlers::health))
         .route("/metrics", get(metrics::render))
+        .route("/openapi.json", get(openapi))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -106,6 +113,10 @@ pub fn app(coord: Arc<Coordinator>) -> Router {
                 .load_shed()
                 .concurrency_limit(in_flight_max),
         )
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON).into_response()
 }
 
 async fn no_route(uri: Uri) -> ApiError {
@@ -310,5 +321,146 @@ mod tests {
         }
         let (_, snap) = call(&app, Method::GET, "/snapshot/", None).await;
         assert_eq!(snap["count"], 0, "nothing stored");
+    }
+
+    async fn send(app: &Router, request: HttpRequest<Body>) -> (StatusCode, Value) {
+        let response = app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let ctype = response.headers().get("content-type").cloned();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(ctype.unwrap(), "application/json", "{status}");
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[tokio::test]
+    async fn strict_parsing_refuses_what_it_cannot_read_exactly() {
+        let app = test_app(&[]);
+        let cases = [
+            (Method::GET, "/kv/?key=%FF", None, "bad_query"),
+            (Method::DELETE, "/kv/?key=%C3", None, "bad_query"),
+            (Method::GET, "/kv/?key=a&key=b", None, "bad_query"),
+            (Method::GET, "/kv/%FF", None, "bad_key"),
+            (Method::GET, "/kv/a%00b", None, "bad_key"),
+            (Method::DELETE, "/kv/?key=a%0Ab", None, "bad_key"),
+            (
+                Method::POST,
+                "/kv/",
+                Some(r#"{"key":"a","key":"b","value":1}"#),
+                "bad_json",
+            ),
+            (
+                Method::PUT,
+                "/kv/a",
+                Some(r#"{"value":{"x":1,"x":2}}"#),
+                "bad_json",
+            ),
+        ];
+        for (method, uri, body, code) in cases {
+            let (status, answer) = call(&app, method.clone(), uri, body).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{method} {uri}: {answer}");
+            assert_eq!(answer["error"]["code"], code, "{method} {uri}: {answer}");
+        }
+        // A Content-Type that is not text is not JSON either.
+        let request = HttpRequest::builder()
+            .method(Method::POST)
+            .uri("/kv/")
+            .header(
+                "content-type",
+                axum::http::HeaderValue::from_bytes(b"application/\xffjson").unwrap(),
+            )
+            .body(Body::from(r#"{"key":"k","value":1}"#))
+            .unwrap();
+        let (status, _) = send(&app, request).await;
+        assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        // Emoji and right-to-left keys round-trip in both forms.
+        let key = "😀 שלום/..%2F";
+        let path = format!("/kv/{}", shared::core::request::encode_component(key));
+        let (status, answer) = call(&app, Method::PUT, &path, Some(r#"{"value":"ok"}"#)).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        assert_eq!(answer["key"], key);
+        let query = format!("/kv/?key={}", shared::core::request::encode_component(key));
+        let (status, answer) = call(&app, Method::GET, &query, None).await;
+        assert_eq!(
+            (status, answer["key"].as_str()),
+            (StatusCode::OK, Some(key))
+        );
+        let (_, snap) = call(&app, Method::GET, "/snapshot/", None).await;
+        assert_eq!(snap["count"], 1, "only the good write was stored: {snap}");
+    }
+
+    /// A body that announces `len` bytes and never sends one.
+    struct Stalled {
+        len: u64,
+    }
+
+    impl axum::body::HttpBody for Stalled {
+        type Data = axum::body::Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+            std::task::Poll::Pending
+        }
+
+        fn size_hint(&self) -> hyper::body::SizeHint {
+            hyper::body::SizeHint::with_exact(self.len)
+        }
+    }
+
+    fn stalled_write(len: u64) -> HttpRequest<Body> {
+        HttpRequest::builder()
+            .method(Method::POST)
+            .uri("/kv/")
+            .header("content-type", "application/json")
+            .body(Body::new(Stalled { len }))
+            .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bodies_are_bounded_in_size_and_time() {
+        let app = test_app(&[]);
+        // 100 MB announced: refused before reading (time is paused, so a
+        // read would end in the 408 below instead).
+        let (status, answer) = send(&app, stalled_write(100 * 1024 * 1024)).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{answer}");
+        assert_eq!(answer["error"]["code"], "payload_too_large");
+        // A body that never arrives: 408 after the body read timeout.
+        let (status, answer) = send(&app, stalled_write(10)).await;
+        assert_eq!(status, StatusCode::REQUEST_TIMEOUT, "{answer}");
+        assert_eq!(answer["error"]["code"], "request_timeout");
+    }
+
+    #[tokio::test]
+    async fn openapi_document_is_served_and_names_every_client_route() {
+        let app = test_app(&[("KV_API_TOKEN", "t")]);
+        let (status, doc) = call(&app, Method::GET, "/openapi.json", None).await;
+        assert_eq!(status, StatusCode::OK, "open like /health");
+        assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+        let routes = [
+            ("/kv/", ["get", "post", "put", "delete"].as_slice()),
+            ("/kv/{key}", &["get", "put", "delete"]),
+            ("/kv/route/", &["get"]),
+            ("/snapshot/", &["get"]),
+            ("/restore/", &["post"]),
+            ("/cluster/", &["get"]),
+            ("/health", &["get"]),
+            ("/metrics", &["get"]),
+            ("/openapi.json", &["get"]),
+        ];
+        let paths = doc["paths"].as_object().unwrap();
+        assert_eq!(paths.len(), routes.len());
+        for (path, methods) in routes {
+            let ops = paths[path].as_object().unwrap();
+            let mut named: Vec<&str> = ops.keys().map(String::as_str).collect();
+            named.sort_unstable();
+            let mut want = methods.to_vec();
+            want.sort_unstable();
+            assert_eq!(named, want, "{path}");
+        }
+        assert!(doc["components"]["schemas"]["Error"].is_object());
+        assert!(doc["components"]["securitySchemes"]["bearerAuth"].is_object());
+        assert!(doc["components"]["parameters"]["ConsistencyHeader"].is_object());
     }
 }

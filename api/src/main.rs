@@ -91,10 +91,13 @@ async fn run() -> anyhow::Result<()> {
         });
     }
 
-    axum::serve(listener, api::app(coord))
-        .with_graceful_shutdown(shared::process::shutdown_signal())
-        .await
-        .context("server failed")?;
+    api::server::serve(
+        listener,
+        api::app(coord),
+        api::server::ServeOptions::default(),
+        shared::process::shutdown_signal(),
+    )
+    .await;
     info!("node stopped");
     Ok(())
 }

@@ -11,6 +11,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use thiserror::Error;
 
+use crate::core::limits::PEER_POOL_IDLE_MS;
 use crate::core::message::{
     ApplyRequest, ApplyResponse, BucketsRequest, BucketsResponse, KeyedRecord, MerkleRequest,
     MerkleResponse, ReadRequest, ReadResponse, ScanResponse,
@@ -64,7 +65,10 @@ impl PeerClient {
             .local_address(source_addr)
             .connect_timeout(connect_timeout)
             .timeout(request_timeout)
-            .pool_idle_timeout(Duration::from_secs(60))
+            // Below the server's HEADER_READ_TIMEOUT_MS, which also closes idle
+            // keep-alive connections: the client drops an idle connection
+            // before the peer does, instead of racing it.
+            .pool_idle_timeout(Duration::from_millis(PEER_POOL_IDLE_MS))
             .pool_max_idle_per_host(64)
             .tcp_nodelay(true)
             .no_proxy()
