@@ -221,7 +221,16 @@ async fn do_read(
             Json(json!({ "key": report.key, "value": value, "version": version })),
         )
             .into_response()),
-        _ => Ok((
+        // A tombstone names its version, so a client can tell which delete it saw.
+        Some(Record {
+            version,
+            value: None,
+        }) => Ok((
+            StatusCode::NOT_FOUND,
+            Json(json!({ "key": report.key, "value": null, "deleted": true, "version": version })),
+        )
+            .into_response()),
+        None => Ok((
             StatusCode::NOT_FOUND,
             Json(json!({ "key": report.key, "value": null })),
         )
