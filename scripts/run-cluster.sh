@@ -75,7 +75,7 @@ for i in 0 1 2; do
   mkdir -p "$dir/redis"
   printf 'requirepass %s\n' "$REDIS_PASSWORD" | redis-server - --port "$rport" --bind 127.0.0.1 \
     --protected-mode yes --dir "$dir/redis" --appendonly yes \
-    --appendfsync everysec --save "" --daemonize no --logfile "$dir/redis.log" &
+    --appendfsync everysec --save "" --daemonize no --logfile "$dir/redis.log" >/dev/null &
   pids+=($!)
 done
 for i in 0 1 2; do

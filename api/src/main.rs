@@ -38,7 +38,8 @@ async fn run() -> anyhow::Result<()> {
     let store = Store::Redis(RedisStore::new(conn.clone(), &cfg.node_id));
     let coord =
         Coordinator::new(Arc::clone(&cfg), store).context("cannot build the peer HTTP client")?;
-    let queues = JobQueues::new(conn, &cfg.node_id, coord.retry_policy());
+    let queues =
+        JobQueues::new(conn, &cfg.node_id, coord.retry_policy()).with_jobs_max(cfg.queue_jobs_max);
     coord.set_queues(queues.clone());
     if let Some(email) = &cfg.email {
         // Built here too so a bad address stops the node at start.

@@ -115,6 +115,10 @@ pub struct Config {
     /// (default: chosen by the OS). Lets a host with several addresses, or a
     /// test cluster on 127.0.0.x, keep node-to-node traffic on the node's own address.
     pub peer_source_addr: Option<IpAddr>,
+    /// `KV_QUEUE_JOBS_MAX` (default 100000): jobs the replication and e-mail
+    /// queues may hold before new ones are refused (a refused replication
+    /// becomes a hint).
+    pub queue_jobs_max: u64,
     /// `KV_CLOCK_OFFSET_MS` (default 0): added to the system clock. A fault
     /// injection setting for tests of clock skew; leave it 0 in production.
     pub clock_offset_ms: i64,
@@ -463,6 +467,10 @@ impl Config {
             ),
             _ => None,
         };
+        let queue_jobs_max: u64 = parse_or(&get, "KV_QUEUE_JOBS_MAX", 100_000)?;
+        if queue_jobs_max == 0 {
+            return Err(err("KV_QUEUE_JOBS_MAX", "must be at least 1"));
+        }
         let clock_offset_ms: i64 = parse_or(&get, "KV_CLOCK_OFFSET_MS", 0)?;
         if clock_offset_ms.unsigned_abs() > 3_600_000 {
             return Err(err(
@@ -507,6 +515,7 @@ impl Config {
             restore_on_start,
             requests_in_flight_max,
             peer_source_addr,
+            queue_jobs_max,
             clock_offset_ms,
         })
     }

@@ -80,15 +80,19 @@ pub enum QueueError {
     Full { queue: String, depth: u64, max: u64 },
 }
 
-/// Jobs a queue may hold (ready plus scheduled) before new ones are refused.
-/// The check reads the depth before pushing, so concurrent pushers may pass
-/// it by a few jobs; retries are not checked, since each replaces the job
-/// that failed. A refused replication falls back to a (bounded) hint, a
-/// refused mail is logged and counted.
-pub fn queue_jobs_max(kind: &str) -> u64 {
+/// Jobs a queue may hold (ready plus scheduled) before new ones are refused:
+/// `jobs_max` (`KV_QUEUE_JOBS_MAX`) for replication and e-mail, at most 100
+/// heartbeats. The check reads the depth before pushing, so concurrent
+/// pushers may pass it by a few jobs; retries are not checked, since each
+/// replaces the job that failed. A refused replication falls back to a
+/// (bounded) hint, a refused mail is logged and counted.
+/// Default of `KV_QUEUE_JOBS_MAX`.
+pub const QUEUE_JOBS_MAX_DEFAULT: u64 = 100_000;
+
+pub fn queue_jobs_max(kind: &str, jobs_max: u64) -> u64 {
     match kind {
-        HEARTBEAT => 100,
-        _ => 100_000,
+        HEARTBEAT => jobs_max.min(100),
+        _ => jobs_max,
     }
 }
 
@@ -142,6 +146,7 @@ pub struct JobQueues {
     heartbeat: RedisStorage<HeartbeatJob>,
     email: RedisStorage<MailJob>,
     pub policy: RetryPolicy,
+    jobs_max: u64,
 }
 
 impl JobQueues {
@@ -156,7 +161,15 @@ impl JobQueues {
             heartbeat,
             email,
             policy,
+            jobs_max: QUEUE_JOBS_MAX_DEFAULT,
         }
+    }
+
+    /// Sets the bound of the replication and e-mail queues (`KV_QUEUE_JOBS_MAX`).
+    #[must_use]
+    pub fn with_jobs_max(mut self, jobs_max: u64) -> Self {
+        self.jobs_max = jobs_max.max(1);
+        self
     }
 
     /// The node's Redis connection (shared, multiplexed).
@@ -204,7 +217,7 @@ impl JobQueues {
             .query_async(&mut conn)
             .await?;
         let depth = ready + scheduled;
-        let max = queue_jobs_max(kind);
+        let max = queue_jobs_max(kind, self.jobs_max);
         if depth >= max {
             return Err(QueueError::Full { queue, depth, max });
         }

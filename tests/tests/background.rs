@@ -395,3 +395,41 @@ async fn several_workers_share_one_queue() {
         wait_snapshot_has(&c, i, keys, Duration::from_secs(20)).await;
     }
 }
+
+/// The replication queue is bounded: past `KV_QUEUE_JOBS_MAX` a write's
+/// replication is kept as a hint instead, and nothing is lost once a worker runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_turns_replication_into_hints_and_loses_nothing() {
+    let mut c = Cluster::start(
+        Options::default()
+            .env("KV_RESTORE_ON_START", "off")
+            .env("KV_QUEUE_JOBS_MAX", "15"),
+    )
+    .await;
+    let mut by_target: Vec<Vec<String>> = vec![Vec::new(); 3];
+    for n in 0..40 {
+        let key = format!("full-{n}");
+        let (status, body) = c.put(0, &key, json!(n)).await;
+        assert_eq!(status, 200, "a full queue must not fail the write: {body}");
+        for p in pending(&body) {
+            by_target[c.index_of(&p)].push(key.clone());
+        }
+    }
+    let view = c.cluster_view(0).await;
+    // One job per write (sequential writes): 15 queued, 25 refused and kept as hints.
+    assert_eq!(queue(&view)["depth"], 15, "{view}");
+    assert_eq!(view["stats"]["jobs_enqueue_failed"], 25, "{view}");
+    let hints: u64 = view["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["hints_held_here"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(hints, 25, "{view}");
+
+    // A worker runs the queue and delivers the hints: every replica has every key.
+    c.spawn_worker(0);
+    for (i, keys) in by_target.iter().enumerate() {
+        wait_snapshot_has(&c, i, keys, Duration::from_secs(30)).await;
+    }
+}

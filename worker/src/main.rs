@@ -76,7 +76,8 @@ async fn run() -> anyhow::Result<()> {
     let store = Store::Redis(RedisStore::new(conn.clone(), &cfg.node_id));
     let coord =
         Coordinator::new(Arc::clone(&cfg), store).context("cannot build the peer HTTP client")?;
-    let queues = JobQueues::new(conn, &cfg.node_id, coord.retry_policy());
+    let queues =
+        JobQueues::new(conn, &cfg.node_id, coord.retry_policy()).with_jobs_max(cfg.queue_jobs_max);
     // Jobs that raise notifications (heartbeat alerts) push them here.
     coord.set_queues(queues.clone());
     let state = WorkerState {
