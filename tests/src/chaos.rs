@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use shared::core::record::Version;
+use shared::core::ring::Ring;
 use tokio::sync::Mutex;
 
 use crate::{Cluster, Options, encode, wait_for};
@@ -408,6 +409,11 @@ pub struct Verdict {
     pub resurrections: Vec<String>,
     pub phantoms: Vec<String>,
     pub bad_reads: Vec<String>,
+    /// Acknowledged operations whose version is below that of an
+    /// acknowledged operation on the same key that had finished before they
+    /// started: last-writer-wins then orders them against real time (what a
+    /// skewed clock does). Reported, not a violation of the contract.
+    pub order_inversions: Vec<String>,
 }
 
 impl Verdict {
@@ -448,6 +454,28 @@ pub fn check(history: &[Op], finals: &BTreeMap<String, Option<Final>>) -> Verdic
                 } else {
                     v.lost_writes.push(what);
                 }
+            }
+        }
+        // Real-time order among acknowledged operations.
+        let acked: Vec<&&Op> = ops
+            .iter()
+            .filter(|o| o.outcome == Outcome::Ok && o.kind != Kind::Read && o.version.is_some())
+            .collect();
+        for later in &acked {
+            if let Some(earlier) = acked
+                .iter()
+                .find(|e| e.end_ms < later.start_ms && e.version > later.version)
+            {
+                v.order_inversions.push(format!(
+                    "{key}: {:?} {:?} via node{} at {} ms is below {:?} acknowledged at {} ms via node{}",
+                    later.kind,
+                    later.version,
+                    later.node + 1,
+                    later.start_ms,
+                    earlier.version,
+                    earlier.end_ms,
+                    earlier.node + 1
+                ));
             }
         }
         // The final record comes from an operation that was attempted.
@@ -517,10 +545,13 @@ pub struct Report {
     pub converge: Duration,
     pub ryw_strict: (usize, usize),
     pub ryw_sloppy: (usize, usize),
+    /// The first strict-quorum read-your-writes misses, described.
+    pub ryw_misses: Vec<String>,
     pub availability: (usize, usize),
     pub detection: Duration,
     pub hints_delivered: Option<Duration>,
     pub restore: Option<(usize, Duration)>,
+    pub restore_written: usize,
 }
 
 fn rate((a, b): (usize, usize)) -> String {
@@ -546,6 +577,14 @@ impl std::fmt::Display for Report {
         writeln!(f, "  reads of values nobody wrote: {}", v.bad_reads.len())?;
         writeln!(
             f,
+            "  acknowledged ops ordered below an earlier acknowledged op (clock skew): {}",
+            v.order_inversions.len()
+        )?;
+        for line in v.order_inversions.iter().take(3) {
+            writeln!(f, "    e.g. {line}")?;
+        }
+        writeln!(
+            f,
             "  replicas identical {:.2} s after heal ({} keys)",
             self.converge.as_secs_f64(),
             self.keys_checked
@@ -556,6 +595,9 @@ impl std::fmt::Display for Report {
             rate(self.ryw_strict),
             rate(self.ryw_sloppy)
         )?;
+        for line in self.ryw_misses.iter().take(5) {
+            writeln!(f, "    strict miss: {line}")?;
+        }
         writeln!(
             f,
             "  one node down (detected in {:.2} s): quorum writes ok {}",
@@ -572,7 +614,8 @@ impl std::fmt::Display for Report {
         if let Some((keys, d)) = self.restore {
             writeln!(
                 f,
-                "  wiped node restored {keys} records in {:.2} s",
+                "  wiped node restored {keys} records ({} written for it) in {:.2} s",
+                self.restore_written,
                 d.as_secs_f64()
             )?;
         }
@@ -613,6 +656,7 @@ pub fn chaos_options(settings: &Settings) -> Options {
 struct Shared {
     history: Mutex<Vec<Op>>,
     ryw: Mutex<[(usize, usize); 2]>,
+    ryw_misses: Mutex<Vec<String>>,
     stop: AtomicBool,
     started: Instant,
 }
@@ -708,6 +752,11 @@ async fn client_loop(id: usize, urls: Arc<Vec<String>>, keys: usize, seed: u64, 
         };
         let written = (kind == Kind::Write && outcome == Outcome::Ok)
             .then(|| (op.version.clone(), op.sloppy));
+        let wrote = format!(
+            "write via node{} acks {:?} at {start_ms} ms",
+            node + 1,
+            op.acks
+        );
         sh.history.lock().await.push(op);
 
         // Read your write, through another random node.
@@ -723,6 +772,14 @@ async fn client_loop(id: usize, urls: Arc<Vec<String>>, keys: usize, seed: u64, 
                 slot.1 += 1;
                 if seen.as_ref().is_some_and(|s| *s >= version) {
                     slot.0 += 1;
+                } else if !sloppy {
+                    let mut misses = sh.ryw_misses.lock().await;
+                    if misses.len() < 20 {
+                        misses.push(format!(
+                            "{key} {wrote} version {version}; read via node{} at {start_ms} ms: {status} {body}",
+                            node + 1
+                        ));
+                    }
                 }
             }
             sh.history.lock().await.push(Op {
@@ -948,6 +1005,7 @@ pub async fn run(settings: &Settings) -> Report {
     let sh = Arc::new(Shared {
         history: Mutex::new(Vec::new()),
         ryw: Mutex::new([(0, 0); 2]),
+        ryw_misses: Mutex::new(Vec::new()),
         stop: AtomicBool::new(false),
         started: Instant::now(),
     });
@@ -998,6 +1056,7 @@ pub async fn run(settings: &Settings) -> Report {
     let ryw = *sh.ryw.lock().await;
     report.ryw_strict = ryw[0];
     report.ryw_sloppy = ryw[1];
+    report.ryw_misses = sh.ryw_misses.lock().await.clone();
 
     availability(&mut c, settings, &mut report).await;
     if settings.restore_keys > 0 {
@@ -1077,19 +1136,31 @@ async fn availability(c: &mut Cluster, settings: &Settings, report: &mut Report)
     report.hints_delivered = Some(back.elapsed());
 }
 
-/// Writes `restore_keys` keys, wipes a node and times its restore.
+/// Writes `restore_keys` keys that one node replicates, wipes that node and
+/// times its restore.
 async fn restore(c: &mut Cluster, settings: &Settings, report: &mut Report) {
+    let victim = Rng::new(settings.seed.rotate_left(29)).below(c.nodes.len() as u64) as usize;
+    // Placement is pure: the same ring the nodes build (default vnodes, N=3).
+    let ring = Ring::new(c.nodes.iter().map(|n| n.id.clone()), 128);
+    let victim_id = c.nodes[victim].id.clone();
+    let keys: Arc<Vec<String>> = Arc::new(
+        (0..)
+            .map(|n| format!("bulk-{n}"))
+            .filter(|k| ring.preference_list(k, 3).contains(&victim_id.as_str()))
+            .take(settings.restore_keys)
+            .collect(),
+    );
     let urls: Arc<Vec<String>> = Arc::new((0..c.nodes.len()).map(|i| c.url(i)).collect());
     let mut writers = tokio::task::JoinSet::new();
-    let per = settings.restore_keys.div_ceil(16);
+    let per = keys.len().div_ceil(16);
     for w in 0..16 {
         let urls = urls.clone();
-        let total = settings.restore_keys;
+        let keys = keys.clone();
         writers.spawn(async move {
             let http = client_http();
-            for n in (w * per)..((w + 1) * per).min(total) {
+            for n in (w * per)..((w + 1) * per).min(keys.len()) {
                 let url = format!("{}/kv/", urls[n % urls.len()]);
-                let body = json!({ "key": format!("bulk-{n}"), "value": "x".repeat(100) });
+                let body = json!({ "key": keys[n], "value": "x".repeat(100) });
                 for _ in 0..5 {
                     let sent = http.put(&url).json(&body).send().await;
                     if sent.is_ok_and(|r| r.status() == 200) {
@@ -1100,7 +1171,6 @@ async fn restore(c: &mut Cluster, settings: &Settings, report: &mut Report) {
         });
     }
     while writers.join_next().await.is_some() {}
-    let victim = Rng::new(settings.seed.rotate_left(29)).below(c.nodes.len() as u64) as usize;
     // Let replication settle, then note what the node holds.
     let before = wait_for(
         "replication to settle",
@@ -1126,6 +1196,7 @@ async fn restore(c: &mut Cluster, settings: &Settings, report: &mut Report) {
     )
     .await;
     report.restore = Some((before as usize, started.elapsed()));
+    report.restore_written = keys.len();
 }
 
 #[cfg(test)]
