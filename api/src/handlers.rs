@@ -50,25 +50,26 @@ fn params(RawQuery(raw): RawQuery) -> Result<Params, ApiError> {
     Ok(parse_query(raw.as_deref().unwrap_or(""))?)
 }
 
+/// `?consistency=` or the `X-Consistency` header; the query parameter wins
+/// when both are given, but each must be valid (a bad header is refused
+/// even when the query overrides it, rather than silently ignored).
 fn consistency(
     params: &Params,
     headers: &HeaderMap,
     default: Consistency,
 ) -> Result<Consistency, ApiError> {
-    let raw = match params.get("consistency") {
-        Some(v) => Some(v.as_str()),
-        None => headers
-            .get(CONSISTENCY_HEADER)
-            .map(|v| v.to_str().unwrap_or("<not text>")),
+    let parse = |v: &str| {
+        v.parse::<Consistency>()
+            .map_err(|e| ApiError::bad_request("bad_consistency", e.to_string()))
     };
-    match raw {
-        None => Ok(default),
-        Some(v) => v
-            .parse()
-            .map_err(|e: shared::core::quorum::ParseConsistencyError| {
-                ApiError::bad_request("bad_consistency", e.to_string())
-            }),
-    }
+    let header = match headers.get(CONSISTENCY_HEADER) {
+        None => None,
+        Some(v) => Some(parse(v.to_str().map_err(|_| {
+            ApiError::bad_request("bad_consistency", "X-Consistency is not text")
+        })?)?),
+    };
+    let query = params.get("consistency").map(|v| parse(v)).transpose()?;
+    Ok(query.or(header).unwrap_or(default))
 }
 
 fn checked_key(state: &AppState, key: &str) -> Result<(), ApiError> {
@@ -335,17 +336,16 @@ pub async fn route(State(state): State<AppState>, q: RawQuery) -> Result<Respons
     .into_response())
 }
 
+/// A boolean query parameter: exactly `true` or `false` (as the OpenAPI
+/// document says), absent meaning false.
 fn flag(params: &Params, name: &str) -> Result<bool, ApiError> {
-    match params.get(name).map(|v| v.to_ascii_lowercase()) {
-        None => Ok(false),
-        Some(v) => match v.as_str() {
-            "" | "1" | "true" | "yes" | "on" => Ok(true),
-            "0" | "false" | "no" | "off" => Ok(false),
-            _ => Err(ApiError::bad_request(
-                "bad_query",
-                format!("{name} must be true or false"),
-            )),
-        },
+    match params.get(name).map(String::as_str) {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(_) => Err(ApiError::bad_request(
+            "bad_query",
+            format!("{name} must be true or false"),
+        )),
     }
 }
 

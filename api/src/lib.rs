@@ -252,8 +252,22 @@ mod tests {
         assert_eq!(status, StatusCode::OK);
         let (status, body) = call(&app, Method::GET, "/kv/?key=k", None).await;
         assert_eq!(
+            (status, &body["key"], &body["value"], &body["deleted"]),
+            (
+                StatusCode::NOT_FOUND,
+                &json!("k"),
+                &Value::Null,
+                &json!(true)
+            ),
+            "a deleted key names its tombstone: {body}"
+        );
+        let (status, body) = call(&app, Method::GET, "/kv/?key=never", None).await;
+        assert_eq!(
             (status, body),
-            (StatusCode::NOT_FOUND, json!({"key": "k", "value": null}))
+            (
+                StatusCode::NOT_FOUND,
+                json!({"key": "never", "value": null})
+            )
         );
         let (_, snap) = call(
             &app,
@@ -342,6 +356,8 @@ mod tests {
             (Method::GET, "/kv/%FF", None, "bad_key"),
             (Method::GET, "/kv/a%00b", None, "bad_key"),
             (Method::DELETE, "/kv/?key=a%0Ab", None, "bad_key"),
+            (Method::GET, "/snapshot/?versions=1", None, "bad_query"),
+            (Method::GET, "/snapshot/?tombstones=", None, "bad_query"),
             (
                 Method::POST,
                 "/kv/",
@@ -360,6 +376,28 @@ mod tests {
             assert_eq!(status, StatusCode::BAD_REQUEST, "{method} {uri}: {answer}");
             assert_eq!(answer["error"]["code"], code, "{method} {uri}: {answer}");
         }
+        // A bad X-Consistency is refused even when the query overrides it;
+        // when both are valid, the query wins.
+        let request = HttpRequest::builder()
+            .method(Method::GET)
+            .uri("/kv/?key=k&consistency=one")
+            .header("x-consistency", "most")
+            .body(Body::empty())
+            .unwrap();
+        let (status, answer) = send(&app, request).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+        assert_eq!(answer["error"]["code"], "bad_consistency");
+        let request = HttpRequest::builder()
+            .method(Method::DELETE)
+            .uri("/kv/?key=k&consistency=one")
+            .header("x-consistency", "all")
+            .body(Body::empty())
+            .unwrap();
+        let (status, answer) = send(&app, request).await;
+        assert_eq!(
+            (status, answer["consistency"].as_str()),
+            (StatusCode::OK, Some("one"))
+        );
         // A Content-Type that is not text is not JSON either.
         let request = HttpRequest::builder()
             .method(Method::POST)
@@ -384,8 +422,14 @@ mod tests {
             (status, answer["key"].as_str()),
             (StatusCode::OK, Some(key))
         );
-        let (_, snap) = call(&app, Method::GET, "/snapshot/", None).await;
-        assert_eq!(snap["count"], 1, "only the good write was stored: {snap}");
+        let (_, snap) = call(
+            &app,
+            Method::GET,
+            "/snapshot/?versions=true&tombstones=true",
+            None,
+        )
+        .await;
+        assert_eq!(snap["count"], 2, "only the good writes were stored: {snap}");
     }
 
     /// A body that announces `len` bytes and never sends one.
