@@ -138,7 +138,7 @@ pub async fn render(State(state): State<AppState>) -> Response {
     let stats = &coord.stats;
     let load =
         |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed) as f64;
-    let counters: [(&str, &str, &std::sync::atomic::AtomicU64); 17] = [
+    let counters: [(&str, &str, &std::sync::atomic::AtomicU64); 18] = [
         (
             "kv_writes_total",
             "Client writes coordinated here.",
@@ -198,6 +198,11 @@ pub async fn render(State(state): State<AppState>) -> Response {
             "kv_sloppy_writes_total",
             "Writes that counted a fallback node toward W.",
             &stats.sloppy_writes,
+        ),
+        (
+            "kv_writes_restamped_total",
+            "Writes stamped again because a replica held a newer version (clock behind).",
+            &stats.writes_restamped,
         ),
         (
             "kv_peer_transitions_total",

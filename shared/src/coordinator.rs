@@ -45,6 +45,10 @@ pub const MAIL_INLINE_IN_FLIGHT_MAX: usize = 64;
 /// Records read per page when a node scans its own store.
 pub const SCAN_PAGE_LEN: usize = 1000;
 
+/// Attempts of a client write whose version a replica already exceeds
+/// (the coordinator's clock is behind); see [`Coordinator::write`].
+pub const WRITE_ATTEMPTS_MAX: u32 = 3;
+
 /// How long a peer that failed a call is skipped before it is tried again.
 pub const PEER_RETRY_AFTER_MS: u64 = 1_000;
 /// Failed calls in a row before a suspect peer is considered down.
@@ -181,6 +185,8 @@ pub struct Stats {
     pub hints_dropped: AtomicU64,
     pub hints_delivered: AtomicU64,
     pub sloppy_writes: AtomicU64,
+    /// Writes stamped again because a replica held a newer version.
+    pub writes_restamped: AtomicU64,
     pub peer_transitions: AtomicU64,
     pub anti_entropy_runs: AtomicU64,
     pub anti_entropy_stored: AtomicU64,
@@ -513,12 +519,58 @@ impl Coordinator {
         consistency: Consistency,
     ) -> Result<WriteReport, CoordError> {
         self.stats.writes.fetch_add(1, Ordering::Relaxed);
-        let version = self.next_version();
-        let created_ms = now_ms();
-        let record = Record {
-            version: version.clone(),
+        let mut record = Record {
+            version: self.next_version(),
             value,
         };
+        let mut attempt = 1;
+        loop {
+            let (report, shadowed_by, written) =
+                self.write_once(key.clone(), record, consistency).await?;
+            if let Some(holder) = shadowed_by.filter(|_| attempt < WRITE_ATTEMPTS_MAX) {
+                // A replica already holds a newer version than the one this
+                // node stamped (its clock is behind another's). Acknowledging
+                // would let the older-in-real-time write win, so learn the
+                // newer version from that replica and write again above it.
+                attempt += 1;
+                self.stats.writes_restamped.fetch_add(1, Ordering::Relaxed);
+                match self.read_on(&holder, vec![key.clone()]).await {
+                    Ok(records) => {
+                        let now = now_ms();
+                        let mut clock = lock(&self.clock);
+                        for r in records.iter().flatten() {
+                            if let Err(error) = clock.observe(r.version.ts, now) {
+                                warn!(%key, %error, "not adopting a version from the future");
+                            }
+                        }
+                    }
+                    Err(error) => {
+                        debug!(%key, %holder, %error, "cannot read the newer version; stamping again anyway");
+                    }
+                }
+                record = Record {
+                    version: self.next_version(),
+                    value: written.value,
+                };
+                continue;
+            }
+            if let Some(mail) = self.write_mail(&report.key, &written) {
+                self.notify(mail).await;
+            }
+            return Ok(report);
+        }
+    }
+
+    /// One attempt of [`Coordinator::write`] with a given record. Also names
+    /// a replica that already held a newer version (the record is shadowed).
+    async fn write_once(
+        self: &Arc<Self>,
+        key: String,
+        record: Record,
+        consistency: Consistency,
+    ) -> Result<(WriteReport, Option<String>, Record), CoordError> {
+        let version = record.version.clone();
+        let created_ms = now_ms();
         let deleted = record.is_tombstone();
         // One walk of the ring: the first N nodes are the replicas, the rest
         // (minus nodes known down) the fallbacks of a sloppy quorum.
@@ -573,6 +625,7 @@ impl Coordinator {
             }
         }
         let mut hints: Vec<HintPlacement> = Vec::new();
+        let mut shadowed_by: Option<String> = None;
         // A replacement is started for each call that fails while the quorum
         // is still open: the next untried owner, else a fallback with a hint.
         let mut replacements_due = 0usize;
@@ -594,7 +647,15 @@ impl Coordinator {
             };
             let (node, hint_for, ok) = match joined {
                 Ok((node, hint_for, Ok(statuses))) => match statuses.first() {
-                    Some(ApplyStatus::Stored | ApplyStatus::Unchanged) => (node, hint_for, Ok(())),
+                    Some(ApplyStatus::Stored) => (node, hint_for, Ok(())),
+                    Some(ApplyStatus::Unchanged) => {
+                        // A fresh version is never equal to a stored one:
+                        // the replica holds a newer one.
+                        if hint_for.is_none() {
+                            shadowed_by = Some(node.clone());
+                        }
+                        (node, hint_for, Ok(()))
+                    }
                     Some(ApplyStatus::Refused) => (node, hint_for, Err("refused".to_owned())),
                     None => (node, hint_for, Err("empty answer".to_owned())),
                 },
@@ -668,25 +729,24 @@ impl Coordinator {
                 error: error.clone(),
             })
             .collect();
-        if tally.state() == TallyState::Reached
-            && let Some(mail) = self.write_mail(&key, &record)
-        {
-            self.notify(mail).await;
-        }
         match tally.state() {
-            TallyState::Reached => Ok(WriteReport {
-                key,
-                version,
-                deleted,
-                consistency,
-                required,
-                replicas,
-                acks,
-                failed,
-                pending,
-                hints,
-                sloppy,
-            }),
+            TallyState::Reached => Ok((
+                WriteReport {
+                    key,
+                    version,
+                    deleted,
+                    consistency,
+                    required,
+                    replicas,
+                    acks,
+                    failed,
+                    pending,
+                    hints,
+                    sloppy,
+                },
+                shadowed_by,
+                record,
+            )),
             TallyState::Impossible | TallyState::Waiting => {
                 self.stats.unavailable.fetch_add(1, Ordering::Relaxed);
                 Err(CoordError::Unavailable {

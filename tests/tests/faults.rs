@@ -144,3 +144,30 @@ async fn read_repair_fixes_a_stale_replica() {
     })
     .await;
 }
+
+/// A coordinator whose clock is behind must not acknowledge a write that an
+/// earlier, acknowledged write already shadows: it learns the newer version
+/// and stamps its write above it (found by the chaos harness's clock skew).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_a_slow_clock_still_writes_last() {
+    let mut c = Cluster::start(Options::default()).await;
+    c.kill_api(0);
+    c.nodes[0].env = vec![("KV_CLOCK_OFFSET_MS".to_owned(), "-5000".to_owned())];
+    c.restart_api(0).await;
+
+    let (status, first) = c.put(1, "skewed", json!("first, via node2")).await;
+    assert_eq!(status, 200, "{first}");
+    let (status, second) = c.put(0, "skewed", json!("second, via node1")).await;
+    assert_eq!(status, 200, "{second}");
+    let v1: shared::core::record::Version = first["version"].as_str().unwrap().parse().unwrap();
+    let v2: shared::core::record::Version = second["version"].as_str().unwrap().parse().unwrap();
+    assert!(
+        v2 > v1,
+        "the later write must carry the higher version: {first} vs {second}"
+    );
+    for i in 0..3 {
+        let (_, body) = c.get_with(i, "skewed", "all").await;
+        assert_eq!(body["value"], "second, via node1", "{body}");
+    }
+    assert_eq!(c.cluster_view(0).await["stats"]["writes_restamped"], 1);
+}
