@@ -509,6 +509,7 @@ pub async fn cluster(State(state): State<AppState>) -> Result<Response, ApiError
             "hints_dropped": load(&stats.hints_dropped),
             "hints_delivered": load(&stats.hints_delivered),
             "sloppy_writes": load(&stats.sloppy_writes),
+            "writes_restamped": load(&stats.writes_restamped),
             "peer_transitions": load(&stats.peer_transitions),
             "anti_entropy_runs": load(&stats.anti_entropy_runs),
             "anti_entropy_stored": load(&stats.anti_entropy_stored),
