@@ -10,8 +10,8 @@
 //!   wait in the kernel's listen backlog until one closes. Memory and file
 //!   descriptors stay bounded whatever clients do.
 //! - **Graceful shutdown.** On the signal the listener closes, idle
-//!   connections close, in-flight requests get
-//!   [`ServeOptions::shutdown_grace`] to finish.
+//!   connections close, in-flight requests (a request head still arriving
+//!   included) get [`ServeOptions::shutdown_grace`] to finish.
 //!
 //! Requests themselves are bounded inside the router: body size and body
 //! read time in the handlers, requests in flight by the concurrency limit.
@@ -114,7 +114,10 @@ pub async fn serve(
     tokio::select! {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(opts.shutdown_grace) => {
-            warn!(grace_ms = opts.shutdown_grace.as_millis(), "requests still in flight after the grace period; stopping anyway");
+            warn!(
+                grace_ms = opts.shutdown_grace.as_millis(),
+                "connections still busy after the grace period (unfinished requests); stopping anyway"
+            );
         }
     }
 }

@@ -28,8 +28,10 @@ pub const HEADER_READ_TIMEOUT_MS: u64 = 30_000;
 pub const PEER_POOL_IDLE_MS: u64 = 20_000;
 /// Time a client has to send a whole request body once its headers are in.
 pub const BODY_READ_TIMEOUT_MS: u64 = 30_000;
-/// Time in-flight requests get to finish after a shutdown signal.
-pub const SHUTDOWN_GRACE_MS: u64 = 10_000;
+/// Time in-flight requests get to finish after a shutdown signal (a request
+/// whose head is still arriving counts as in flight). Under the 10 s a
+/// container runtime waits before SIGKILL.
+pub const SHUTDOWN_GRACE_MS: u64 = 5_000;
 
 /// Replication factor used when the operator sets none (capped at cluster size).
 pub const REPLICATION_FACTOR_DEFAULT: usize = 3;
