@@ -15,7 +15,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderMap, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -113,6 +113,31 @@ pub fn app(coord: Arc<Coordinator>) -> Router {
                 .load_shed()
                 .concurrency_limit(in_flight_max),
         )
+        .layer(middleware::from_fn(close_after_refused_body))
+}
+
+/// An error answer to a request that carried a body may leave part of the
+/// body unread (a 413 is sent before reading it, a 401 or 415 never reads
+/// it), and then the connection cannot carry another request: the server
+/// closes it. `Connection: close` says so in the answer, so a client does
+/// not put the connection back in its pool and send its next request into
+/// a closed socket.
+async fn close_after_refused_body(request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let has_body = headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_some_and(|len| len > 0);
+    let mut response = next.run(request).await;
+    let status = response.status();
+    if has_body && (status.is_client_error() || status.is_server_error()) {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 async fn openapi() -> Response {
@@ -465,6 +490,15 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn bodies_are_bounded_in_size_and_time() {
         let app = test_app(&[]);
+        // A refused body ends the connection, and the answer says so.
+        let mut request = stalled_write(100 * 1024 * 1024);
+        request.headers_mut().insert(
+            header::CONTENT_LENGTH,
+            HeaderValue::from_static("104857600"),
+        );
+        let response = app.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(response.headers()[header::CONNECTION], "close");
         // 100 MB announced: refused before reading (time is paused, so a
         // read would end in the 408 below instead).
         let (status, answer) = send(&app, stalled_write(100 * 1024 * 1024)).await;

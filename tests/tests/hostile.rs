@@ -528,6 +528,41 @@ async fn oversized_and_misframed_bodies() {
         "peak RSS {peak_kb} kB, was {rss_before_kb} kB before 800 MB were announced"
     );
 
+    // A refused body ends the connection, and the answer says so, so that a
+    // client does not pool it. (No `Connection: close` from us here: the
+    // read below only ends because the server closes.)
+    let cases = [
+        (
+            "Content-Type: text/html\r\nContent-Length: 2\r\n".to_owned(),
+            b"{}".to_vec(),
+            415,
+        ),
+        (
+            format!("Content-Type: application/json\r\nContent-Length: {ANNOUNCED}\r\n"),
+            vec![b' '; 1024],
+            413,
+        ),
+    ];
+    for (headers, body, status) in cases {
+        let request = [
+            b"POST /kv/ HTTP/1.1\r\nHost: kv\r\n".as_slice(),
+            headers.as_bytes(),
+            b"\r\n",
+            &body,
+        ]
+        .concat();
+        let answer = raw_exchange(&node, &request, false).await;
+        assert_eq!(answer.statuses, vec![status], "{}", answer.text);
+        assert!(
+            answer
+                .text
+                .to_ascii_lowercase()
+                .contains("connection: close"),
+            "{}",
+            answer.text
+        );
+    }
+
     // A chunked body that grows past the limit: 413.
     let limit = 64 + 1024 * 6 + 16 * 1024;
     let mut request = head(
