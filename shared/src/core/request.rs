@@ -105,8 +105,15 @@ pub fn parse_query(raw: &str) -> Result<BTreeMap<String, String>, RequestError> 
     let mut params = BTreeMap::new();
     for piece in raw.split('&').filter(|p| !p.is_empty()) {
         let (name, value) = piece.split_once('=').unwrap_or((piece, ""));
-        let name = decode_component(name, "name")?;
-        let value = decode_component(value, &format!("parameter {:?}", quoted(&name)))?;
+        let name = decode_component(name).ok_or_else(|| RequestError::BadQuery {
+            reason: "a parameter name is not UTF-8 once percent-decoded".to_owned(),
+        })?;
+        let value = decode_component(value).ok_or_else(|| RequestError::BadQuery {
+            reason: format!(
+                "parameter {:?} is not UTF-8 once percent-decoded",
+                quoted(&name)
+            ),
+        })?;
         if params.contains_key(&name) {
             return Err(RequestError::BadQuery {
                 reason: format!("parameter {:?} is given more than once", quoted(&name)),
@@ -131,7 +138,8 @@ fn hex_digit(b: u8) -> Option<u8> {
     }
 }
 
-fn decode_component(text: &str, what: &str) -> Result<String, RequestError> {
+/// Percent-decodes one name or value; `None` when the bytes are not UTF-8.
+fn decode_component(text: &str) -> Option<String> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -156,9 +164,7 @@ fn decode_component(text: &str, what: &str) -> Result<String, RequestError> {
             }
         }
     }
-    String::from_utf8(out).map_err(|_| RequestError::BadQuery {
-        reason: format!("{what} is not UTF-8 once percent-decoded"),
-    })
+    String::from_utf8(out).ok()
 }
 
 /// Encodes a query component so that [`parse_query`] gives it back exactly.
