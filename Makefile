@@ -1,5 +1,5 @@
 # The two commands of the README: `make run` and `make test`.
-.PHONY: run build release test lint fmt clean-cluster compose-up compose-test bench chaos
+.PHONY: run build release test lint fmt clean-cluster compose-up compose-test bench chaos schemathesis fuzz
 
 CARGO ?= cargo
 
@@ -45,6 +45,17 @@ compose-test: release
 bench: release
 	./scripts/bench-deps.sh
 	KV_BIN_DIR=$(CURDIR)/target/release $(CARGO) run --release -q -p kv-tests --bin kvbench
+
+# The HTTP API against its OpenAPI document: ~1000 generated requests, twice
+# (with and without a client token); any 5xx or undocumented answer fails.
+# Installs schemathesis from PyPI into target/schemathesis-venv on first use.
+schemathesis: build
+	$(CARGO) test -p kv-tests --test schemathesis -- --ignored --test-threads 1 --nocapture
+
+# A longer fuzzing run of every decoder (make test runs a short one).
+FUZZ_CASES ?= 20000
+fuzz:
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --release -p kv-shared --test fuzz_decode
 
 # One seeded fault-injection run against 5 nodes on 127.0.77.11-15 (needs
 # root: iptables, tc), then the history checkers and the recovery figures.

@@ -412,6 +412,13 @@ impl Cluster {
         body
     }
 
+    /// Starts node `i`'s workers again, up to `Options::workers` (after `kill_workers`).
+    pub fn restart_workers(&mut self, i: usize) {
+        while self.nodes[i].workers.len() < self.opts.workers {
+            self.spawn_worker(i);
+        }
+    }
+
     /// SIGKILLs every worker of node `i`.
     pub fn kill_workers(&mut self, i: usize) {
         for w in &mut self.nodes[i].workers {
@@ -438,11 +445,14 @@ impl Cluster {
 
     /// A Redis connection to node `i`'s own Redis.
     pub async fn redis(&self, i: usize) -> redis::aio::MultiplexedConnection {
+        self.try_redis(i).await.expect("redis connection")
+    }
+
+    /// A Redis connection to node `i`'s own Redis, if one can be made now
+    /// (the login is a command, so it waits out a `CLIENT PAUSE`, or times out).
+    pub async fn try_redis(&self, i: usize) -> Option<redis::aio::MultiplexedConnection> {
         let client = redis::Client::open(self.redis_url(i)).expect("redis url");
-        client
-            .get_multiplexed_async_connection()
-            .await
-            .expect("redis connection")
+        client.get_multiplexed_async_connection().await.ok()
     }
 
     /// The log of node `i`'s API, for failure messages.

@@ -312,7 +312,7 @@ async fn a_redis_stall_does_not_stop_workers_and_replays_are_harmless() {
         "the Redis stall to end",
         Duration::from_secs(10),
         || async {
-            let mut fresh = c.redis(0).await;
+            let mut fresh = c.try_redis(0).await?;
             redis::cmd("PING")
                 .query_async::<String>(&mut fresh)
                 .await

@@ -289,6 +289,38 @@ async fn internal_routes_need_the_cluster_secret_and_refuse_future_versions() {
         .unwrap();
     assert_eq!(kv_tests::read_json(resp).await.0, 403);
 
+    // A client token is not a cluster secret: internal routes still refuse it.
+    for path in [
+        "/internal/apply",
+        "/internal/read",
+        "/internal/merkle",
+        "/internal/buckets",
+    ] {
+        let resp = c
+            .http
+            .post(format!("{}{path}", c.url(0)))
+            .bearer_auth("client-token-1")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let (status, answer) = kv_tests::read_json(resp).await;
+        assert_eq!(
+            (status, answer["error"]["code"].clone()),
+            (401, json!("unauthorized")),
+            "{path}: {answer}"
+        );
+        let resp = c
+            .http
+            .post(format!("{}{path}", c.url(0)))
+            .header("x-kv-cluster-secret", "client-token-1")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(kv_tests::read_json(resp).await.0, 403, "{path}");
+    }
+
     // With the secret, a version far in the future is refused, not stored.
     let resp = c
         .http

@@ -4,6 +4,7 @@
 //!
 //! Environment: `SEED` (default 1), `DURATION` seconds of faults (default
 //! 60), `RESTORE_KEYS` (default 10000; 0 skips the wipe-and-restore phase),
+//! `KV_BACKGROUND_SYNC=off` (replication inline instead of through workers),
 //! `KV_BIN_DIR` (the Makefile points it at target/release). Needs root.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -27,6 +28,7 @@ async fn main() -> ExitCode {
         Duration::from_secs(env_or("DURATION", 60u64)),
     );
     settings.restore_keys = env_or("RESTORE_KEYS", 10_000usize);
+    settings.background_sync = std::env::var("KV_BACKGROUND_SYNC").map_or(true, |v| v != "off");
     let report = run(&settings).await;
     println!("{report}");
 
