@@ -57,7 +57,7 @@ FUZZ_CASES ?= 20000
 fuzz:
 	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --release -p kv-shared --test fuzz_decode
 
-# One seeded fault-injection run against 5 nodes on 127.0.77.11-15 (needs
+# One seeded fault-injection run against 5 nodes on 127.0.78.11-15 (needs
 # root: iptables, tc), then the history checkers and the recovery figures.
 # The same SEED replays the same fault schedule.
 SEED ?= 1

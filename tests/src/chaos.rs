@@ -320,26 +320,37 @@ impl Net {
     /// A bad link to node `i`: 30 ms ± 20 ms of delay and 3% loss with
     /// netem, or 10% loss alone where the kernel has no netem.
     pub fn slow(&mut self, i: usize) -> Result<(), String> {
-        let dst = format!("{}/32", self.hosts[i]);
-        if !self.netem_supported {
-            return run_cmd(
-                "iptables",
-                &[
-                    "-A",
-                    &self.chain,
-                    "-d",
-                    &self.hosts[i],
-                    "-m",
-                    "statistic",
-                    "--mode",
-                    "random",
-                    "--probability",
-                    "0.10",
-                    "-j",
-                    "DROP",
-                ],
-            );
+        if self.netem_supported {
+            match self.netem_to(i) {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    // E.g. another run holds lo's root qdisc: loss alone.
+                    eprintln!("netem unavailable ({e}); packet loss instead");
+                    let _ = self.clear_slow();
+                }
+            }
         }
+        run_cmd(
+            "iptables",
+            &[
+                "-A",
+                &self.chain,
+                "-d",
+                &self.hosts[i],
+                "-m",
+                "statistic",
+                "--mode",
+                "random",
+                "--probability",
+                "0.10",
+                "-j",
+                "DROP",
+            ],
+        )
+    }
+
+    fn netem_to(&mut self, i: usize) -> Result<(), String> {
+        let dst = format!("{}/32", self.hosts[i]);
         // Four bands; the default priomap only uses the first three, so only
         // the filtered packets reach band 4 and its netem.
         let priomap = "1 2 2 2 1 2 0 0 1 1 1 1 1 1 1 1";
@@ -915,8 +926,7 @@ async fn undo(c: &mut Cluster, net: &mut Net, fault: &Fault) -> Result<(), Strin
             c.restart_api(*i).await;
             Ok(())
         }
-        Fault::Netem(_) if net.netem_supported => net.clear_slow(),
-        Fault::Netem(_) => net.heal(),
+        Fault::Netem(_) => net.clear_slow().and_then(|()| net.heal()),
     }
 }
 

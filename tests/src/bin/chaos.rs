@@ -1,5 +1,5 @@
 //! `make chaos SEED=n DURATION=s`: one seeded fault-injection run against a
-//! 5-node cluster on 127.0.77.11-15, then the checkers; prints the report and
+//! 5-node cluster on 127.0.78.11-15 (`CHAOS_SUBNET`), then the checkers; prints the report and
 //! exits non-zero when a promise or a target is missed.
 //!
 //! Environment: `SEED` (default 1), `DURATION` seconds of faults (default
@@ -28,6 +28,8 @@ async fn main() -> ExitCode {
         Duration::from_secs(env_or("DURATION", 60u64)),
     );
     settings.restore_keys = env_or("RESTORE_KEYS", 10_000usize);
+    // 127.0.78.x, so a run can go on beside make test's chaos test (127.0.77.x).
+    settings.subnet = env_or("CHAOS_SUBNET", 78u8);
     settings.background_sync = std::env::var("KV_BACKGROUND_SYNC").map_or(true, |v| v != "off");
     let report = run(&settings).await;
     println!("{report}");
