@@ -219,7 +219,45 @@ impl Cluster {
         for i in 0..cluster.nodes.len() {
             cluster.wait_healthy(i).await;
         }
+        cluster.wait_all_see_all_up().await;
         cluster
+    }
+
+    /// Waits until every running node's routing view has every other
+    /// running node up. A node probing a peer that was not listening yet
+    /// (they start one after another) marks it down until its next probe;
+    /// a test writing at once would see hints where it expects jobs.
+    pub async fn wait_all_see_all_up(&self) {
+        wait_for(
+            "every node to see every other node up",
+            Duration::from_secs(20),
+            || async {
+                for i in (0..self.nodes.len()).filter(|&i| self.api_running(i)) {
+                    let (status, view) = self
+                        .request(reqwest::Method::GET, i, "/cluster/", None)
+                        .await;
+                    if status == 401 {
+                        // A client token guards /cluster/: nothing to check.
+                        continue;
+                    }
+                    if status != 200 {
+                        return None;
+                    }
+                    let all_up = view["nodes"].as_array()?.iter().all(|n| {
+                        n["self"] == true
+                            || n["status"] == "up"
+                            || n["id"]
+                                .as_str()
+                                .is_some_and(|id| !self.api_running(self.index_of(id)))
+                    });
+                    if !all_up {
+                        return None;
+                    }
+                }
+                Some(())
+            },
+        )
+        .await;
     }
 
     pub fn url(&self, i: usize) -> String {

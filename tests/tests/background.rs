@@ -209,18 +209,16 @@ async fn a_worker_killed_mid_batch_loses_nothing() {
     );
 }
 
-/// One worker per node, replication only through jobs (no restore, no
-/// anti-entropy), and the given retry policy.
+/// No workers yet (the test starts node1's once its jobs are queued),
+/// replication only through jobs (no restore, no anti-entropy), and the
+/// given retry policy.
 async fn retry_cluster(backoff_base_ms: u64, backoff_max_ms: u64, attempts_max: u32) -> Cluster {
-    let opts = Options {
-        workers: 1,
-        ..Options::default()
-    }
-    .env("KV_RESTORE_ON_START", "off")
-    .env("KV_ANTI_ENTROPY_INTERVAL_S", "0")
-    .env("KV_JOB_BACKOFF_BASE_MS", &backoff_base_ms.to_string())
-    .env("KV_JOB_BACKOFF_MAX_MS", &backoff_max_ms.to_string())
-    .env("KV_JOB_ATTEMPTS_MAX", &attempts_max.to_string());
+    let opts = Options::default()
+        .env("KV_RESTORE_ON_START", "off")
+        .env("KV_ANTI_ENTROPY_INTERVAL_S", "0")
+        .env("KV_JOB_BACKOFF_BASE_MS", &backoff_base_ms.to_string())
+        .env("KV_JOB_BACKOFF_MAX_MS", &backoff_max_ms.to_string())
+        .env("KV_JOB_ATTEMPTS_MAX", &attempts_max.to_string());
     Cluster::start(opts).await
 }
 
@@ -229,13 +227,16 @@ async fn a_down_replica_gets_its_jobs_after_retries() {
     let mut c = retry_cluster(200, 1000, 30).await;
     // Keys whose write through node1 contacts node2 before node3: node3 is
     // not contacted and gets a replication job, which fails while it is down.
+    // The jobs are queued while node3 is up (so the API cannot have marked
+    // it down and kept hints instead); node3 then dies before a worker runs them.
     let keys = kv_tests::keys_node2_before_node3(&c, "retry-", 10).await;
-    c.kill_api(2); // node3 down
     for key in &keys {
         let (status, body) = c.put(0, key, json!(key)).await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(pending(&body), vec!["node3".to_owned()], "{body}");
     }
+    c.kill_api(2); // node3 down
+    c.spawn_worker(0);
     wait_for("jobs to be retried", Duration::from_secs(15), || async {
         let r = c.cluster_view(0).await["jobs"]["counters"]["retried"]
             .as_u64()
@@ -256,10 +257,11 @@ async fn a_permanently_failing_job_ends_in_the_dead_letter_list() {
     let key = kv_tests::keys_node2_before_node3(&c, "doomed-", 1)
         .await
         .remove(0);
-    c.kill_api(2);
     let (status, body) = c.put(0, &key, json!(1)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(pending(&body), vec!["node3".to_owned()], "{body}");
+    c.kill_api(2);
+    c.spawn_worker(0);
     let view = wait_for("a dead letter", Duration::from_secs(20), || async {
         let view = c.cluster_view(0).await;
         (view["jobs"]["dead_letters"].as_u64().unwrap_or(0) >= 1).then_some(view)
