@@ -243,12 +243,7 @@ mod tests {
             .header("content-type", "application/json")
             .body(Body::from(body.unwrap_or("").to_owned()))
             .unwrap();
-        let response = app.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let ctype = response.headers().get("content-type").cloned();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(ctype.unwrap(), "application/json", "{status}");
-        (status, serde_json::from_slice(&bytes).unwrap())
+        send(app, request).await
     }
 
     #[tokio::test]
