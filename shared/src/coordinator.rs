@@ -637,6 +637,26 @@ impl Coordinator {
             key: key.clone(),
             record: record.clone(),
         }];
+        // Background sync: the replicas beyond the first W get their
+        // replication job queued now, while the quorum calls run, instead of
+        // after them (one Redis round trip, an fsync with `appendfsync
+        // always`, off the write's latency). The write still answers only
+        // once the job is on the queue. A queued replica that is then called
+        // to replace a failed one gets the record twice, which is harmless.
+        let early: Vec<String> = if self.cfg.background_sync {
+            untried
+                .iter()
+                .skip(fan_out)
+                .filter(|n| !skip.contains(n))
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let early_defer = (!early.is_empty()).then(|| {
+            let (this, early, batch) = (Arc::clone(self), early.clone(), batch.clone());
+            tokio::spawn(async move { this.defer(&early, &batch, created_ms).await })
+        });
         let mut calls = JoinSet::new();
         let start = |calls: &mut JoinSet<_>, node: String, hint_for: Option<String>| {
             let this = Arc::clone(self);
@@ -734,8 +754,20 @@ impl Coordinator {
             .filter(|n| !acks.contains(n) && !hinted.contains(n) && !missing.contains(n))
             .cloned()
             .collect();
+        if let Some(early_defer) = early_defer
+            && let Err(join_error) = early_defer.await
+        {
+            // Not known to be queued: queue again (a duplicate is harmless).
+            warn!(%join_error, "replication enqueue task failed; enqueueing again");
+            self.defer(&early, &batch, created_ms).await;
+        }
+        let late: Vec<String> = pending
+            .iter()
+            .filter(|n| !early.contains(n))
+            .cloned()
+            .collect();
         if !acks.is_empty() {
-            self.defer(&pending, &batch, created_ms).await;
+            self.defer(&late, &batch, created_ms).await;
         }
         let sloppy = hints
             .iter()
