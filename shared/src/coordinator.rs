@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -20,11 +20,13 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
+use crate::coalesce::{BatchLimits, Coalescer};
 use crate::config::Config;
 use crate::core::hlc::HybridClock;
 use crate::core::jobs::{PendingReplication, RetryDecision, RetryPolicy};
 use crate::core::limits::{
-    APPLY_BATCH_LEN_MAX, GC_BATCH_LEN_MAX, READ_REPAIRS_IN_FLIGHT_MAX, SYNC_BATCH_RECORDS_MAX,
+    APPLY_BATCH_LEN_MAX, GC_BATCH_LEN_MAX, READ_BATCH_LEN_MAX, READ_REPAIRS_IN_FLIGHT_MAX,
+    SYNC_BATCH_RECORDS_MAX,
 };
 use crate::core::mail::{MailJob, MailKind, PREVIEW_CHARS_MAX, key_notifies, preview};
 use crate::core::membership::{Health, Membership, PeerState, Transition};
@@ -48,6 +50,10 @@ pub const SCAN_PAGE_LEN: usize = 1000;
 /// Attempts of a client write whose version a replica already exceeds
 /// (the coordinator's clock is behind); see [`Coordinator::write`].
 pub const WRITE_ATTEMPTS_MAX: u32 = 3;
+
+/// Approximate bytes of the records one group-committed apply carries
+/// (a single large record still goes alone), well under the internal body limit.
+pub const COALESCED_APPLY_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 /// How long a peer that failed a call is skipped before it is tried again.
 pub const PEER_RETRY_AFTER_MS: u64 = 1_000;
@@ -210,6 +216,11 @@ pub struct Coordinator {
     batcher: OnceLock<ReplicationBatcher>,
     mailer: OnceLock<Arc<Mailer>>,
     mail_permits: Arc<Semaphore>,
+    /// Group commit of client writes and reads per replica (this node
+    /// included), started on first use.
+    applies: BTreeMap<String, OnceLock<Coalescer<KeyedRecord, ApplyStatus>>>,
+    reads: BTreeMap<String, OnceLock<Coalescer<String, Option<Record>>>>,
+    me: Weak<Coordinator>,
     pub stats: Stats,
 }
 
@@ -265,8 +276,26 @@ impl Coordinator {
             cfg.peer_request_timeout,
             cfg.peer_source_addr,
         )?;
-        let others = cfg.nodes.keys().filter(|n| **n != cfg.node_id).cloned();
-        Ok(Arc::new(Coordinator {
+        let others: Vec<String> = cfg
+            .nodes
+            .keys()
+            .filter(|n| **n != cfg.node_id)
+            .cloned()
+            .collect();
+        let applies = cfg
+            .nodes
+            .keys()
+            .map(|n| (n.clone(), OnceLock::new()))
+            .collect();
+        let reads = cfg
+            .nodes
+            .keys()
+            .map(|n| (n.clone(), OnceLock::new()))
+            .collect();
+        Ok(Arc::new_cyclic(|me| Coordinator {
+            applies,
+            reads,
+            me: me.clone(),
             membership: Mutex::new(Membership::new(
                 others,
                 PEER_RETRY_AFTER_MS,
@@ -285,6 +314,60 @@ impl Coordinator {
             peers,
             cfg,
         }))
+    }
+
+    /// [`Coordinator::apply_on`], sharing one call with the concurrent
+    /// writes bound for the same replica (see [`crate::coalesce`]).
+    pub async fn apply_coalesced(
+        &self,
+        node: &str,
+        records: Vec<KeyedRecord>,
+    ) -> Result<Vec<ApplyStatus>, String> {
+        let Some(slot) = self.applies.get(node) else {
+            return self.apply_on(node, records).await;
+        };
+        let coalescer = slot.get_or_init(|| {
+            let (me, node) = (self.me.clone(), node.to_owned());
+            let limits = BatchLimits {
+                items_max: APPLY_BATCH_LEN_MAX,
+                bytes_max: COALESCED_APPLY_BYTES_MAX,
+            };
+            Coalescer::start(limits, KeyedRecord::approx_bytes, move |records| {
+                let (me, node) = (me.clone(), node.clone());
+                Box::pin(async move {
+                    let this = me.upgrade().ok_or("node is stopping")?;
+                    this.apply_on(&node, records).await
+                })
+            })
+        });
+        coalescer.call(records).await
+    }
+
+    /// [`Coordinator::read_on`], sharing one call with the concurrent reads
+    /// bound for the same replica.
+    pub async fn read_coalesced(
+        &self,
+        node: &str,
+        keys: Vec<String>,
+    ) -> Result<Vec<Option<Record>>, String> {
+        let Some(slot) = self.reads.get(node) else {
+            return self.read_on(node, keys).await;
+        };
+        let coalescer = slot.get_or_init(|| {
+            let (me, node) = (self.me.clone(), node.to_owned());
+            let limits = BatchLimits {
+                items_max: READ_BATCH_LEN_MAX,
+                bytes_max: COALESCED_APPLY_BYTES_MAX,
+            };
+            Coalescer::start(limits, String::len, move |keys| {
+                let (me, node) = (me.clone(), node.clone());
+                Box::pin(async move {
+                    let this = me.upgrade().ok_or("node is stopping")?;
+                    this.read_on(&node, keys).await
+                })
+            })
+        });
+        coalescer.call(keys).await
     }
 
     /// Sets the node's job queues (once, at start). With background sync on,
@@ -606,13 +689,33 @@ impl Coordinator {
             key: key.clone(),
             record: record.clone(),
         }];
+        // Background sync: the replicas beyond the first W get their
+        // replication job queued now, while the quorum calls run, instead of
+        // after them (one Redis round trip, an fsync with `appendfsync
+        // always`, off the write's latency). The write still answers only
+        // once the job is on the queue. A queued replica that is then called
+        // to replace a failed one gets the record twice, which is harmless.
+        let early: Vec<String> = if self.cfg.background_sync {
+            untried
+                .iter()
+                .skip(fan_out)
+                .filter(|n| !skip.contains(n))
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let early_defer = (!early.is_empty()).then(|| {
+            let (this, early, batch) = (Arc::clone(self), early.clone(), batch.clone());
+            tokio::spawn(async move { this.defer(&early, &batch, created_ms).await })
+        });
         let mut calls = JoinSet::new();
         let start = |calls: &mut JoinSet<_>, node: String, hint_for: Option<String>| {
             let this = Arc::clone(self);
             let batch = batch.clone();
             calls.spawn(async move {
                 let outcome = match &hint_for {
-                    None => this.apply_on(&node, batch).await,
+                    None => this.apply_coalesced(&node, batch).await,
                     Some(owner) => this.apply_hint_on(&node, owner, batch).await,
                 };
                 (node, hint_for, outcome)
@@ -712,8 +815,20 @@ impl Coordinator {
             .filter(|n| !acks.contains(n) && !hinted.contains(n) && !missing.contains(n))
             .cloned()
             .collect();
+        if let Some(early_defer) = early_defer
+            && let Err(join_error) = early_defer.await
+        {
+            // Not known to be queued: queue again (a duplicate is harmless).
+            warn!(%join_error, "replication enqueue task failed; enqueueing again");
+            self.defer(&early, &batch, created_ms).await;
+        }
+        let late: Vec<String> = pending
+            .iter()
+            .filter(|n| !early.contains(n))
+            .cloned()
+            .collect();
         if !acks.is_empty() {
-            self.defer(&pending, &batch, created_ms).await;
+            self.defer(&late, &batch, created_ms).await;
         }
         let sloppy = hints
             .iter()
@@ -869,7 +984,7 @@ impl Coordinator {
             let this = Arc::clone(self);
             let keys = vec![key.clone()];
             calls.spawn(async move {
-                let outcome = this.read_on(&node, keys).await;
+                let outcome = this.read_coalesced(&node, keys).await;
                 (node, outcome)
             });
         };

@@ -2,6 +2,7 @@
 //! that connect it to Redis ([`storage`]), to other nodes ([`peer`]) and to the
 //! environment ([`config`]), driven by the [`coordinator`].
 
+pub mod coalesce;
 pub mod config;
 pub mod coordinator;
 pub mod core;

@@ -15,6 +15,13 @@ pub struct KeyedRecord {
     pub record: Record,
 }
 
+impl KeyedRecord {
+    /// Approximate encoded size: key and value bytes (batch bounds).
+    pub fn approx_bytes(&self) -> usize {
+        self.key.len() + self.record.value.as_ref().map_or(0, |v| v.get().len())
+    }
+}
+
 /// `POST /internal/apply`: store these records where newer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApplyRequest {

@@ -517,7 +517,13 @@ async fn main() {
     // BENCH_ONLY=store measures this store alone (for before/after runs).
     let only_store = std::env::var("BENCH_ONLY").is_ok_and(|v| v == "store");
     eprintln!("this store: 3 nodes, N=3, W=R=quorum, background sync on, 1 worker per node");
-    bench_store(&mut points, "everysec", true).await;
+    // BENCH_APPENDFSYNC=always with BENCH_ONLY=store measures only the `always` PUT point.
+    let only_always = std::env::var("BENCH_APPENDFSYNC").is_ok_and(|v| v == "always");
+    if only_store && only_always {
+        bench_store(&mut points, "always", false).await;
+    } else {
+        bench_store(&mut points, "everysec", true).await;
+    }
     if !only_store {
         bench_store(&mut points, "always", false).await;
     }
