@@ -28,7 +28,7 @@ async fn main() -> ExitCode {
         Duration::from_secs(env_or("DURATION", 60u64)),
     );
     settings.restore_keys = env_or("RESTORE_KEYS", 10_000usize);
-    // 127.0.78.x, so a run can go on beside make test's chaos test (127.0.77.x).
+    // 127.0.78.x by default; make test's chaos test picks another from its pid.
     settings.subnet = env_or("CHAOS_SUBNET", 78u8);
     settings.background_sync = std::env::var("KV_BACKGROUND_SYNC").map_or(true, |v| v != "off");
     let report = run(&settings).await;
