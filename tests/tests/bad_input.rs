@@ -268,26 +268,19 @@ async fn internal_routes_need_the_cluster_secret_and_refuse_future_versions() {
         .env("KV_API_TOKEN", "client-token-1"),
     )
     .await;
-    let url = format!("{}/internal/apply", c.url(0));
     let far_future = "99999999999999:0:node1";
     let body = json!({"from": "node9", "records": [{"key": "bomb", "record": {"version": far_future, "value": 1}}]});
 
-    let resp = c.http.post(&url).json(&body).send().await.unwrap();
-    let (status, answer) = kv_tests::read_json(resp).await;
+    let apply = "/internal/apply";
+    let (status, answer) = post(&c, apply, Auth::None, &body).await;
     assert_eq!(
         (status, answer["error"]["code"].clone()),
         (401, json!("unauthorized"))
     );
-
-    let resp = c
-        .http
-        .post(&url)
-        .header("x-kv-cluster-secret", "wrong-secret")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(kv_tests::read_json(resp).await.0, 403);
+    assert_eq!(
+        post(&c, apply, Auth::Secret("wrong-secret"), &body).await.0,
+        403
+    );
 
     // A client token is not a cluster secret: internal routes still refuse it.
     for path in [
@@ -296,41 +289,18 @@ async fn internal_routes_need_the_cluster_secret_and_refuse_future_versions() {
         "/internal/merkle",
         "/internal/buckets",
     ] {
-        let resp = c
-            .http
-            .post(format!("{}{path}", c.url(0)))
-            .bearer_auth("client-token-1")
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let (status, answer) = kv_tests::read_json(resp).await;
+        let (status, answer) = post(&c, path, Auth::Bearer("client-token-1"), &body).await;
         assert_eq!(
             (status, answer["error"]["code"].clone()),
             (401, json!("unauthorized")),
             "{path}: {answer}"
         );
-        let resp = c
-            .http
-            .post(format!("{}{path}", c.url(0)))
-            .header("x-kv-cluster-secret", "client-token-1")
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(kv_tests::read_json(resp).await.0, 403, "{path}");
+        let (status, _) = post(&c, path, Auth::Secret("client-token-1"), &body).await;
+        assert_eq!(status, 403, "{path}");
     }
 
     // With the secret, a version far in the future is refused, not stored.
-    let resp = c
-        .http
-        .post(&url)
-        .header("x-kv-cluster-secret", TEST_SECRET)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let (status, answer) = kv_tests::read_json(resp).await;
+    let (status, answer) = post(&c, apply, Auth::Secret(TEST_SECRET), &body).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["results"], json!(["refused"]));
 
@@ -396,4 +366,29 @@ async fn internal_routes_need_the_cluster_secret_and_refuse_future_versions() {
     seen.push_str(&c.api_log(0));
     assert!(!seen.contains(TEST_SECRET), "cluster secret leaked");
     assert!(!seen.contains("client-token-1"), "client token leaked");
+}
+
+/// How a request authenticates itself.
+enum Auth<'a> {
+    None,
+    /// `x-kv-cluster-secret`.
+    Secret(&'a str),
+    /// `Authorization: Bearer` (the client token).
+    Bearer(&'a str),
+}
+
+/// POSTs `body` as JSON to node 0's `path`; status and JSON answer.
+async fn post(
+    c: &Cluster,
+    path: &str,
+    auth: Auth<'_>,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let mut req = c.http.post(format!("{}{path}", c.url(0))).json(body);
+    req = match auth {
+        Auth::None => req,
+        Auth::Secret(secret) => req.header("x-kv-cluster-secret", secret),
+        Auth::Bearer(token) => req.bearer_auth(token),
+    };
+    kv_tests::read_json(req.send().await.unwrap()).await
 }
