@@ -5,6 +5,9 @@
 //! Environment: `BENCH_SECONDS` per point (default 10), `BENCH_REPEATS`
 //! (default 3, the median is reported), `BENCH_CONNECTIONS` (default
 //! "16 64"), `BENCH_MEMORY_KEYS` (default 100000; 0 skips that part).
+//! For before/after runs of one change: `BENCH_ONLY=store` measures this
+//! store alone, `BENCH_APPENDFSYNC=always` then only its `always` PUT point,
+//! and `BENCH_GET=0` leaves out its GET points.
 //! Binaries come from `KV_BIN_DIR` (the Makefile points it at target/release).
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stdout)]
@@ -522,7 +525,8 @@ async fn main() {
     if only_store && only_always {
         bench_store(&mut points, "always", false).await;
     } else {
-        bench_store(&mut points, "everysec", true).await;
+        let gets = std::env::var("BENCH_GET").map_or(true, |v| v != "0");
+        bench_store(&mut points, "everysec", gets).await;
     }
     if !only_store {
         bench_store(&mut points, "always", false).await;
