@@ -12,6 +12,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
+use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use shared::coordinator::{Coordinator, WriteReport};
@@ -25,7 +26,7 @@ use shared::core::message::{
     MerkleResponse, ReadRequest, ReadResponse, ScanResponse,
 };
 use shared::core::quorum::Consistency;
-use shared::core::record::Record;
+use shared::core::record::{Record, Version};
 use shared::core::request::{WriteBody, WriteLimits, parse_query, parse_write_body};
 use shared::core::ring::{RING_SEED, key_position};
 use shared::core::validate::validate_key;
@@ -181,20 +182,8 @@ async fn write_body(
 }
 
 fn write_response(report: WriteReport) -> Response {
-    let body = json!({
-        "key": report.key,
-        "version": report.version,
-        "deleted": report.deleted,
-        "consistency": report.consistency,
-        "required": report.required,
-        "replicas": report.replicas,
-        "acks": report.acks,
-        "failed": report.failed,
-        "pending": report.pending,
-        "hints": report.hints,
-        "sloppy": report.sloppy,
-    });
-    (StatusCode::OK, Json(body)).into_response()
+    // Serialized straight from the report: no intermediate JSON tree.
+    (StatusCode::OK, Json(report)).into_response()
 }
 
 async fn do_write(
@@ -213,30 +202,55 @@ async fn do_read(
     consistency: Consistency,
 ) -> Result<Response, ApiError> {
     let report = state.coord.read(key, consistency).await?;
-    match report.record {
+    let (status, body) = match &report.record {
         Some(Record {
             version,
             value: Some(value),
-        }) => Ok((
+        }) => (
             StatusCode::OK,
-            Json(json!({ "key": report.key, "value": value, "version": version })),
-        )
-            .into_response()),
+            ReadAnswer {
+                key: &report.key,
+                value: Some(value),
+                deleted: None,
+                version: Some(version),
+            },
+        ),
         // A tombstone names its version, so a client can tell which delete it saw.
         Some(Record {
             version,
             value: None,
-        }) => Ok((
+        }) => (
             StatusCode::NOT_FOUND,
-            Json(json!({ "key": report.key, "value": null, "deleted": true, "version": version })),
-        )
-            .into_response()),
-        None => Ok((
+            ReadAnswer {
+                key: &report.key,
+                value: None,
+                deleted: Some(true),
+                version: Some(version),
+            },
+        ),
+        None => (
             StatusCode::NOT_FOUND,
-            Json(json!({ "key": report.key, "value": null })),
-        )
-            .into_response()),
-    }
+            ReadAnswer {
+                key: &report.key,
+                value: None,
+                deleted: None,
+                version: None,
+            },
+        ),
+    };
+    Ok((status, Json(body)).into_response())
+}
+
+/// The body of a read's answer: `value` is `null` when there is none;
+/// `deleted` and `version` appear only when they apply.
+#[derive(Serialize)]
+struct ReadAnswer<'a> {
+    key: &'a str,
+    value: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deleted: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<&'a Version>,
 }
 
 /// `POST /kv/`, `PUT /kv/`: body `{"key": "...", "value": ...}`.
