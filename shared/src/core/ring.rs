@@ -110,17 +110,11 @@ impl Ring {
         let start = self.tokens.partition_point(|t| t.position < position);
         let len = self.tokens.len();
         let mut seen = vec![false; self.nodes.len()];
-        let mut remaining = self.nodes.len();
+        // Stops at the last distinct node instead of visiting every token.
         (0..len)
             .map(move |step| self.tokens[(start + step) % len].node)
-            .filter(move |&node| {
-                if remaining == 0 || seen[node] {
-                    return false;
-                }
-                seen[node] = true;
-                remaining -= 1;
-                true
-            })
+            .filter(move |&node| !std::mem::replace(&mut seen[node], true))
+            .take(self.nodes.len())
             .map(|node| self.nodes[node].as_str())
     }
 
