@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use thiserror::Error;
@@ -37,7 +39,7 @@ use crate::core::record::{Record, Version};
 use crate::core::ring::Ring;
 use crate::jobs::{JobQueues, ReplicationBatcher};
 use crate::mail::Mailer;
-use crate::peer::PeerClient;
+use crate::peer::{PeerClient, PeerSetupError};
 use crate::storage::{ScanPage, Space, Store, StoreError};
 
 /// Notifications sent at once by the API process when background sync is off;
@@ -265,7 +267,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Coordinator {
-    pub fn new(cfg: Arc<Config>, store: Store) -> Result<Arc<Self>, reqwest::Error> {
+    pub fn new(cfg: Arc<Config>, store: Store) -> Result<Arc<Self>, PeerSetupError> {
         set_clock_offset_ms(cfg.clock_offset_ms);
         let ring = Ring::new(cfg.nodes.keys().cloned(), cfg.vnodes);
         let peers = PeerClient::new(
@@ -709,22 +711,23 @@ impl Coordinator {
             let (this, early, batch) = (Arc::clone(self), early.clone(), batch.clone());
             tokio::spawn(async move { this.defer(&early, &batch, created_ms).await })
         });
-        let mut calls = JoinSet::new();
-        let start = |calls: &mut JoinSet<_>, node: String, hint_for: Option<String>| {
-            let this = Arc::clone(self);
+        // The calls run inside this write's task (no task per call): each is
+        // mostly a wait on the coalescer, which makes the actual call.
+        let mut calls = FuturesUnordered::new();
+        let start = |node: String, hint_for: Option<String>| {
             let batch = batch.clone();
-            calls.spawn(async move {
+            async move {
                 let outcome = match &hint_for {
-                    None => this.apply_coalesced(&node, batch).await,
-                    Some(owner) => this.apply_hint_on(&node, owner, batch).await,
+                    None => self.apply_coalesced(&node, batch).await,
+                    Some(owner) => self.apply_hint_on(&node, owner, batch).await,
                 };
                 (node, hint_for, outcome)
-            });
+            }
         };
         for _ in 0..fan_out {
             if let Some(node) = untried.pop_front() {
                 called.push(node.clone());
-                start(&mut calls, node, None);
+                calls.push(start(node, None));
             }
         }
         let mut hints: Vec<HintPlacement> = Vec::new();
@@ -737,36 +740,32 @@ impl Coordinator {
                 replacements_due -= 1;
                 if let Some(node) = untried.pop_front() {
                     called.push(node.clone());
-                    start(&mut calls, node, None);
+                    calls.push(start(node, None));
                 } else if let (Some(owner), Some(fallback)) =
                     (missing.front().cloned(), fallbacks.pop_front())
                 {
                     missing.pop_front();
-                    start(&mut calls, fallback, Some(owner));
+                    calls.push(start(fallback, Some(owner)));
                 }
             }
-            let Some(joined) = calls.join_next().await else {
+            let Some((node, hint_for, outcome)) = calls.next().await else {
                 break;
             };
-            let (node, hint_for, ok) = match joined {
-                Ok((node, hint_for, Ok(statuses))) => match statuses.first() {
-                    Some(ApplyStatus::Stored) => (node, hint_for, Ok(())),
+            let ok = match outcome {
+                Ok(statuses) => match statuses.first() {
+                    Some(ApplyStatus::Stored) => Ok(()),
                     Some(ApplyStatus::Unchanged) => {
                         // A fresh version is never equal to a stored one:
                         // the replica holds a newer one.
                         if hint_for.is_none() {
                             shadowed_by = Some(node.clone());
                         }
-                        (node, hint_for, Ok(()))
+                        Ok(())
                     }
-                    Some(ApplyStatus::Refused) => (node, hint_for, Err("refused".to_owned())),
-                    None => (node, hint_for, Err("empty answer".to_owned())),
+                    Some(ApplyStatus::Refused) => Err("refused".to_owned()),
+                    None => Err("empty answer".to_owned()),
                 },
-                Ok((node, hint_for, Err(error))) => (node, hint_for, Err(error)),
-                Err(join_error) => {
-                    warn!(%join_error, "replica call task failed");
-                    continue;
-                }
+                Err(error) => Err(error),
             };
             match (ok, hint_for) {
                 (Ok(()), None) => tally.ack(node),

@@ -1,11 +1,25 @@
 //! HTTP client for the internal node-to-node routes.
 //!
-//! One pooled `reqwest` client per process, HTTP/1.1 keep-alive, with a
+//! One pooled hyper client per process, HTTP/1.1 keep-alive, with a
 //! connect timeout and a whole-request timeout on every call. Every request
 //! carries the cluster secret in [`SECRET_HEADER`].
+//!
+//! The internal calls are the hot path of every write and read, so the
+//! client is hyper's own pooled client with nothing on top (no redirects,
+//! proxies or decoders to pass through), and what can be prepared once is:
+//! each peer's URIs are parsed and the headers built when the client is
+//! made, not per call.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
+use hyper::{Method, Request, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -42,14 +56,60 @@ pub enum PeerError {
     Decode { node: String, reason: String },
 }
 
+/// The parsed URIs of one peer's routes.
+#[derive(Debug, Clone)]
+struct Endpoints {
+    base: String,
+    apply: Uri,
+    read: Uri,
+    merkle: Uri,
+    buckets: Uri,
+    health: Uri,
+}
+
+fn parse_uri(text: &str) -> Result<Uri, String> {
+    let uri: Uri = text
+        .parse()
+        .map_err(|e: hyper::http::uri::InvalidUri| e.to_string())?;
+    match uri.scheme_str() {
+        Some("http") if uri.host().is_some() => Ok(uri),
+        _ => Err(format!("{text:?} is not an http:// URL")),
+    }
+}
+
+impl Endpoints {
+    fn new(base: &str) -> Result<Self, String> {
+        let parse = |path: &str| parse_uri(&format!("{base}{path}"));
+        Ok(Endpoints {
+            base: base.to_owned(),
+            apply: parse("/internal/apply")?,
+            read: parse("/internal/read")?,
+            merkle: parse("/internal/merkle")?,
+            buckets: parse("/internal/buckets")?,
+            health: parse("/health")?,
+        })
+    }
+}
+
 /// Client for every peer of this node.
 #[derive(Clone)]
 pub struct PeerClient {
-    http: reqwest::Client,
-    urls: BTreeMap<String, String>,
-    secret: String,
+    http: Client<HttpConnector, Full<Bytes>>,
+    peers: BTreeMap<String, Endpoints>,
+    /// The cluster secret (and, for posts, the content type), built once.
+    headers: HeaderMap,
+    json_headers: HeaderMap,
     request_timeout: Duration,
     self_id: String,
+}
+
+/// Why a [`PeerClient`] cannot be made.
+#[derive(Debug, Error)]
+pub enum PeerSetupError {
+    #[error("URL of node {node:?} is not valid: {reason}")]
+    Url { node: String, reason: String },
+    #[error("the cluster secret cannot be sent as a header value")]
+    Secret,
 }
 
 impl PeerClient {
@@ -60,30 +120,50 @@ impl PeerClient {
         connect_timeout: Duration,
         request_timeout: Duration,
         source_addr: Option<std::net::IpAddr>,
-    ) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .local_address(source_addr)
-            .connect_timeout(connect_timeout)
-            .timeout(request_timeout)
+    ) -> Result<Self, PeerSetupError> {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(connect_timeout));
+        connector.set_nodelay(true);
+        connector.set_local_address(source_addr);
+        let http = Client::builder(TokioExecutor::new())
             // Below the server's HEADER_READ_TIMEOUT_MS, which also closes idle
             // keep-alive connections: the client drops an idle connection
             // before the peer does, instead of racing it.
             .pool_idle_timeout(Duration::from_millis(PEER_POOL_IDLE_MS))
             .pool_max_idle_per_host(64)
-            .tcp_nodelay(true)
-            .no_proxy()
-            .build()?;
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        let peers = urls
+            .into_iter()
+            .map(|(node, base)| match Endpoints::new(&base) {
+                Ok(endpoints) => Ok((node, endpoints)),
+                Err(reason) => Err(PeerSetupError::Url { node, reason }),
+            })
+            .collect::<Result<_, _>>()?;
+        let mut headers = HeaderMap::new();
+        let mut secret = HeaderValue::from_str(secret).map_err(|_| PeerSetupError::Secret)?;
+        secret.set_sensitive(true);
+        headers.insert(SECRET_HEADER, secret);
+        let mut json_headers = headers.clone();
+        json_headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         Ok(PeerClient {
             http,
-            urls,
-            secret: secret.to_owned(),
+            peers,
+            headers,
+            json_headers,
             request_timeout,
             self_id: self_id.to_owned(),
         })
     }
 
     pub fn url(&self, node: &str) -> Option<&str> {
-        self.urls.get(node).map(String::as_str)
+        self.peers.get(node).map(|e| e.base.as_str())
+    }
+
+    fn endpoints(&self, node: &str) -> Result<&Endpoints, PeerError> {
+        self.peers
+            .get(node)
+            .ok_or_else(|| PeerError::UnknownNode(node.to_owned()))
     }
 
     /// Stores records on `node` (as hints for `hint_for`, when given).
@@ -98,14 +178,14 @@ impl PeerClient {
             records,
             hint_for,
         };
-        self.post(node, "/internal/apply", &request).await
+        self.post(node, |e| &e.apply, &request).await
     }
 
     pub async fn merkle(&self, node: &str) -> Result<MerkleResponse, PeerError> {
         let request = MerkleRequest {
             for_node: self.self_id.clone(),
         };
-        self.post(node, "/internal/merkle", &request).await
+        self.post(node, |e| &e.merkle, &request).await
     }
 
     pub async fn buckets(
@@ -119,12 +199,11 @@ impl PeerClient {
             buckets,
             cursor,
         };
-        self.post(node, "/internal/buckets", &request).await
+        self.post(node, |e| &e.buckets, &request).await
     }
 
     pub async fn read(&self, node: &str, keys: Vec<String>) -> Result<ReadResponse, PeerError> {
-        self.post(node, "/internal/read", &ReadRequest { keys })
-            .await
+        self.post(node, |e| &e.read, &ReadRequest { keys }).await
     }
 
     pub async fn scan(
@@ -133,86 +212,57 @@ impl PeerClient {
         cursor: u64,
         count: usize,
     ) -> Result<ScanResponse, PeerError> {
-        let path = format!("/internal/scan?cursor={cursor}&count={count}");
-        let base = self.base(node)?;
-        let request = self
-            .http
-            .get(format!("{base}{path}"))
-            .header(SECRET_HEADER, &self.secret);
-        self.send(node, request).await
+        let base = &self.endpoints(node)?.base;
+        let uri = parse_uri(&format!(
+            "{base}/internal/scan?cursor={cursor}&count={count}"
+        ))
+        .map_err(|reason| PeerError::Unreachable {
+            node: node.to_owned(),
+            reason,
+        })?;
+        self.send(node, Method::GET, &uri, &self.headers, Bytes::new())
+            .await
     }
 
     /// `GET /health` of a peer: the cheapest liveness probe.
     pub async fn health(&self, node: &str) -> Result<serde_json::Value, PeerError> {
-        let base = self.base(node)?;
-        self.send(node, self.http.get(format!("{base}/health")))
+        let uri = &self.endpoints(node)?.health;
+        self.send(node, Method::GET, uri, &HeaderMap::new(), Bytes::new())
             .await
-    }
-
-    fn base(&self, node: &str) -> Result<&str, PeerError> {
-        self.url(node)
-            .ok_or_else(|| PeerError::UnknownNode(node.to_owned()))
     }
 
     async fn post<B: Serialize, R: DeserializeOwned>(
         &self,
         node: &str,
-        path: &str,
+        route: fn(&Endpoints) -> &Uri,
         body: &B,
     ) -> Result<R, PeerError> {
-        let base = self.base(node)?;
-        let body = serde_json::to_vec(body).map_err(|e| PeerError::Decode {
+        let uri = route(self.endpoints(node)?);
+        let body = Bytes::from(serde_json::to_vec(body).map_err(|e| PeerError::Decode {
             node: node.to_owned(),
             reason: format!("cannot encode request: {e}"),
-        })?;
-        let request = self
-            .http
-            .post(format!("{base}{path}"))
-            .header(SECRET_HEADER, &self.secret)
-            .header("content-type", "application/json")
-            .body(body);
-        self.send(node, request).await
+        })?);
+        self.send(node, Method::POST, uri, &self.json_headers, body)
+            .await
     }
 
+    /// Sends one request and decodes the JSON answer, all within the
+    /// request timeout.
     async fn send<R: DeserializeOwned>(
         &self,
         node: &str,
-        request: reqwest::RequestBuilder,
+        method: Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        body: Bytes,
     ) -> Result<R, PeerError> {
-        let classify = |e: reqwest::Error| {
-            if e.is_timeout() {
-                PeerError::Timeout {
-                    node: node.to_owned(),
-                    timeout_ms: self.request_timeout.as_millis(),
-                }
-            } else {
-                PeerError::Unreachable {
-                    node: node.to_owned(),
-                    reason: error_chain(&e),
-                }
-            }
-        };
-        // Internal calls are idempotent. A pooled keep-alive connection to a
-        // peer that restarted fails on first use without any request having
-        // been processed; one retry on a fresh connection tells that apart
-        // from a peer that is really down (connect errors and timeouts are
-        // not retried).
-        let retry = request.try_clone();
-        let response = match (request.send().await, retry) {
-            (Err(e), Some(retry)) if !e.is_timeout() && !e.is_connect() => retry.send().await,
-            (result, _) => result,
-        }
-        .map_err(classify)?;
-        let status = response.status();
-        if let Some(len) = response.content_length()
-            && len > PEER_RESPONSE_BYTES_MAX as u64
-        {
-            return Err(PeerError::Decode {
+        let call = self.exchange(node, method, uri, headers, body);
+        let (status, bytes) = tokio::time::timeout(self.request_timeout, call)
+            .await
+            .map_err(|_| PeerError::Timeout {
                 node: node.to_owned(),
-                reason: format!("answer of {len} bytes is over the limit"),
-            });
-        }
-        let bytes = response.bytes().await.map_err(classify)?;
+                timeout_ms: self.request_timeout.as_millis(),
+            })??;
         if !status.is_success() {
             return Err(PeerError::Status {
                 node: node.to_owned(),
@@ -224,6 +274,47 @@ impl PeerClient {
             node: node.to_owned(),
             reason: e.to_string(),
         })
+    }
+
+    /// The request and its whole answer (status and body, bounded).
+    async fn exchange(
+        &self,
+        node: &str,
+        method: Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Result<(hyper::StatusCode, Bytes), PeerError> {
+        let build = || {
+            let mut request = Request::new(Full::new(body.clone()));
+            *request.method_mut() = method.clone();
+            *request.uri_mut() = uri.clone();
+            *request.headers_mut() = headers.clone();
+            request
+        };
+        let unreachable = |e: &(dyn std::error::Error + 'static)| PeerError::Unreachable {
+            node: node.to_owned(),
+            reason: error_chain(e),
+        };
+        // Internal calls are idempotent. A pooled keep-alive connection to a
+        // peer that restarted fails on first use without any request having
+        // been processed; one retry on a fresh connection tells that apart
+        // from a peer that is really down (connect errors are not retried).
+        let response = match self.http.request(build()).await {
+            Err(e) if !e.is_connect() => self.http.request(build()).await,
+            result => result,
+        }
+        .map_err(|e| unreachable(&e))?;
+        let status = response.status();
+        let bytes = Limited::new(response.into_body(), PEER_RESPONSE_BYTES_MAX)
+            .collect()
+            .await
+            .map_err(|e| PeerError::Decode {
+                node: node.to_owned(),
+                reason: format!("cannot read the answer: {e}"),
+            })?
+            .to_bytes();
+        Ok((status, bytes))
     }
 }
 
