@@ -39,26 +39,28 @@ pub enum StoreError {
 /// Versions are compared numerically on `wall_ms` and `logical`, then byte by
 /// byte on the rest (`node\npayload`), which is exactly the order of
 /// `Record::cmp` in Rust. Redis' Lua `<` on strings uses the locale's
-/// collation, hence the explicit byte loop.
+/// collation, hence the explicit byte loop. Only the two numbers are
+/// captured: the rest is compared in place, not copied out of the record
+/// (it is needed only when both numbers tie).
 pub const APPLY_SCRIPT: &str = r#"
-local function bytes_gt(a, b)
-  if a == b then return false end
-  local n = math.min(#a, #b)
-  for i = 1, n do
-    local x, y = string.byte(a, i), string.byte(b, i)
+local function rest_gt(a, i, b, j)
+  local na, nb = #a - i + 1, #b - j + 1
+  for k = 0, math.min(na, nb) - 1 do
+    local x, y = string.byte(a, i + k), string.byte(b, j + k)
     if x ~= y then return x > y end
   end
-  return #a > #b
+  return na > nb
 end
 local function newer(a, b)
-  local wa, la, ra = string.match(a, "^(%d+):(%d+):(.*)$")
-  local wb, lb, rb = string.match(b, "^(%d+):(%d+):(.*)$")
+  if a == b then return false end
+  local wa, la, ra = string.match(a, "^(%d+):(%d+):()")
+  local wb, lb, rb = string.match(b, "^(%d+):(%d+):()")
   if not wb then return true end
   if not wa then return false end
   wa, la, wb, lb = tonumber(wa), tonumber(la), tonumber(wb), tonumber(lb)
   if wa ~= wb then return wa > wb end
   if la ~= lb then return la > lb end
-  return bytes_gt(ra, rb)
+  return rest_gt(a, ra, b, rb)
 end
 local out = {}
 for i = 1, #ARGV, 2 do
