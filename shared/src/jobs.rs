@@ -497,9 +497,11 @@ pub struct JobFailure(pub String);
 
 /// The replication job function: delivers the records to the target
 /// replica. Shared by workers and the inline runner. Safe to replay.
+/// Jobs a worker runs at the same time for the same target share one call
+/// (see [`crate::coalesce`]); each still gets its own statuses.
 pub async fn run_replicate(coord: &Coordinator, job: &ReplicateJob) -> Result<(), JobFailure> {
     let statuses = coord
-        .apply_on(&job.target, job.records.clone())
+        .apply_coalesced(&job.target, job.records.clone())
         .await
         .map_err(JobFailure)?;
     if statuses.len() != job.records.len() {
