@@ -91,6 +91,24 @@ impl Endpoints {
     }
 }
 
+/// One request to a peer: what [`PeerClient::send`] sends (at most twice).
+struct Outgoing<'a> {
+    method: Method,
+    uri: &'a Uri,
+    headers: &'a HeaderMap,
+    body: Bytes,
+}
+
+impl Outgoing<'_> {
+    fn request(&self) -> Request<Full<Bytes>> {
+        let mut request = Request::new(Full::new(self.body.clone()));
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.headers_mut() = self.headers.clone();
+        request
+    }
+}
+
 /// Client for every peer of this node.
 #[derive(Clone)]
 pub struct PeerClient {
@@ -220,15 +238,25 @@ impl PeerClient {
             node: node.to_owned(),
             reason,
         })?;
-        self.send(node, Method::GET, &uri, &self.headers, Bytes::new())
-            .await
+        let call = Outgoing {
+            method: Method::GET,
+            uri: &uri,
+            headers: &self.headers,
+            body: Bytes::new(),
+        };
+        self.send(node, call).await
     }
 
     /// `GET /health` of a peer: the cheapest liveness probe.
     pub async fn health(&self, node: &str) -> Result<serde_json::Value, PeerError> {
         let uri = &self.endpoints(node)?.health;
-        self.send(node, Method::GET, uri, &HeaderMap::new(), Bytes::new())
-            .await
+        let call = Outgoing {
+            method: Method::GET,
+            uri,
+            headers: &HeaderMap::new(),
+            body: Bytes::new(),
+        };
+        self.send(node, call).await
     }
 
     async fn post<B: Serialize, R: DeserializeOwned>(
@@ -242,8 +270,13 @@ impl PeerClient {
             node: node.to_owned(),
             reason: format!("cannot encode request: {e}"),
         })?);
-        self.send(node, Method::POST, uri, &self.json_headers, body)
-            .await
+        let call = Outgoing {
+            method: Method::POST,
+            uri,
+            headers: &self.json_headers,
+            body,
+        };
+        self.send(node, call).await
     }
 
     /// Sends one request and decodes the JSON answer, all within the
@@ -251,13 +284,9 @@ impl PeerClient {
     async fn send<R: DeserializeOwned>(
         &self,
         node: &str,
-        method: Method,
-        uri: &Uri,
-        headers: &HeaderMap,
-        body: Bytes,
+        call: Outgoing<'_>,
     ) -> Result<R, PeerError> {
-        let call = self.exchange(node, method, uri, headers, body);
-        let (status, bytes) = tokio::time::timeout(self.request_timeout, call)
+        let (status, bytes) = tokio::time::timeout(self.request_timeout, self.exchange(node, call))
             .await
             .map_err(|_| PeerError::Timeout {
                 node: node.to_owned(),
@@ -280,18 +309,8 @@ impl PeerClient {
     async fn exchange(
         &self,
         node: &str,
-        method: Method,
-        uri: &Uri,
-        headers: &HeaderMap,
-        body: Bytes,
+        call: Outgoing<'_>,
     ) -> Result<(hyper::StatusCode, Bytes), PeerError> {
-        let build = || {
-            let mut request = Request::new(Full::new(body.clone()));
-            *request.method_mut() = method.clone();
-            *request.uri_mut() = uri.clone();
-            *request.headers_mut() = headers.clone();
-            request
-        };
         let unreachable = |e: &(dyn std::error::Error + 'static)| PeerError::Unreachable {
             node: node.to_owned(),
             reason: error_chain(e),
@@ -300,8 +319,8 @@ impl PeerClient {
         // peer that restarted fails on first use without any request having
         // been processed; one retry on a fresh connection tells that apart
         // from a peer that is really down (connect errors are not retried).
-        let response = match self.http.request(build()).await {
-            Err(e) if !e.is_connect() => self.http.request(build()).await,
+        let response = match self.http.request(call.request()).await {
+            Err(e) if !e.is_connect() => self.http.request(call.request()).await,
             result => result,
         }
         .map_err(|e| unreachable(&e))?;
