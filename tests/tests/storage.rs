@@ -215,6 +215,35 @@ async fn suite(store: Store) {
     assert_eq!(store.count_in(&hints).await.unwrap(), 0);
     let page = store.scan_in(&hints, 0, 10).await.unwrap();
     assert!(page.records.is_empty() && page.next_cursor == 0);
+
+    // A large batch with repeated keys: the pairs are decided in order, each
+    // against the newest record so far, as if applied one after the other.
+    let mut big: Vec<(String, Record)> = (0..2100)
+        .map(|i| (format!("big{i}"), rec(7, 0, "n1", Some("1"))))
+        .collect();
+    big.push(("big5".into(), rec(6, 0, "n1", Some("2"))));
+    big.push(("big1500".into(), rec(8, 0, "n1", Some("3"))));
+    big.push(("big1500".into(), rec(8, 0, "n0", Some("4"))));
+    let out = store.apply(&big).await.unwrap();
+    assert_eq!(out.len(), 2103);
+    assert!(out[..2100].iter().all(|s| *s));
+    assert_eq!(out[2100..], [false, true, false]);
+    assert_eq!(
+        store.get("big5").await.unwrap(),
+        Some(rec(7, 0, "n1", Some("1")))
+    );
+    assert_eq!(
+        store.get("big1500").await.unwrap(),
+        Some(rec(8, 0, "n1", Some("3")))
+    );
+    assert_eq!(
+        store
+            .get("big2099")
+            .await
+            .unwrap()
+            .map(|r| r.version.ts.wall_ms),
+        Some(7)
+    );
 }
 
 #[tokio::test]
