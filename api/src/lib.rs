@@ -398,22 +398,18 @@ mod tests {
         }
         // A bad X-Consistency is refused even when the query overrides it;
         // when both are valid, the query wins.
-        let request = HttpRequest::builder()
-            .method(Method::GET)
-            .uri("/kv/?key=k&consistency=one")
-            .header("x-consistency", "most")
-            .body(Body::empty())
-            .unwrap();
-        let (status, answer) = send(&app, request).await;
+        let with_header = |method: Method, header: &str| {
+            HttpRequest::builder()
+                .method(method)
+                .uri("/kv/?key=k&consistency=one")
+                .header("x-consistency", header)
+                .body(Body::empty())
+                .unwrap()
+        };
+        let (status, answer) = send(&app, with_header(Method::GET, "most")).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
         assert_eq!(answer["error"]["code"], "bad_consistency");
-        let request = HttpRequest::builder()
-            .method(Method::DELETE)
-            .uri("/kv/?key=k&consistency=one")
-            .header("x-consistency", "all")
-            .body(Body::empty())
-            .unwrap();
-        let (status, answer) = send(&app, request).await;
+        let (status, answer) = send(&app, with_header(Method::DELETE, "all")).await;
         assert_eq!(
             (status, answer["consistency"].as_str()),
             (StatusCode::OK, Some("one"))

@@ -22,7 +22,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-use crate::coalesce::{BatchLimits, Coalescer};
+use crate::coalesce::{BatchFuture, BatchLimits, Coalescer};
 use crate::config::Config;
 use crate::core::hlc::HybridClock;
 use crate::core::jobs::{PendingReplication, RetryDecision, RetryPolicy};
@@ -259,6 +259,9 @@ pub fn now_ms() -> u64 {
     wall.saturating_add_signed(CLOCK_OFFSET_MS.load(Ordering::Relaxed))
 }
 
+/// A batch call made directly on a replica, for [`Coordinator::coalescer`].
+type Direct<T, R> = fn(Arc<Coordinator>, String, Vec<T>) -> BatchFuture<R>;
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of these locks cannot leave the state torn
     // (each critical section is a single assignment or a pure call), so the
@@ -325,24 +328,22 @@ impl Coordinator {
         node: &str,
         records: Vec<KeyedRecord>,
     ) -> Result<Vec<ApplyStatus>, String> {
-        let Some(slot) = self.applies.get(node) else {
-            return self.apply_on(node, records).await;
+        let limits = BatchLimits {
+            items_max: APPLY_BATCH_LEN_MAX,
+            bytes_max: COALESCED_APPLY_BYTES_MAX,
         };
-        let coalescer = slot.get_or_init(|| {
-            let (me, node) = (self.me.clone(), node.to_owned());
-            let limits = BatchLimits {
-                items_max: APPLY_BATCH_LEN_MAX,
-                bytes_max: COALESCED_APPLY_BYTES_MAX,
-            };
-            Coalescer::start(limits, KeyedRecord::approx_bytes, move |records| {
-                let (me, node) = (me.clone(), node.clone());
-                Box::pin(async move {
-                    let this = me.upgrade().ok_or("node is stopping")?;
-                    this.apply_on(&node, records).await
-                })
-            })
-        });
-        coalescer.call(records).await
+        let direct: Direct<KeyedRecord, ApplyStatus> =
+            |this, node, records| Box::pin(async move { this.apply_on(&node, records).await });
+        match self.coalescer(
+            &self.applies,
+            node,
+            limits,
+            KeyedRecord::approx_bytes,
+            direct,
+        ) {
+            Some(coalescer) => coalescer.call(records).await,
+            None => self.apply_on(node, records).await,
+        }
     }
 
     /// [`Coordinator::read_on`], sharing one call with the concurrent reads
@@ -352,24 +353,39 @@ impl Coordinator {
         node: &str,
         keys: Vec<String>,
     ) -> Result<Vec<Option<Record>>, String> {
-        let Some(slot) = self.reads.get(node) else {
-            return self.read_on(node, keys).await;
+        let limits = BatchLimits {
+            items_max: READ_BATCH_LEN_MAX,
+            bytes_max: COALESCED_APPLY_BYTES_MAX,
         };
-        let coalescer = slot.get_or_init(|| {
+        let direct: Direct<String, Option<Record>> =
+            |this, node, keys| Box::pin(async move { this.read_on(&node, keys).await });
+        match self.coalescer(&self.reads, node, limits, String::len, direct) {
+            Some(coalescer) => coalescer.call(keys).await,
+            None => self.read_on(node, keys).await,
+        }
+    }
+
+    /// The coalescer towards `node` in `slots`, started on first use with
+    /// `direct` as its batch call; `None` for a node outside the cluster.
+    fn coalescer<'a, T: Send + 'static, R: Send + 'static>(
+        &self,
+        slots: &'a BTreeMap<String, OnceLock<Coalescer<T, R>>>,
+        node: &str,
+        limits: BatchLimits,
+        weight: fn(&T) -> usize,
+        direct: Direct<T, R>,
+    ) -> Option<&'a Coalescer<T, R>> {
+        let slot = slots.get(node)?;
+        Some(slot.get_or_init(|| {
             let (me, node) = (self.me.clone(), node.to_owned());
-            let limits = BatchLimits {
-                items_max: READ_BATCH_LEN_MAX,
-                bytes_max: COALESCED_APPLY_BYTES_MAX,
-            };
-            Coalescer::start(limits, String::len, move |keys| {
+            Coalescer::start(limits, weight, move |items| {
                 let (me, node) = (me.clone(), node.clone());
                 Box::pin(async move {
                     let this = me.upgrade().ok_or("node is stopping")?;
-                    this.read_on(&node, keys).await
+                    direct(this, node, items).await
                 })
             })
-        });
-        coalescer.call(keys).await
+        }))
     }
 
     /// Sets the node's job queues (once, at start). With background sync on,
