@@ -10,6 +10,7 @@
 //! - [`hlc`]: the hybrid logical clock that stamps every write.
 //! - [`record`]: versioned values and tombstones, and their last-writer-wins merge.
 //! - [`quorum`]: consistency levels and the tally that decides a quorum call.
+//! - [`plan`]: the decisions of a coordinated write and read (calls, fallbacks, outcomes).
 //! - [`limits`]: every bound the store enforces, with units in the names.
 //! - [`validate`]: key and node-id checks shared by the API and the peers.
 //! - [`request`]: strict parsing of client query strings and write bodies.
@@ -21,6 +22,7 @@ pub mod mail;
 pub mod membership;
 pub mod merkle;
 pub mod message;
+pub mod plan;
 pub mod quorum;
 pub mod record;
 pub mod request;

@@ -76,15 +76,16 @@ pub enum TallyState {
 }
 
 /// Counts acknowledgements and failures of one quorum call.
+/// `F` is what a failure records (a typed reason in the coordinator).
 #[derive(Debug, Clone)]
-pub struct QuorumTally {
+pub struct QuorumTally<F = String> {
     required: usize,
     contacted: usize,
     acks: Vec<String>,
-    failures: Vec<(String, String)>,
+    failures: Vec<(String, F)>,
 }
 
-impl QuorumTally {
+impl<F> QuorumTally<F> {
     /// A call that needs `required` acks out of `contacted` replicas.
     pub fn new(required: usize, contacted: usize) -> Self {
         QuorumTally {
@@ -100,9 +101,9 @@ impl QuorumTally {
         self.acks.push(node.into());
     }
 
-    pub fn fail(&mut self, node: impl Into<String>, reason: impl Into<String>) {
+    pub fn fail(&mut self, node: impl Into<String>, reason: F) {
         debug_assert!(self.answered() < self.contacted, "more answers than calls");
-        self.failures.push((node.into(), reason.into()));
+        self.failures.push((node.into(), reason));
     }
 
     pub fn answered(&self) -> usize {
@@ -121,7 +122,7 @@ impl QuorumTally {
         &self.acks
     }
 
-    pub fn failures(&self) -> &[(String, String)] {
+    pub fn failures(&self) -> &[(String, F)] {
         &self.failures
     }
 
@@ -163,7 +164,7 @@ mod tests {
 
     #[test]
     fn tally_reaches_and_fails() {
-        let mut t = QuorumTally::new(2, 3);
+        let mut t: QuorumTally<&str> = QuorumTally::new(2, 3);
         assert_eq!(t.state(), TallyState::Waiting);
         t.fail("b", "refused");
         assert_eq!(t.state(), TallyState::Waiting);
@@ -173,7 +174,7 @@ mod tests {
         assert_eq!(t.state(), TallyState::Reached);
         assert_eq!(t.acks(), ["a", "c"]);
 
-        let mut t = QuorumTally::new(3, 3);
+        let mut t: QuorumTally<&str> = QuorumTally::new(3, 3);
         t.ack("a");
         t.fail("b", "timeout");
         assert_eq!(t.state(), TallyState::Impossible);
@@ -190,7 +191,7 @@ mod tests {
         #[test]
         fn tally_state_matches_counts(required in 1usize..6, answers in proptest::collection::vec(any::<bool>(), 0..6)) {
             let contacted = answers.len().max(required);
-            let mut t = QuorumTally::new(required, contacted);
+            let mut t: QuorumTally<&str> = QuorumTally::new(required, contacted);
             for (i, ok) in answers.iter().enumerate() {
                 if *ok { t.ack(format!("n{i}")) } else { t.fail(format!("n{i}"), "x") }
             }
