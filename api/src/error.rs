@@ -7,9 +7,9 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use shared::coordinator::{CoordError, NodeFailure};
 use shared::core::quorum::Consistency;
 use shared::core::request::RequestError;
+use shared::node::{CoordError, NodeFailure};
 use tracing::error;
 
 #[derive(Debug)]

@@ -15,7 +15,6 @@ use http_body_util::BodyExt;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
-use shared::coordinator::{Coordinator, WriteReport};
 use shared::core::limits::{
     APPLY_BATCH_LEN_MAX, BODY_READ_TIMEOUT_MS, READ_BATCH_LEN_MAX, RESTORE_BATCH_LEN_MAX,
     SNAPSHOT_PAGE_LEN_DEFAULT, SNAPSHOT_PAGE_LEN_MAX,
@@ -30,7 +29,8 @@ use shared::core::record::{Record, Version};
 use shared::core::request::{WriteBody, WriteLimits, parse_query, parse_write_body};
 use shared::core::ring::{RING_SEED, key_position};
 use shared::core::validate::validate_key;
-use shared::maintenance::status_key;
+use shared::keyspace::status_key;
+use shared::node::{Coordinator, WriteReport};
 
 use crate::error::ApiError;
 

@@ -19,7 +19,7 @@ use axum::http::{HeaderMap, HeaderValue, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use shared::coordinator::Coordinator;
+use shared::node::Coordinator;
 use shared::peer::SECRET_HEADER;
 use shared::secret_eq;
 use tower::ServiceBuilder;

@@ -3,13 +3,15 @@
 use std::sync::Arc;
 
 use anyhow::Context;
+use shared::clock::now_ms;
 use shared::config::Config;
-use shared::coordinator::{Coordinator, now_ms};
 use shared::core::message::HeartbeatJob;
-use shared::jobs::JobQueues;
 use shared::mail::Mailer;
-use shared::maintenance::{Periodic, spawn_periodic};
+use shared::node::{Coordinator, MAIL_INLINE_IN_FLIGHT_MAX};
+use shared::queue::{JobQueues, retry_policy};
 use shared::storage::{RedisStore, Store, connect_redis};
+use shared::work::mail::run_inline;
+use shared::work::periodic::{Periodic, spawn_counter_flush, spawn_periodic};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
@@ -42,17 +44,22 @@ async fn run() -> anyhow::Result<()> {
     let cfg = Arc::new(cfg);
     let conn = connect_with_retry(&cfg).await?;
     let store = Store::Redis(RedisStore::new(conn.clone(), &cfg.node_id));
-    let coord =
-        Coordinator::new(Arc::clone(&cfg), store).context("cannot build the peer HTTP client")?;
     let queues =
-        JobQueues::new(conn, &cfg.node_id, coord.retry_policy()).with_jobs_max(cfg.queue_jobs_max);
-    coord.set_queues(queues.clone());
+        JobQueues::new(conn, &cfg.node_id, retry_policy(&cfg)).with_jobs_max(cfg.queue_jobs_max);
+    let mut inline_mail = None;
     if let Some(email) = &cfg.email {
         // Built here too so a bad address stops the node at start.
-        let mailer = Mailer::new(email).context("e-mail configuration")?;
-        coord.set_mailer(Arc::new(mailer));
+        let mailer = Arc::new(Mailer::new(email).context("e-mail configuration")?);
+        if !cfg.background_sync {
+            let (tx, rx) = tokio::sync::mpsc::channel(MAIL_INLINE_IN_FLIGHT_MAX);
+            tokio::spawn(run_inline(mailer, queues.clone(), rx));
+            inline_mail = Some(tx);
+        }
         info!(host = %email.host, port = email.port, tls = ?email.tls, "e-mail notifications on");
     }
+    let coord = Coordinator::build(Arc::clone(&cfg), store, Some(queues.clone()), inline_mail)
+        .context("cannot build the peer HTTP client")?;
+    spawn_counter_flush(Arc::clone(&coord));
     if cfg.background_sync {
         // Workers run the periodic tasks; this process schedules the heartbeat job.
         tokio::spawn(schedule_heartbeats(queues, cfg.heartbeat_interval));

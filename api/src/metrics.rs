@@ -274,7 +274,7 @@ pub async fn render(State(state): State<AppState>) -> Response {
 
     if let Some(queues) = coord.queues().filter(|_| coord.config().background_sync) {
         if let Ok(stats) = queues.stats().await {
-            let by = |f: fn(&shared::jobs::QueueStats) -> u64| -> Vec<(String, f64)> {
+            let by = |f: fn(&shared::queue::QueueStats) -> u64| -> Vec<(String, f64)> {
                 stats
                     .iter()
                     .map(|s| (format!("queue=\"{}\"", s.queue), f(s) as f64))

@@ -31,10 +31,29 @@ pub const BATCHES_IN_FLIGHT_MAX: usize = 1;
 /// Callers waiting per target before new ones are refused.
 pub const WAITING_MAX: usize = 10_000;
 
-/// What a batch call returns: one result per item, in order.
-pub type BatchFuture<R> = Pin<Box<dyn Future<Output = Result<Vec<R>, String>> + Send>>;
+/// What a batch call returns: one result per item, in order, or the call's error.
+pub type BatchFuture<R, E> = Pin<Box<dyn Future<Output = Result<Vec<R>, E>> + Send>>;
 
-type Waiter<T, R> = (Vec<T>, oneshot::Sender<Result<Vec<R>, String>>);
+/// Why the coalescer itself could not answer a caller.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    #[error("too many calls waiting for this target")]
+    Overloaded,
+    #[error("the batch call was dropped")]
+    Dropped,
+    #[error("{got} results for {expected} items")]
+    ShortAnswer { got: usize, expected: usize },
+}
+
+/// A caller's error: the coalescer's own, or the batch call's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallError<E> {
+    Batch(BatchError),
+    Call(E),
+}
+
+type Reply<R, E> = oneshot::Sender<Result<Vec<R>, CallError<E>>>;
+type Waiter<T, R, E> = (Vec<T>, Reply<R, E>);
 
 /// Bounds of one batch: items and approximate bytes (a single caller's
 /// items always leave, whatever their size).
@@ -45,25 +64,25 @@ pub struct BatchLimits {
 }
 
 /// Group commit towards one target (see the module docs).
-pub struct Coalescer<T, R> {
-    tx: mpsc::Sender<Waiter<T, R>>,
+pub struct Coalescer<T, R, E> {
+    tx: mpsc::Sender<Waiter<T, R, E>>,
 }
 
-impl<T: Send + 'static, R: Send + 'static> Coalescer<T, R> {
+impl<T: Send + 'static, R: Send + 'static, E: Clone + Send + 'static> Coalescer<T, R, E> {
     /// Starts the batching task. `call` sends one batch; `weight` is an
     /// item's approximate size in bytes. The task ends when the coalescer
     /// is dropped. Must be called inside a tokio runtime.
     pub fn start(
         limits: BatchLimits,
         weight: fn(&T) -> usize,
-        call: impl Fn(Vec<T>) -> BatchFuture<R> + Send + Sync + 'static,
+        call: impl Fn(Vec<T>) -> BatchFuture<R, E> + Send + Sync + 'static,
     ) -> Self {
-        let (tx, mut rx) = mpsc::channel::<Waiter<T, R>>(WAITING_MAX);
+        let (tx, mut rx) = mpsc::channel::<Waiter<T, R, E>>(WAITING_MAX);
         let call = Arc::new(call);
         let permits = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT_MAX));
         tokio::spawn(async move {
             // A waiter taken from the channel that did not fit the last batch.
-            let mut carried: Option<Waiter<T, R>> = None;
+            let mut carried: Option<Waiter<T, R, E>> = None;
             loop {
                 let first = match carried.take() {
                     Some(waiter) => waiter,
@@ -105,14 +124,17 @@ impl<T: Send + 'static, R: Send + 'static> Coalescer<T, R> {
                             }
                         }
                         Ok(results) => {
-                            let error = format!("{} results for {expected} items", results.len());
+                            let error = BatchError::ShortAnswer {
+                                got: results.len(),
+                                expected,
+                            };
                             for reply in replies {
-                                let _ = reply.send(Err(error.clone()));
+                                let _ = reply.send(Err(CallError::Batch(error.clone())));
                             }
                         }
                         Err(error) => {
                             for reply in replies {
-                                let _ = reply.send(Err(error.clone()));
+                                let _ = reply.send(Err(CallError::Call(error.clone())));
                             }
                         }
                     }
@@ -123,14 +145,14 @@ impl<T: Send + 'static, R: Send + 'static> Coalescer<T, R> {
     }
 
     /// Sends `items` with whatever else is waiting; their results, in order.
-    pub async fn call(&self, items: Vec<T>) -> Result<Vec<R>, String> {
+    pub async fn call(&self, items: Vec<T>) -> Result<Vec<R>, CallError<E>> {
         let (reply, answer) = oneshot::channel();
         self.tx
             .try_send((items, reply))
-            .map_err(|_| "too many calls waiting for this replica".to_owned())?;
+            .map_err(|_| CallError::Batch(BatchError::Overloaded))?;
         answer
             .await
-            .map_err(|_| "batch call was dropped".to_owned())?
+            .map_err(|_| CallError::Batch(BatchError::Dropped))?
     }
 }
 
@@ -139,7 +161,7 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    fn doubling(calls: Arc<AtomicUsize>) -> Coalescer<u32, u32> {
+    fn doubling(calls: Arc<AtomicUsize>) -> Coalescer<u32, u32, String> {
         Coalescer::start(
             BatchLimits {
                 items_max: 100,
@@ -175,7 +197,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_batch_fails_each_of_its_callers() {
-        let c: Coalescer<u32, u32> = Coalescer::start(
+        let c: Coalescer<u32, u32, String> = Coalescer::start(
             BatchLimits {
                 items_max: 10,
                 bytes_max: 10,
@@ -183,6 +205,9 @@ mod tests {
             |_| 1,
             |_| Box::pin(async { Err("down".to_owned()) }),
         );
-        assert_eq!(c.call(vec![1]).await, Err("down".to_owned()));
+        assert_eq!(
+            c.call(vec![1]).await,
+            Err(CallError::Call("down".to_owned()))
+        );
     }
 }

@@ -1,17 +1,25 @@
-//! Shared library of the key-value store: the pure [`core`] and the adapters
-//! that connect it to Redis ([`storage`]), to other nodes ([`peer`]) and to the
-//! environment ([`config`]), driven by the [`coordinator`].
+//! Shared library of the key-value store, a one-way ladder (each rung may
+//! import only the rungs below it; `scripts/check-ladder.sh` checks it):
+//!
+//! 0. [`core`]: pure decisions, no I/O.
+//! 1. [`clock`], [`keyspace`], [`config`], [`process`]: time, Redis key names, settings.
+//! 2. adapters: [`storage`] (Redis + Lua, in-memory), [`peer`] (HTTP client),
+//!    [`coalesce`] (group commit), [`queue`] (apalis-redis queues), [`mail`] (SMTP).
+//! 3. [`node`]: the node handle and the coordinated operations.
+//! 4. [`work`]: the job functions run by workers (or the API, background sync off).
 
+pub mod clock;
 pub mod coalesce;
 pub mod config;
-pub mod coordinator;
 pub mod core;
-pub mod jobs;
+pub mod keyspace;
 pub mod mail;
-pub mod maintenance;
+pub mod node;
 pub mod peer;
 pub mod process;
+pub mod queue;
 pub mod storage;
+pub mod work;
 
 /// Constant-time equality for secrets: the time taken does not depend on
 /// where the first differing byte is.

@@ -1,4 +1,6 @@
-//! E-mail notifications over SMTP (lettre), sent as jobs.
+//! The SMTP sender (lettre). The mail job function is in [`crate::work::mail`].
+//!
+//! E-mail notifications over SMTP, sent as jobs.
 //!
 //! One job per acknowledged client write, pushed by the coordinating node
 //! with a task id derived from the write's version, so a retried push does
@@ -12,19 +14,13 @@
 //! A failure is retried with the job retry policy; a permanent SMTP error
 //! (5xx, e.g. authentication refused) is dead-lettered at once.
 
-use std::time::Duration;
-
 use lettre::message::Mailbox;
 use lettre::message::header::ContentType;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use thiserror::Error;
-use tracing::{debug, warn};
 
 use crate::config::{EmailConfig, TlsMode};
-use crate::coordinator::now_ms;
-use crate::core::mail::{DIGEST_KEYS_SHOWN_MAX, MailJob, MailKind};
-use crate::jobs::JobQueues;
 
 /// How long the id of a sent message is remembered, to skip re-deliveries.
 pub const SENT_IDS_TTL_S: u64 = 86_400;
@@ -105,177 +101,4 @@ impl Mailer {
             Ok(Err(e)) => Err(MailError::Transient(e.to_string())),
         }
     }
-}
-
-fn sent_key(node: &str, id: &str) -> String {
-    format!("kv:{node}:mail:sent:{id}")
-}
-
-/// Outcome of one mail job run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MailOutcome {
-    Sent,
-    /// Already sent by an earlier delivery of the same job.
-    Duplicate,
-    /// Over the rate bound: added to the minute's digest.
-    Digested,
-    /// A digest with nothing left to send.
-    Empty,
-}
-
-/// The mail job function (see the module docs).
-pub async fn run_mail_job(
-    mailer: &Mailer,
-    queues: &JobQueues,
-    job: &MailJob,
-) -> Result<MailOutcome, MailError> {
-    let node = queues.node().to_owned();
-    let redis_err = |e: redis::RedisError| MailError::Transient(format!("redis: {e}"));
-    let mut conn = queues.connection();
-    let already: bool = redis::cmd("EXISTS")
-        .arg(sent_key(&node, &job.id))
-        .query_async(&mut conn)
-        .await
-        .map_err(redis_err)?;
-    if already {
-        queues.count("mail_duplicates_skipped", 1).await.ok();
-        return Ok(MailOutcome::Duplicate);
-    }
-    let job = match &job.kind {
-        MailKind::Write { key, .. } => {
-            let window_ms = u64::try_from(mailer.settings.rate_window.as_millis())
-                .unwrap_or(60_000)
-                .max(1);
-            let minute = now_ms() / window_ms;
-            let minute_key = format!("kv:{node}:mail:window:{minute}");
-            let (count,): (u64,) = redis::pipe()
-                .cmd("INCR")
-                .arg(&minute_key)
-                .cmd("EXPIRE")
-                .arg(&minute_key)
-                .arg((window_ms / 1000).max(1) * 2)
-                .ignore()
-                .query_async(&mut conn)
-                .await
-                .map_err(redis_err)?;
-            if count > mailer.settings.rate_per_minute {
-                redis::pipe()
-                    .atomic()
-                    .cmd("RPUSH")
-                    .arg(format!("kv:{node}:mail:digest"))
-                    .arg(key)
-                    .ignore()
-                    .cmd("LTRIM")
-                    .arg(format!("kv:{node}:mail:digest"))
-                    .arg(-DIGEST_KEYS_MAX)
-                    .arg(-1)
-                    .ignore()
-                    .cmd("INCR")
-                    .arg(format!("kv:{node}:mail:digest_count"))
-                    .ignore()
-                    .cmd("SET")
-                    .arg(sent_key(&node, &job.id))
-                    .arg("digest")
-                    .arg("EX")
-                    .arg(SENT_IDS_TTL_S)
-                    .ignore()
-                    .query_async::<()>(&mut conn)
-                    .await
-                    .map_err(redis_err)?;
-                let next_minute_ms = (minute + 1) * window_ms;
-                let digest = MailJob {
-                    id: format!("digest-{minute}"),
-                    node: node.clone(),
-                    time_ms: next_minute_ms,
-                    kind: MailKind::Digest {
-                        count: 0,
-                        keys: Vec::new(),
-                    },
-                    attempt: 0,
-                };
-                let delay = Duration::from_millis(next_minute_ms.saturating_sub(now_ms()));
-                queues
-                    .push_mail(digest, Some(delay))
-                    .await
-                    .map_err(|e| MailError::Transient(e.to_string()))?;
-                queues.count("mail_digested", 1).await.ok();
-                return Ok(MailOutcome::Digested);
-            }
-            job.clone()
-        }
-        MailKind::Digest { .. } => {
-            // Take the digest atomically: what arrives later goes to the next one.
-            let (keys, count): (Vec<String>, Option<u64>) = redis::pipe()
-                .atomic()
-                .cmd("LRANGE")
-                .arg(format!("kv:{node}:mail:digest"))
-                .arg(0)
-                .arg(DIGEST_KEYS_SHOWN_MAX as isize - 1)
-                .cmd("GETDEL")
-                .arg(format!("kv:{node}:mail:digest_count"))
-                .cmd("DEL")
-                .arg(format!("kv:{node}:mail:digest"))
-                .ignore()
-                .query_async(&mut conn)
-                .await
-                .map_err(redis_err)?;
-            let count = count.unwrap_or(0);
-            if count == 0 {
-                return Ok(MailOutcome::Empty);
-            }
-            MailJob {
-                kind: MailKind::Digest { count, keys },
-                ..job.clone()
-            }
-        }
-        MailKind::Alert { .. } => job.clone(),
-    };
-    let (subject, body) = job.render();
-    mailer.send(&subject, body).await?;
-    let _: Result<(), _> = redis::cmd("SET")
-        .arg(sent_key(&node, &job.id))
-        .arg("sent")
-        .arg("EX")
-        .arg(SENT_IDS_TTL_S)
-        .query_async(&mut conn)
-        .await;
-    queues.count("mail_sent", 1).await.ok();
-    debug!(id = %job.id, "notification sent");
-    Ok(MailOutcome::Sent)
-}
-
-/// Runs a mail job and settles a failure: retry with backoff, or (after the
-/// last attempt, or at once for a permanent error) a dead letter.
-pub async fn mail_and_settle(
-    mailer: &Mailer,
-    queues: &JobQueues,
-    job: MailJob,
-) -> Result<(), crate::jobs::QueueError> {
-    let failure = match run_mail_job(mailer, queues, &job).await {
-        Ok(_) => return Ok(()),
-        Err(failure) => failure,
-    };
-    queues.count("mail_failed", 1).await?;
-    let permanent = matches!(failure, MailError::Permanent(_));
-    if permanent {
-        warn!(id = %job.id, error = %failure, "notification failed permanently");
-    }
-    let runs = job.attempt.saturating_add(1);
-    let attempts_left = !permanent;
-    crate::jobs::retry_or_dead_letter(
-        queues,
-        crate::jobs::EMAIL,
-        runs,
-        attempts_left,
-        failure.to_string(),
-        &job,
-        async |attempt, delay| {
-            let next = MailJob {
-                attempt,
-                ..job.clone()
-            };
-            queues.push_mail(next, Some(delay)).await
-        },
-    )
-    .await
 }

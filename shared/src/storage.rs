@@ -241,6 +241,66 @@ impl Store {
         }
     }
 
+    /// Adds each delta to its field of the counter hash `key` (HINCRBY).
+    pub async fn add_counters(&self, key: &str, deltas: &[(&str, u64)]) -> Result<(), StoreError> {
+        if deltas.is_empty() {
+            return Ok(());
+        }
+        match self {
+            Store::Redis(s) => {
+                let mut conn = s.conn.clone();
+                let mut pipe = redis::pipe();
+                for (field, delta) in deltas {
+                    pipe.cmd("HINCRBY")
+                        .arg(key)
+                        .arg(*field)
+                        .arg(*delta)
+                        .ignore();
+                }
+                pipe.query_async::<()>(&mut conn).await?;
+                Ok(())
+            }
+            Store::Memory(s) => {
+                let mut plain = s.plain.lock().await;
+                for (field, delta) in deltas {
+                    let slot = plain.entry(format!("{key}\n{field}")).or_default();
+                    let now = slot.parse::<u64>().unwrap_or(0).saturating_add(*delta);
+                    *slot = now.to_string();
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The counter hash `key` (HGETALL); fields that are not numbers are skipped.
+    pub async fn counters(&self, key: &str) -> Result<BTreeMap<String, u64>, StoreError> {
+        match self {
+            Store::Redis(s) => {
+                let mut conn = s.conn.clone();
+                let all: BTreeMap<String, String> = redis::cmd("HGETALL")
+                    .arg(key)
+                    .query_async(&mut conn)
+                    .await?;
+                Ok(all
+                    .into_iter()
+                    .filter_map(|(k, v)| v.parse().ok().map(|v| (k, v)))
+                    .collect())
+            }
+            Store::Memory(s) => {
+                let prefix = format!("{key}\n");
+                Ok(s.plain
+                    .lock()
+                    .await
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        let field = k.strip_prefix(&prefix)?;
+                        Some((field.to_owned(), v.parse().ok()?))
+                    })
+                    .collect())
+            }
+        }
+    }
+
     pub async fn delete_plain(&self, key: &str) -> Result<(), StoreError> {
         match self {
             Store::Redis(s) => {
@@ -268,15 +328,7 @@ pub struct RedisStore {
     remove_script: Arc<Script>,
 }
 
-/// Name of the hash holding `node`'s records.
-pub fn data_key(node: &str) -> String {
-    format!("kv:{node}:data")
-}
-
-/// Name of the hash holding `node`'s hints for `target`.
-pub fn hints_key(node: &str, target: &str) -> String {
-    format!("kv:{node}:hints:{target}")
-}
+pub use crate::keyspace::{data_key, hints_key};
 
 /// Opens a managed, auto-reconnecting Redis connection with explicit
 /// timeouts and `TCP_NODELAY`.

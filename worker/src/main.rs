@@ -12,18 +12,18 @@ use std::time::Duration;
 
 use anyhow::Context;
 use apalis::prelude::{BackendExt, BoxDynError, Data, Monitor, WorkerBuilder, WorkerBuilderExt};
-use shared::coordinator::Coordinator;
 use shared::core::jobs::Lenient;
 use shared::core::jobs::ReplicateJob;
 use shared::core::mail::MailJob;
 use shared::core::message::HeartbeatJob;
-use shared::jobs::{
-    EMAIL, HEARTBEAT, JobOutcome, JobQueues, POLL_INTERVAL_MS, REPLICATE, replicate_and_settle,
-    retry_or_dead_letter,
-};
-use shared::mail::{Mailer, mail_and_settle};
-use shared::maintenance::{Periodic, run_heartbeat_job, spawn_periodic};
+use shared::mail::Mailer;
+use shared::node::Coordinator;
+use shared::queue::{EMAIL, HEARTBEAT, JobQueues, POLL_INTERVAL_MS, REPLICATE, retry_policy};
 use shared::storage::{RedisStore, Store, connect_redis};
+use shared::work::heartbeat::run_heartbeat_job;
+use shared::work::mail::mail_and_settle;
+use shared::work::periodic::{Periodic, spawn_counter_flush, spawn_periodic};
+use shared::work::replicate::{JobOutcome, replicate_and_settle, retry_or_dead_letter};
 use tracing::{info, warn};
 
 /// How long jobs in progress may run after a shutdown signal.
@@ -80,12 +80,12 @@ async fn run() -> anyhow::Result<()> {
     }
 
     let store = Store::Redis(RedisStore::new(conn.clone(), &cfg.node_id));
-    let coord =
-        Coordinator::new(Arc::clone(&cfg), store).context("cannot build the peer HTTP client")?;
     let queues =
-        JobQueues::new(conn, &cfg.node_id, coord.retry_policy()).with_jobs_max(cfg.queue_jobs_max);
-    // Jobs that raise notifications (heartbeat alerts) push them here.
-    coord.set_queues(queues.clone());
+        JobQueues::new(conn, &cfg.node_id, retry_policy(&cfg)).with_jobs_max(cfg.queue_jobs_max);
+    // Jobs that raise notifications (heartbeat alerts) push them on the queues.
+    let coord = Coordinator::build(Arc::clone(&cfg), store, Some(queues.clone()), None)
+        .context("cannot build the peer HTTP client")?;
+    spawn_counter_flush(Arc::clone(&coord));
     let state = WorkerState {
         coord,
         queues: queues.clone(),
@@ -156,9 +156,13 @@ async fn run() -> anyhow::Result<()> {
         })
         // A Redis stall ends an apalis worker with a backend error; restart it
         // after a pause instead of giving up.
+        // apalis calls this synchronously inside its poll and restarts at
+        // once, so a pause here is the only throttle of a restart loop while
+        // Redis is down; `block_in_place` hands this thread's other tasks to
+        // the runtime's other threads for the pause instead of stalling them.
         .should_restart(|_ctx, error| {
             warn!(%error, "job worker stopped; restarting");
-            std::thread::sleep(Duration::from_millis(500));
+            tokio::task::block_in_place(|| std::thread::sleep(Duration::from_millis(500)));
             true
         })
         .shutdown_timeout(Duration::from_secs(SHUTDOWN_DEADLINE_S));

@@ -75,6 +75,9 @@ pub const READ_REPAIRS_IN_FLIGHT_MAX: usize = 256;
 pub const SYNC_BATCH_RECORDS_MAX: usize = 2000;
 /// Tombstones examined per garbage-collection pass.
 pub const GC_BATCH_LEN_MAX: usize = 5000;
+/// Records one tombstone-collection round scans at most; the next round
+/// resumes where it stopped, so a round's cost does not grow with the store.
+pub const GC_SCAN_RECORDS_MAX: usize = 200_000;
 /// Hints kept per owner when the operator sets none.
 pub const HINTS_PER_NODE_MAX_DEFAULT: u64 = 100_000;
 /// How long hints are kept for an owner that stays down (Cassandra's `max_hint_window`).

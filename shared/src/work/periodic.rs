@@ -1,5 +1,5 @@
-//! Periodic work of a node: heartbeat, hint delivery, anti-entropy and
-//! tombstone collection.
+//! Periodic work of a node: hint delivery, anti-entropy, tombstone
+//! collection and (background sync off) the heartbeat.
 //!
 //! With background sync on, the worker processes run these (the API pushes
 //! the heartbeat as a job every interval); with it off, the API process runs
@@ -9,130 +9,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
-use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-use crate::coordinator::{Coordinator, now_ms};
-use crate::core::mail::{MailJob, MailKind};
-use crate::core::message::HeartbeatJob;
-use crate::storage::{Store, StoreError};
-
-/// Redis key of the status of `node`, as in the seed: `GET node_status:node1` → `up`.
-pub fn status_key(node: &str) -> String {
-    format!("node_status:{node}")
-}
-
-/// Outcome of one heartbeat round.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct HeartbeatReport {
-    pub up: Vec<String>,
-    pub down: Vec<String>,
-    pub changed: Vec<String>,
-}
-
-/// The heartbeat job function: checks every node of the cluster and writes
-/// `node_status:<node>` = `up` / `down` into this node's Redis, with
-/// `node_status:<node>:checked_ms` and, when up, `node_status:<node>:last_seen_ms`.
-/// Status changes are logged and counted.
-pub async fn heartbeat(coord: &Arc<Coordinator>) -> Result<HeartbeatReport, StoreError> {
-    let mut probes = JoinSet::new();
-    for node in coord.config().nodes.keys().cloned() {
-        let coord = Arc::clone(coord);
-        probes.spawn(async move {
-            let up = coord.probe(&node).await;
-            (node, up)
-        });
-    }
-    let now = now_ms().to_string();
-    let mut report = HeartbeatReport::default();
-    let mut pairs = Vec::new();
-    let mut transitions: Vec<(String, &'static str)> = Vec::new();
-    while let Some(joined) = probes.join_next().await {
-        let Ok((node, up)) = joined else { continue };
-        let status = if up { "up" } else { "down" };
-        let previous = coord.store().get_plain(&status_key(&node)).await?;
-        if previous.as_deref() != Some(status) {
-            match previous {
-                Some(previous) => {
-                    warn!(%node, from = %previous, to = status, "heartbeat: node status changed");
-                    transitions.push((node.clone(), status));
-                }
-                None => info!(%node, status, "heartbeat: first status"),
-            }
-            report.changed.push(node.clone());
-        }
-        pairs.push((status_key(&node), status.to_owned()));
-        pairs.push((format!("{}:checked_ms", status_key(&node)), now.clone()));
-        if up {
-            pairs.push((format!("{}:last_seen_ms", status_key(&node)), now.clone()));
-            report.up.push(node);
-        } else {
-            report.down.push(node);
-        }
-    }
-    coord.store().set_plain(&pairs).await?;
-    send_alerts(coord, &report, &transitions).await;
-    if !report.changed.is_empty()
-        && let Some(queues) = coord.queues()
-        && let Err(error) = queues
-            .count("status_changes", report.changed.len() as u64)
-            .await
-    {
-        debug!(%error, "cannot count status changes");
-    }
-    Ok(report)
-}
-
-/// One alert e-mail per status change. To avoid one mail per node for the
-/// same event, only the first node (by id) that this heartbeat found up
-/// sends alerts; every node computes the same choice when views agree.
-async fn send_alerts(
-    coord: &Arc<Coordinator>,
-    report: &HeartbeatReport,
-    transitions: &[(String, &'static str)],
-) {
-    let Some(email) = &coord.config().email else {
-        return;
-    };
-    let mut up = report.up.clone();
-    up.sort();
-    if !email.alerts
-        || transitions.is_empty()
-        || up.first().map(String::as_str) != Some(coord.node_id())
-    {
-        return;
-    }
-    let now = now_ms();
-    for (node, status) in transitions {
-        let job = MailJob {
-            id: format!("alert-{node}-{status}-{}", now / 1000),
-            node: coord.node_id().to_owned(),
-            time_ms: now,
-            kind: MailKind::Alert {
-                about: node.clone(),
-                status: (*status).to_owned(),
-            },
-            attempt: 0,
-        };
-        coord.notify(job).await;
-    }
-}
-
-/// Runs a heartbeat job, unless it is stale (scheduled more than two
-/// intervals ago, e.g. a backlog left while no worker ran).
-pub async fn run_heartbeat_job(
-    coord: &Arc<Coordinator>,
-    job: &HeartbeatJob,
-) -> Result<(), StoreError> {
-    let interval_ms =
-        u64::try_from(coord.config().heartbeat_interval.as_millis()).unwrap_or(u64::MAX);
-    if now_ms().saturating_sub(job.scheduled_ms) > interval_ms.saturating_mul(2) {
-        debug!("skipping a stale heartbeat job");
-        return Ok(());
-    }
-    heartbeat(coord).await.map(|_| ())
-}
+use super::heartbeat::heartbeat;
+use crate::keyspace::lease_key;
+use crate::node::Coordinator;
+use crate::storage::Store;
 
 /// Takes the lease of `task` for `ttl` if nobody holds it; returns whether
 /// this process got it. The memory store always grants it.
@@ -142,7 +24,7 @@ async fn try_lease(store: &Store, node: &str, task: &str, ttl: Duration, holder:
             let mut conn = redis_store.connection();
             let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
             let got: Result<Option<String>, _> = redis::cmd("SET")
-                .arg(format!("kv:{node}:lease:{task}"))
+                .arg(lease_key(node, task))
                 .arg(holder)
                 .arg("NX")
                 .arg("PX")
@@ -256,6 +138,25 @@ fn spawn_rounds<F, Fut>(
                 continue;
             }
             round(Arc::clone(&coord)).await;
+        }
+    });
+}
+
+/// How often a process adds its new counts to the node's counters in Redis.
+pub const COUNTER_FLUSH_INTERVAL_MS: u64 = 1_000;
+
+/// Flushes this process's counters to the node's Redis every
+/// [`COUNTER_FLUSH_INTERVAL_MS`], so `/metrics` and `/cluster/` show work
+/// done by any process of the node.
+pub fn spawn_counter_flush(coord: Arc<Coordinator>) {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(Duration::from_millis(COUNTER_FLUSH_INTERVAL_MS));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            if let Err(error) = coord.flush_counters().await {
+                debug!(%error, "cannot flush counters");
+            }
         }
     });
 }

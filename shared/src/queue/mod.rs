@@ -1,5 +1,6 @@
-//! Background jobs: Redis-backed queues (apalis-redis), the job functions,
-//! dead letters, queue statistics and the janitor that bounds finished records.
+//! Background jobs: Redis-backed queues (apalis-redis), dead letters, queue
+//! statistics, the janitor that bounds finished records, and group commit of
+//! replication jobs ([`batcher`]). The job functions are in [`crate::work`].
 //!
 //! Each node has its own queues in its own Redis, named `kv:{node}:q:{kind}`.
 //! API processes push; worker processes (any number) run the jobs. With
@@ -20,6 +21,8 @@
 //! - finished job records are never trimmed by apalis: [`JobQueues::janitor_pass`]
 //!   deletes them.
 
+pub mod batcher;
+
 use std::time::Duration;
 
 use apalis::prelude::{TaskBuilder, TaskId, TaskSink};
@@ -27,15 +30,12 @@ use apalis_redis::{Config as QueueConfig, RedisStorage};
 use redis::aio::ConnectionManager;
 use serde::Serialize;
 use thiserror::Error;
-use tracing::{debug, warn};
+use tracing::warn;
 
-use crate::coordinator::{Coordinator, now_ms};
-use crate::core::jobs::{
-    DeadLetter, Lenient, PendingReplication, REPLICATE_BATCH_RECORDS_MAX, ReplicateJob,
-    RetryDecision, RetryPolicy, group_into_jobs,
-};
+use crate::clock::now_ms;
+use crate::core::jobs::{DeadLetter, Lenient, ReplicateJob, RetryDecision, RetryPolicy};
 use crate::core::mail::MailJob;
-use crate::core::message::{ApplyStatus, HeartbeatJob};
+use crate::core::message::HeartbeatJob;
 
 /// How often an idle worker looks for new jobs.
 pub const POLL_INTERVAL_MS: u64 = 50;
@@ -55,20 +55,7 @@ pub const HEARTBEAT: &str = "heartbeat";
 pub const EMAIL: &str = "email";
 pub const QUEUE_KINDS: [&str; 3] = [REPLICATE, HEARTBEAT, EMAIL];
 
-/// Name of a node's queue of one kind.
-pub fn queue_name(node: &str, kind: &str) -> String {
-    format!("kv:{node}:q:{kind}")
-}
-
-/// Redis list of a node's dead letters.
-pub fn dead_key(node: &str) -> String {
-    format!("kv:{node}:dead")
-}
-
-/// Redis hash of a node's job counters (delivered, retried, dead, lag).
-pub fn job_stats_key(node: &str) -> String {
-    format!("kv:{node}:jobstats")
-}
+pub use crate::keyspace::{dead_key, job_stats_key, queue_name};
 
 #[derive(Debug, Error)]
 pub enum QueueError {
@@ -135,6 +122,15 @@ pub struct JobCounters {
     pub mail_digested: u64,
     pub mail_duplicates_skipped: u64,
     pub status_changes: u64,
+}
+
+/// The retry policy of background jobs, from the configuration.
+pub fn retry_policy(cfg: &crate::config::Config) -> RetryPolicy {
+    RetryPolicy {
+        attempts_max: cfg.job_attempts_max,
+        backoff_base_ms: u64::try_from(cfg.job_backoff_base.as_millis()).unwrap_or(u64::MAX),
+        backoff_max_ms: u64::try_from(cfg.job_backoff_max.as_millis()).unwrap_or(u64::MAX),
+    }
 }
 
 /// The queues of one node.
@@ -350,7 +346,7 @@ impl JobQueues {
         Ok(())
     }
 
-    async fn record_delivery(&self, lag_ms: u64) -> Result<(), QueueError> {
+    pub async fn record_delivery(&self, lag_ms: u64) -> Result<(), QueueError> {
         let mut conn = self.conn.clone();
         let key = job_stats_key(&self.node);
         redis::pipe()
@@ -490,186 +486,4 @@ impl JobQueues {
     }
 }
 
-/// Why a job run failed (it will be retried or dead-lettered).
-#[derive(Debug, Error)]
-#[error("{0}")]
-pub struct JobFailure(pub String);
-
-/// The replication job function: delivers the records to the target
-/// replica. Shared by workers and the inline runner. Safe to replay.
-/// Jobs a worker runs at the same time for the same target share one call
-/// (see [`crate::coalesce`]); each still gets its own statuses.
-pub async fn run_replicate(coord: &Coordinator, job: &ReplicateJob) -> Result<(), JobFailure> {
-    let statuses = coord
-        .apply_coalesced(&job.target, job.records.clone())
-        .await
-        .map_err(JobFailure)?;
-    if statuses.len() != job.records.len() {
-        return Err(JobFailure(format!(
-            "{} answered {} statuses for {} records",
-            job.target,
-            statuses.len(),
-            job.records.len()
-        )));
-    }
-    let refused = statuses
-        .iter()
-        .filter(|s| **s == ApplyStatus::Refused)
-        .count();
-    if refused > 0 {
-        // A refusal is permanent (version too far ahead of the target's
-        // clock); retrying cannot help, and the record is logged.
-        warn!(target = %job.target, refused, "replica refused records from the future");
-    }
-    Ok(())
-}
-
-/// What became of a job run, after retries are decided.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JobOutcome {
-    Delivered,
-    Retrying,
-    Dead,
-}
-
-/// After a failed run: push the job again after the policy's delay, or,
-/// when out of attempts (or `retryable` is false), write a dead letter.
-/// `requeue` receives the new attempt count and the delay.
-#[allow(clippy::too_many_arguments)]
-pub async fn retry_or_dead_letter<J: Serialize>(
-    queues: &JobQueues,
-    kind: &str,
-    runs: u32,
-    retryable: bool,
-    reason: String,
-    job: &J,
-    requeue: impl AsyncFnOnce(u32, Duration) -> Result<(), QueueError>,
-) -> Result<(), QueueError> {
-    match queues.decide(runs, retryable) {
-        RetryDecision::RetryAfter { delay_ms, attempt } => {
-            debug!(kind, attempt, delay_ms, %reason, "job failed; retrying");
-            requeue(attempt, Duration::from_millis(delay_ms)).await?;
-            queues.count("retried", 1).await?;
-        }
-        RetryDecision::GiveUp => queues.dead_letter_job(kind, runs, reason, job).await?,
-    }
-    Ok(())
-}
-
-/// Runs a replication job once and, on failure, schedules the retry on the
-/// queue or dead-letters it (keeping the records as a hint). Used by the
-/// worker's job function.
-pub async fn replicate_and_settle(
-    coord: &Coordinator,
-    queues: &JobQueues,
-    job: ReplicateJob,
-) -> Result<JobOutcome, QueueError> {
-    let failure = match run_replicate(coord, &job).await {
-        Ok(()) => {
-            queues
-                .record_delivery(now_ms().saturating_sub(job.created_ms))
-                .await?;
-            return Ok(JobOutcome::Delivered);
-        }
-        Err(failure) => failure,
-    };
-    let runs = job.attempt.saturating_add(1);
-    let give_up = queues.policy.after_failure(runs) == RetryDecision::GiveUp;
-    let mut reason = failure.0;
-    if give_up {
-        // The job is dead, not the data: keep it as a hint, which is
-        // delivered as soon as the target answers again.
-        let kept = coord.keep_hint(&job.target, job.records.clone()).await;
-        reason = if kept {
-            format!("{reason}; gave up after {runs} runs, records kept as a hint")
-        } else {
-            format!("{reason}; gave up after {runs} runs, no hint kept (anti-entropy will repair)")
-        };
-    }
-    retry_or_dead_letter(
-        queues,
-        REPLICATE,
-        runs,
-        true,
-        reason,
-        &job,
-        async |attempt, delay| {
-            let next = ReplicateJob {
-                attempt,
-                ..job.clone()
-            };
-            queues.push_replicate(next, Some(delay)).await
-        },
-    )
-    .await?;
-    Ok(if give_up {
-        JobOutcome::Dead
-    } else {
-        JobOutcome::Retrying
-    })
-}
-
-/// Replications waiting for the batcher before new writes fall back to hints.
-pub const REPLICATION_QUEUE_LEN_MAX: usize = 10_000;
-/// How long a write waits for its replication job to be queued.
-pub const REPLICATION_ENQUEUE_TIMEOUT: Duration = Duration::from_secs(5);
-
-type Waiter = (PendingReplication, tokio::sync::oneshot::Sender<bool>);
-
-/// Group commit for replication jobs: writes hand over their pending
-/// replications and wait until a job holding them is on the queue. The
-/// batcher takes one item, drains whatever else is already waiting (no timer,
-/// so a lone write is not delayed), groups it into one job per target and
-/// pushes those. Under load, one queue push carries many writes.
-#[derive(Clone)]
-pub struct ReplicationBatcher {
-    tx: tokio::sync::mpsc::Sender<Waiter>,
-}
-
-impl ReplicationBatcher {
-    pub fn start(queues: JobQueues) -> Self {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Waiter>(REPLICATION_QUEUE_LEN_MAX);
-        tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
-                let mut waiting = vec![first];
-                while waiting.len() < REPLICATE_BATCH_RECORDS_MAX {
-                    match rx.try_recv() {
-                        Ok(item) => waiting.push(item),
-                        Err(_) => break,
-                    }
-                }
-                let (items, replies): (Vec<PendingReplication>, Vec<_>) =
-                    waiting.into_iter().unzip();
-                let (jobs, placement) = group_into_jobs(&items);
-                let mut pushed = Vec::with_capacity(jobs.len());
-                for job in jobs {
-                    let target = job.target.clone();
-                    let ok = match queues.push_replicate(job, None).await {
-                        Ok(()) => true,
-                        Err(error) => {
-                            warn!(%target, %error, "cannot enqueue a replication job");
-                            false
-                        }
-                    };
-                    pushed.push(ok);
-                }
-                for (reply, job) in replies.into_iter().zip(placement) {
-                    let _ = reply.send(pushed[job]);
-                }
-            }
-        });
-        ReplicationBatcher { tx }
-    }
-
-    /// Queues one replication; true once a job holding it is on the queue.
-    pub async fn submit(&self, item: PendingReplication) -> bool {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        if self.tx.try_send((item, reply)).is_err() {
-            return false;
-        }
-        matches!(
-            tokio::time::timeout(REPLICATION_ENQUEUE_TIMEOUT, answer).await,
-            Ok(Ok(true))
-        )
-    }
-}
+pub use batcher::ReplicationBatcher;

@@ -1,0 +1,75 @@
+//! The one place a process reads the wall clock, and the node's hybrid
+//! logical clock around it.
+//!
+//! The pure core never reads time: it is handed `now_ms`. Adapters call
+//! [`now_ms`], which adds the fault-injection offset `KV_CLOCK_OFFSET_MS`
+//! (set once at start) to the system clock.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::core::hlc::{ClockError, HybridClock, Timestamp};
+
+/// `KV_CLOCK_OFFSET_MS`, set once at start (fault injection for clock-skew tests).
+static CLOCK_OFFSET_MS: AtomicI64 = AtomicI64::new(0);
+
+/// Shifts this process's clock by `offset_ms` (see `Config::clock_offset_ms`).
+pub fn set_clock_offset_ms(offset_ms: i64) {
+    CLOCK_OFFSET_MS.store(offset_ms, Ordering::Relaxed);
+}
+
+/// Milliseconds since the Unix epoch, from the system clock plus the
+/// configured test offset.
+pub fn now_ms() -> u64 {
+    let wall = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    wall.saturating_add_signed(CLOCK_OFFSET_MS.load(Ordering::Relaxed))
+}
+
+/// Locks a mutex whose critical sections are single assignments or pure
+/// calls: a panic inside one cannot leave the state torn, so a poisoned
+/// value is still valid.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The node's hybrid logical clock, fed from [`now_ms`].
+#[derive(Debug)]
+pub struct NodeClock {
+    hlc: Mutex<HybridClock>,
+}
+
+impl NodeClock {
+    pub fn new(drift_max_ms: u64) -> Self {
+        NodeClock {
+            hlc: Mutex::new(HybridClock::new(drift_max_ms)),
+        }
+    }
+
+    /// A new timestamp for a write coordinated here.
+    pub fn tick(&self) -> Timestamp {
+        lock(&self.hlc).tick(now_ms())
+    }
+
+    /// Whether `remote` is within the drift bound of local time.
+    pub fn check(&self, remote: Timestamp) -> Result<(), ClockError> {
+        lock(&self.hlc).check(remote, now_ms())
+    }
+
+    /// Adopts `remote` (if within the drift bound), so later stamps order after it.
+    pub fn observe(&self, remote: Timestamp) -> Result<(), ClockError> {
+        lock(&self.hlc).observe(remote, now_ms())
+    }
+
+    /// Observes each timestamp; returns how many were refused.
+    pub fn observe_all(&self, remote: impl IntoIterator<Item = Timestamp>) -> Vec<bool> {
+        let now = now_ms();
+        let mut hlc = lock(&self.hlc);
+        remote
+            .into_iter()
+            .map(|ts| hlc.observe(ts, now).is_ok())
+            .collect()
+    }
+}

@@ -1,0 +1,81 @@
+//! Every Redis key the store uses, in one place.
+//!
+//! Keys are namespaced by node id (`kv:{node}:…`), so several nodes may share
+//! one Redis without mixing data; `node_status:{node}` keeps the seed's name
+//! (`GET node_status:node1` → `up`).
+
+/// Hash of a node's records (key → encoded record).
+pub fn data_key(node: &str) -> String {
+    format!("kv:{node}:data")
+}
+
+/// Hash of the hints `node` keeps for `owner`.
+pub fn hints_key(node: &str, owner: &str) -> String {
+    format!("kv:{node}:hints:{owner}")
+}
+
+/// When `node` started keeping hints for `owner` (ms), for the hint window.
+pub fn hint_since_key(node: &str, owner: &str) -> String {
+    format!("kv:{node}:hints:{owner}:since")
+}
+
+/// A node's apalis queue of one kind.
+pub fn queue_name(node: &str, kind: &str) -> String {
+    format!("kv:{node}:q:{kind}")
+}
+
+/// List of a node's dead letters.
+pub fn dead_key(node: &str) -> String {
+    format!("kv:{node}:dead")
+}
+
+/// Hash of a node's job counters (delivered, retried, dead, lag, mail).
+pub fn job_stats_key(node: &str) -> String {
+    format!("kv:{node}:jobstats")
+}
+
+/// Hash of a node's work counters, summed over all its processes (API and
+/// workers), so `/metrics` and `/cluster/` show work done anywhere.
+pub fn counters_key(node: &str) -> String {
+    format!("kv:{node}:counters")
+}
+
+/// Marker that a mail job was sent (deduplication of re-deliveries).
+pub fn mail_sent_key(node: &str, id: &str) -> String {
+    format!("kv:{node}:mail:sent:{id}")
+}
+
+/// Mails sent in one minute, for the rate bound.
+pub fn mail_window_key(node: &str, minute: u64) -> String {
+    format!("kv:{node}:mail:window:{minute}")
+}
+
+/// List of the keys summed up in the next digest mail.
+pub fn mail_digest_key(node: &str) -> String {
+    format!("kv:{node}:mail:digest")
+}
+
+/// How many writes the next digest mail sums up.
+pub fn mail_digest_count_key(node: &str) -> String {
+    format!("kv:{node}:mail:digest_count")
+}
+
+/// Lease of a periodic task, so one process of a node runs each round.
+pub fn lease_key(node: &str, task: &str) -> String {
+    format!("kv:{node}:lease:{task}")
+}
+
+/// The status of `node` as the heartbeat saw it, as in the seed.
+pub fn status_key(node: &str) -> String {
+    format!("node_status:{node}")
+}
+
+/// When the heartbeat last checked `node` (ms).
+pub fn status_checked_key(node: &str) -> String {
+    format!("node_status:{node}:checked_ms")
+}
+
+/// When the heartbeat last found `node` up (ms).
+pub fn status_last_seen_key(node: &str) -> String {
+    format!("node_status:{node}:last_seen_ms")
+}

@@ -1,0 +1,148 @@
+//! Hinted handoff: records kept for an owner that could not be reached,
+//! within bounds, and their delivery once it answers.
+
+use tracing::{info, warn};
+
+use super::Coordinator;
+use super::replicas::ReplicaIo;
+use super::stats::Stats;
+use crate::clock::now_ms;
+use crate::core::limits::APPLY_BATCH_LEN_MAX;
+use crate::core::message::{ApplyStatus, KeyedRecord};
+use crate::core::record::Record;
+use crate::keyspace::hint_since_key;
+use crate::storage::{Space, StoreError};
+
+/// Records read per page when a node scans its own store.
+pub const SCAN_PAGE_LEN: usize = 1000;
+
+impl ReplicaIo {
+    /// Keeps records as hints for `owner` on this node, within the bounds:
+    /// at most `hints_per_node_max` per owner, and only while the owner has
+    /// been missing for less than `hint_window` (past it, anti-entropy
+    /// repairs instead, as Cassandra's `max_hint_window`). Returns whether kept.
+    pub async fn keep_hint(&self, owner: &str, records: Vec<KeyedRecord>) -> bool {
+        match self.store_hints(owner, records).await {
+            Ok(true) => true,
+            Ok(false) => {
+                Stats::add(&self.stats.hints_dropped, 1);
+                false
+            }
+            Err(error) => {
+                Stats::add(&self.stats.hints_dropped, 1);
+                warn!(%owner, %error, "cannot keep a hint");
+                false
+            }
+        }
+    }
+
+    async fn store_hints(
+        &self,
+        owner: &str,
+        records: Vec<KeyedRecord>,
+    ) -> Result<bool, StoreError> {
+        let space = Space::Hints(owner.to_owned());
+        let now = now_ms();
+        let since_key = hint_since_key(&self.cfg.node_id, owner);
+        let since: Option<u64> = self
+            .store
+            .get_plain(&since_key)
+            .await?
+            .and_then(|s| s.parse().ok());
+        let window_ms = u64::try_from(self.cfg.hint_window.as_millis()).unwrap_or(u64::MAX);
+        if let Some(since) = since
+            && now.saturating_sub(since) > window_ms
+        {
+            warn!(%owner, "owner missing longer than the hint window; not keeping a hint (anti-entropy will repair)");
+            return Ok(false);
+        }
+        let held = self.store.count_in(&space).await?;
+        if held.saturating_add(records.len() as u64) > self.cfg.hints_per_node_max {
+            warn!(%owner, held, "hint store for owner is full; not keeping a hint (anti-entropy will repair)");
+            return Ok(false);
+        }
+        if since.is_none() {
+            self.store
+                .set_plain(&[(since_key, now.to_string())])
+                .await?;
+        }
+        let pairs: Vec<(String, Record)> =
+            records.into_iter().map(|kr| (kr.key, kr.record)).collect();
+        self.store.apply_in(&space, &pairs).await?;
+        Stats::add(&self.stats.hints_kept, pairs.len() as u64);
+        Ok(true)
+    }
+
+    /// Keeps records as hints for `owner` (this node is a sloppy-quorum
+    /// fallback). All are stored, or all refused when the hint bounds are hit.
+    pub async fn apply_local_as_hint(
+        &self,
+        owner: &str,
+        records: Vec<KeyedRecord>,
+    ) -> Result<Vec<ApplyStatus>, StoreError> {
+        let len = records.len();
+        let in_bounds = records
+            .iter()
+            .all(|kr| self.clock.check(kr.record.version.ts).is_ok());
+        if !self.cfg.nodes.contains_key(owner) || owner == self.cfg.node_id || !in_bounds {
+            return Ok(vec![ApplyStatus::Refused; len]);
+        }
+        let kept = self.store_hints(owner, records).await?;
+        let status = if kept {
+            ApplyStatus::Stored
+        } else {
+            ApplyStatus::Refused
+        };
+        Ok(vec![status; len])
+    }
+}
+
+impl Coordinator {
+    /// Delivers the hints this node keeps to their owners that answer, in
+    /// batches; each delivered hint is removed only if it was not replaced
+    /// meanwhile. Returns how many records were delivered.
+    pub async fn deliver_hints(&self) -> Result<u64, StoreError> {
+        let io = &self.replicas.io;
+        let mut delivered = 0u64;
+        for owner in self.cfg.nodes.keys().filter(|n| **n != self.cfg.node_id) {
+            let space = Space::Hints(owner.clone());
+            if io.store.count_in(&space).await? == 0 {
+                continue;
+            }
+            let mut cursor = 0;
+            loop {
+                let page = io
+                    .store
+                    .scan_in(&space, cursor, SCAN_PAGE_LEN.min(APPLY_BATCH_LEN_MAX))
+                    .await?;
+                if !page.records.is_empty() {
+                    let batch: Vec<KeyedRecord> = page
+                        .records
+                        .iter()
+                        .map(|(key, record)| KeyedRecord {
+                            key: key.clone(),
+                            record: record.clone(),
+                        })
+                        .collect();
+                    if io.apply_on(owner, batch).await.is_err() {
+                        break; // still down; try again next round
+                    }
+                    let removed = io.store.remove_if_same(&space, &page.records).await?;
+                    delivered += removed;
+                    Stats::add(&io.stats.hints_delivered, removed);
+                }
+                if page.next_cursor == 0 {
+                    break;
+                }
+                cursor = page.next_cursor;
+            }
+            if io.store.count_in(&space).await? == 0 {
+                io.store
+                    .delete_plain(&hint_since_key(&self.cfg.node_id, owner))
+                    .await?;
+                info!(%owner, "all hints delivered");
+            }
+        }
+        Ok(delivered)
+    }
+}

@@ -1,0 +1,265 @@
+//! The node handle: one node's ring, replica transport, queues and
+//! counters, wired once in [`Coordinator::build`], and the coordinated
+//! operations over them, one concern per file:
+//!
+//! - [`replicas`]: apply / read on one replica (local or remote), group
+//!   commit per replica, the failure detector and probes;
+//! - [`write`] and [`read`]: drive the pure plans of `core::plan`;
+//! - [`hints`]: hinted handoff, kept and delivered;
+//! - [`sync`]: anti-entropy and the start-up restore (`try_restore`);
+//! - [`gc`]: tombstone collection;
+//! - [`notify`]: notification e-mails, queued or handed to the in-process sender;
+//! - [`stats`]: the counter table, summed over the node's processes in Redis.
+//!
+//! Any node coordinates any request. Handlers (axum) and job functions
+//! (`crate::work`) are thin wrappers over this.
+
+pub mod gc;
+pub mod hints;
+pub mod notify;
+pub mod read;
+pub mod replicas;
+pub mod stats;
+pub mod sync;
+pub mod write;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use thiserror::Error;
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::clock::{lock, set_clock_offset_ms};
+use crate::config::Config;
+use crate::core::jobs::RetryPolicy;
+use crate::core::limits::READ_REPAIRS_IN_FLIGHT_MAX;
+use crate::core::mail::MailJob;
+use crate::core::membership::{Health, PeerState};
+use crate::core::message::{ApplyStatus, KeyedRecord};
+use crate::core::plan::ReplicaFailure;
+use crate::core::quorum::Consistency;
+use crate::core::ring::Ring;
+use crate::keyspace::counters_key;
+use crate::peer::{PeerClient, PeerSetupError};
+use crate::queue::{JobQueues, ReplicationBatcher};
+use crate::storage::{ScanPage, Store, StoreError};
+
+pub use hints::SCAN_PAGE_LEN;
+pub use read::ReadReport;
+pub use replicas::{ReplicaError, ReplicaIo, Replicas};
+pub use stats::{COUNTERS, Stats};
+pub use sync::{RestorePeerReport, RestoreReport, RestoreState};
+pub use write::{HintPlacement, WRITE_ATTEMPTS_MAX, WriteReport};
+
+/// Notifications waiting for the in-process sender (background sync off);
+/// beyond it a notification is logged and counted as not queued.
+pub const MAIL_INLINE_IN_FLIGHT_MAX: usize = 64;
+
+/// The sending end of the in-process mail channel (background sync off).
+pub type MailSender = mpsc::Sender<MailJob>;
+
+/// One replica that did not acknowledge, as a client sees it: the node, a
+/// code and a safe message (never a peer's or Redis's own error text).
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeFailure {
+    pub node: String,
+    pub code: &'static str,
+    pub error: &'static str,
+}
+
+impl From<&ReplicaFailure> for NodeFailure {
+    fn from(f: &ReplicaFailure) -> Self {
+        NodeFailure {
+            node: f.node.clone(),
+            code: f.kind.as_str(),
+            error: f.kind.message(),
+        }
+    }
+}
+
+/// Failures of a coordinated operation, grouped by what the caller can do.
+#[derive(Debug, Error)]
+pub enum CoordError {
+    /// Not enough replicas answered: retry later or lower the consistency.
+    #[error(
+        "{operation} at consistency {consistency} needs {required} of {replicas:?}; only {answered:?} answered"
+    )]
+    Unavailable {
+        operation: &'static str,
+        consistency: Consistency,
+        required: usize,
+        replicas: Vec<String>,
+        answered: Vec<String>,
+        failed: Vec<NodeFailure>,
+    },
+    /// This node's own storage failed: the node is unhealthy.
+    #[error("local storage: {0}")]
+    Storage(#[from] StoreError),
+    /// A named peer is not part of the cluster.
+    #[error("unknown node {0:?}")]
+    UnknownNode(String),
+}
+
+/// The node handle.
+pub struct Coordinator {
+    cfg: Arc<Config>,
+    ring: Ring,
+    replicas: Replicas,
+    queues: Option<JobQueues>,
+    /// Group commit of replication jobs (background sync on).
+    batcher: Option<ReplicationBatcher>,
+    /// In-process notifications (background sync off).
+    inline_mail: Option<MailSender>,
+    repair_permits: Arc<Semaphore>,
+    restore_state: Mutex<RestoreState>,
+    /// Where the next tombstone-collection round resumes its scan.
+    gc_cursor: Mutex<u64>,
+    pub stats: Arc<Stats>,
+}
+
+impl Coordinator {
+    /// A node without queues (tests of handlers and pure paths).
+    pub fn new(cfg: Arc<Config>, store: Store) -> Result<Arc<Self>, PeerSetupError> {
+        Self::build(cfg, store, None, None)
+    }
+
+    /// Wires a node: its queues (`None`: jobs are neither pushed nor run)
+    /// and, with background sync off, the in-process mail sender. Must be
+    /// called inside a tokio runtime when queues are given.
+    pub fn build(
+        cfg: Arc<Config>,
+        store: Store,
+        queues: Option<JobQueues>,
+        inline_mail: Option<MailSender>,
+    ) -> Result<Arc<Self>, PeerSetupError> {
+        set_clock_offset_ms(cfg.clock_offset_ms);
+        let ring = Ring::new(cfg.nodes.keys().cloned(), cfg.vnodes);
+        let peers = PeerClient::new(
+            &cfg.node_id,
+            cfg.nodes.clone(),
+            &cfg.cluster_secret.0,
+            cfg.peer_connect_timeout,
+            cfg.peer_request_timeout,
+            cfg.peer_source_addr,
+        )?;
+        let stats = Arc::new(Stats::default());
+        let io = ReplicaIo::new(Arc::clone(&cfg), store, peers, Arc::clone(&stats));
+        let batcher = queues
+            .as_ref()
+            .filter(|_| cfg.background_sync)
+            .map(|q| ReplicationBatcher::start(q.clone()));
+        Ok(Arc::new(Coordinator {
+            ring,
+            replicas: Replicas::new(io),
+            queues,
+            batcher,
+            inline_mail,
+            repair_permits: Arc::new(Semaphore::new(READ_REPAIRS_IN_FLIGHT_MAX)),
+            restore_state: Mutex::new(RestoreState::Idle),
+            gc_cursor: Mutex::new(0),
+            stats,
+            cfg,
+        }))
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.cfg.node_id
+    }
+
+    pub fn ring(&self) -> &Ring {
+        &self.ring
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.replicas.io.store
+    }
+
+    pub fn queues(&self) -> Option<&JobQueues> {
+        self.queues.as_ref()
+    }
+
+    /// The replica transport (jobs deliver through its coalescers).
+    pub fn transport(&self) -> &Replicas {
+        &self.replicas
+    }
+
+    /// The key's preference list: the first N distinct nodes clockwise.
+    pub fn replicas(&self, key: &str) -> Vec<String> {
+        self.ring
+            .preference_list(key, self.cfg.replication_factor)
+            .into_iter()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    pub fn restore_state(&self) -> RestoreState {
+        lock(&self.restore_state).clone()
+    }
+
+    pub fn peer_states(&self) -> BTreeMap<String, PeerState> {
+        self.replicas.io.peer_states()
+    }
+
+    pub fn peer_health(&self, node: &str) -> Health {
+        self.replicas.io.peer_health(node)
+    }
+
+    pub async fn probe(&self, node: &str) -> bool {
+        self.replicas.io.probe(node).await
+    }
+
+    pub async fn probe_peers(&self, only_unhealthy: bool) {
+        self.replicas.probe_peers(only_unhealthy).await;
+    }
+
+    /// Stores records newer than the local copies (see [`ReplicaIo::apply_local`]).
+    pub async fn apply_local(
+        &self,
+        records: Vec<KeyedRecord>,
+    ) -> Result<Vec<ApplyStatus>, StoreError> {
+        self.replicas.io.apply_local(records).await
+    }
+
+    /// Keeps records as hints for `owner` (this node is a fallback).
+    pub async fn apply_local_as_hint(
+        &self,
+        owner: &str,
+        records: Vec<KeyedRecord>,
+    ) -> Result<Vec<ApplyStatus>, StoreError> {
+        self.replicas.io.apply_local_as_hint(owner, records).await
+    }
+
+    /// Keeps records as hints for `owner` on this node; whether kept.
+    pub async fn keep_hint(&self, owner: &str, records: Vec<KeyedRecord>) -> bool {
+        self.replicas.io.keep_hint(owner, records).await
+    }
+
+    /// One page of this node's local records.
+    pub async fn scan_local(&self, cursor: u64, count: usize) -> Result<ScanPage, StoreError> {
+        self.store().scan(cursor, count).await
+    }
+
+    /// The retry policy of background jobs.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        crate::queue::retry_policy(&self.cfg)
+    }
+
+    /// The node's counters, summed over its processes (see [`stats`]).
+    pub async fn counters(&self) -> Vec<(&'static str, u64)> {
+        self.stats
+            .node_wide(self.store(), &counters_key(&self.cfg.node_id))
+            .await
+    }
+
+    /// Adds this process's new counts to the node's counters in Redis.
+    pub async fn flush_counters(&self) -> Result<(), StoreError> {
+        self.stats
+            .flush(self.store(), &counters_key(&self.cfg.node_id))
+            .await
+    }
+}

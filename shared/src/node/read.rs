@@ -1,0 +1,122 @@
+//! A coordinated read: run the [`ReadPlan`], return the newest record, and
+//! repair the replicas that answered with older data.
+
+use std::sync::Arc;
+
+use tokio::task::JoinSet;
+use tracing::{debug, warn};
+
+use super::stats::Stats;
+use super::{CoordError, Coordinator, NodeFailure};
+use crate::core::message::KeyedRecord;
+use crate::core::plan::{ReadPlan, read_repairs};
+use crate::core::quorum::Consistency;
+use crate::core::record::Record;
+
+/// What a client read found.
+#[derive(Debug, Clone)]
+pub struct ReadReport {
+    pub key: String,
+    /// The newest record among the replicas that answered.
+    pub record: Option<Record>,
+    pub consistency: Consistency,
+    pub replicas: Vec<String>,
+    pub answered: Vec<String>,
+    /// Replicas sent the newest record because they answered with older data.
+    pub repaired: Vec<String>,
+}
+
+impl Coordinator {
+    /// Reads a key: asks R replicas (more only to replace failures), returns
+    /// the newest record among those that answered, and repairs the ones
+    /// that answered with older data.
+    pub async fn read(
+        self: &Arc<Self>,
+        key: String,
+        consistency: Consistency,
+    ) -> Result<ReadReport, CoordError> {
+        Stats::add(&self.stats.reads, 1);
+        let replicas = self.replicas(&key);
+        let required = consistency.required(replicas.len());
+        let down = self.replicas.io.believed_down(&replicas);
+        let mut plan = ReadPlan::new(&replicas, &self.cfg.node_id, &down, required);
+        let mut calls = JoinSet::new();
+        let start = |calls: &mut JoinSet<_>, node: String| {
+            let this = Arc::clone(self);
+            let keys = vec![key.clone()];
+            calls.spawn(async move {
+                let outcome = this.replicas.read(&node, keys).await;
+                (node, outcome)
+            });
+        };
+        for node in plan.first_calls() {
+            start(&mut calls, node);
+        }
+        let mut answers: Vec<(String, Option<Record>)> = Vec::with_capacity(replicas.len());
+        while let Some(joined) = calls.join_next().await {
+            match joined {
+                Ok((node, Ok(mut records))) => {
+                    plan.answered(&node);
+                    answers.push((node, records.pop().flatten()));
+                }
+                Ok((node, Err(error))) => {
+                    debug!(%key, %error, "replica read failed");
+                    if let Some(next) = plan.failed(&node, error.kind) {
+                        start(&mut calls, next);
+                    }
+                }
+                Err(join_error) => warn!(%join_error, "replica call task failed"),
+            }
+        }
+        if !plan.reached() {
+            Stats::add(&self.stats.unavailable, 1);
+            return Err(CoordError::Unavailable {
+                operation: "read",
+                consistency,
+                required,
+                replicas,
+                answered: plan.answered_nodes(),
+                failed: plan.failures().iter().map(NodeFailure::from).collect(),
+            });
+        }
+        let (newest, stale) = read_repairs(&answers);
+        if let Some(newest) = &newest {
+            // Versions read are observed, so a later write through this node
+            // is stamped above them. A refused (far-future) version is still
+            // returned; it is the stored truth, just not adopted by our clock.
+            if self.replicas.io.clock.observe(newest.version.ts).is_err() {
+                Stats::add(&self.stats.refused_versions, 1);
+            }
+            for node in &stale {
+                self.spawn_repair(node.clone(), key.clone(), newest.clone());
+            }
+        }
+        Ok(ReadReport {
+            key,
+            record: newest,
+            consistency,
+            replicas,
+            answered: plan.answered_nodes(),
+            repaired: stale,
+        })
+    }
+
+    /// Sends `record` to `node` in the background, bounded by a semaphore:
+    /// when too many repairs are in flight the repair is dropped and counted
+    /// (a later read or anti-entropy repairs it), never queued without bound.
+    fn spawn_repair(self: &Arc<Self>, node: String, key: String, record: Record) {
+        let Ok(permit) = Arc::clone(&self.repair_permits).try_acquire_owned() else {
+            Stats::add(&self.stats.read_repairs_dropped, 1);
+            return;
+        };
+        Stats::add(&self.stats.read_repairs, 1);
+        let io = Arc::clone(&self.replicas.io);
+        tokio::spawn(async move {
+            let _permit = permit;
+            match io.apply_on(&node, vec![KeyedRecord { key, record }]).await {
+                Ok(_) => debug!(%node, "read repair delivered"),
+                Err(error) => debug!(%node, %error, "read repair failed"),
+            }
+        });
+    }
+}

@@ -1,0 +1,414 @@
+//! Replica transport: apply and read records on one replica (this node's
+//! store, or a peer's internal API), with group commit per replica, and the
+//! failure detector fed by every call's outcome.
+//!
+//! [`ReplicaIo`] does the calls and owns no coalescer; [`Replicas`] adds one
+//! coalescer per replica whose batch call holds an `Arc<ReplicaIo>`, so there
+//! is no pointer back to the node handle.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use thiserror::Error;
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use crate::clock::{NodeClock, lock, now_ms};
+use crate::coalesce::{BatchError, BatchFuture, BatchLimits, CallError, Coalescer};
+use crate::config::Config;
+use crate::core::limits::{APPLY_BATCH_LEN_MAX, READ_BATCH_LEN_MAX};
+use crate::core::membership::{Health, Membership, PeerState, Transition};
+use crate::core::message::{ApplyStatus, KeyedRecord};
+use crate::core::plan::FailureKind;
+use crate::core::record::Record;
+use crate::node::stats::Stats;
+use crate::peer::{PeerClient, PeerError};
+use crate::storage::{Store, StoreError};
+
+/// Approximate bytes of the records one group-committed apply carries
+/// (a single large record still goes alone), well under the internal body limit.
+pub const COALESCED_APPLY_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// How long a peer that failed a call is skipped before it is tried again.
+pub const PEER_RETRY_AFTER_MS: u64 = 1_000;
+/// Failed calls in a row before a suspect peer is considered down.
+pub const PEER_DOWN_AFTER_FAILURES: u32 = 2;
+
+/// A replica call that failed: which node, what kind of failure, and the
+/// detail for logs (never shown to clients).
+#[derive(Debug, Clone, Error)]
+#[error("{node}: {}: {detail}", kind.as_str())]
+pub struct ReplicaError {
+    pub node: String,
+    pub kind: FailureKind,
+    pub detail: String,
+}
+
+impl ReplicaError {
+    pub fn new(node: &str, kind: FailureKind, detail: impl Into<String>) -> Self {
+        ReplicaError {
+            node: node.to_owned(),
+            kind,
+            detail: detail.into(),
+        }
+    }
+
+    fn from_peer(node: &str, error: &PeerError) -> Self {
+        let kind = match error {
+            PeerError::UnknownNode(_) => FailureKind::UnknownNode,
+            PeerError::Unreachable { .. } => FailureKind::Unreachable,
+            PeerError::Timeout { .. } => FailureKind::Timeout,
+            PeerError::Status { status: 503, .. } => FailureKind::Overloaded,
+            PeerError::Status { .. } => FailureKind::Status,
+            PeerError::Decode { .. } => FailureKind::BadAnswer,
+        };
+        ReplicaError::new(node, kind, error.to_string())
+    }
+
+    fn from_store(node: &str, error: &StoreError) -> Self {
+        ReplicaError::new(node, FailureKind::Storage, error.to_string())
+    }
+
+    fn from_call(node: &str, error: CallError<ReplicaError>) -> Self {
+        match error {
+            CallError::Call(error) => error,
+            CallError::Batch(error @ BatchError::Overloaded) => {
+                ReplicaError::new(node, FailureKind::Overloaded, error.to_string())
+            }
+            CallError::Batch(error) => {
+                ReplicaError::new(node, FailureKind::BadAnswer, error.to_string())
+            }
+        }
+    }
+}
+
+/// The calls themselves, and the view of peer health they feed.
+pub struct ReplicaIo {
+    pub(crate) cfg: Arc<Config>,
+    pub(crate) store: Store,
+    pub(crate) peers: PeerClient,
+    pub(crate) clock: NodeClock,
+    pub(crate) stats: Arc<Stats>,
+    membership: Mutex<Membership>,
+}
+
+impl ReplicaIo {
+    pub fn new(cfg: Arc<Config>, store: Store, peers: PeerClient, stats: Arc<Stats>) -> Self {
+        let others: Vec<String> = cfg
+            .nodes
+            .keys()
+            .filter(|n| **n != cfg.node_id)
+            .cloned()
+            .collect();
+        ReplicaIo {
+            clock: NodeClock::new(cfg.clock_drift_ms_max),
+            membership: Mutex::new(Membership::new(
+                others,
+                PEER_RETRY_AFTER_MS,
+                PEER_DOWN_AFTER_FAILURES,
+            )),
+            cfg,
+            store,
+            peers,
+            stats,
+        }
+    }
+
+    fn me(&self) -> &str {
+        &self.cfg.node_id
+    }
+
+    /// Applies records on one replica: locally, or through its internal API.
+    pub async fn apply_on(
+        &self,
+        node: &str,
+        records: Vec<KeyedRecord>,
+    ) -> Result<Vec<ApplyStatus>, ReplicaError> {
+        if node == self.me() {
+            return self
+                .apply_local(records)
+                .await
+                .map_err(|e| ReplicaError::from_store(node, &e));
+        }
+        let response = self
+            .tracked(node, self.peers.apply(node, records, None))
+            .await?;
+        Ok(response.results)
+    }
+
+    /// Asks `node`, a fallback, to keep records as hints for `owner`.
+    pub async fn apply_hint_on(
+        &self,
+        node: &str,
+        owner: &str,
+        records: Vec<KeyedRecord>,
+    ) -> Result<Vec<ApplyStatus>, ReplicaError> {
+        if node == self.me() {
+            return self
+                .apply_local_as_hint(owner, records)
+                .await
+                .map_err(|e| ReplicaError::from_store(node, &e));
+        }
+        let call = self.peers.apply(node, records, Some(owner.to_owned()));
+        Ok(self.tracked(node, call).await?.results)
+    }
+
+    /// Reads records from one replica: locally, or through its internal API.
+    pub async fn read_on(
+        &self,
+        node: &str,
+        keys: Vec<String>,
+    ) -> Result<Vec<Option<Record>>, ReplicaError> {
+        if node == self.me() {
+            return self
+                .store
+                .get_many(&keys)
+                .await
+                .map_err(|e| ReplicaError::from_store(node, &e));
+        }
+        Ok(self
+            .tracked(node, self.peers.read(node, keys))
+            .await?
+            .records)
+    }
+
+    /// Stores records that are newer than the local copies. Records whose
+    /// version is further ahead of our clock than the drift limit are refused
+    /// (a timestamp bomb must not freeze a key); the others are observed by
+    /// our clock so later writes coordinated here are ordered after them.
+    pub async fn apply_local(
+        &self,
+        records: Vec<KeyedRecord>,
+    ) -> Result<Vec<ApplyStatus>, StoreError> {
+        let mut statuses = vec![ApplyStatus::Refused; records.len()];
+        let observed = self
+            .clock
+            .observe_all(records.iter().map(|kr| kr.record.version.ts));
+        let mut accepted_at = Vec::with_capacity(records.len());
+        let mut accepted = Vec::with_capacity(records.len());
+        for (i, (kr, ok)) in records.into_iter().zip(observed).enumerate() {
+            if ok {
+                accepted_at.push(i);
+                accepted.push((kr.key, kr.record));
+            } else {
+                Stats::add(&self.stats.refused_versions, 1);
+                warn!(key = %kr.key, version = %kr.record.version, "refused a record from the future");
+            }
+        }
+        let stored = self.store.apply(&accepted).await?;
+        for (i, was_stored) in accepted_at.into_iter().zip(stored) {
+            statuses[i] = if was_stored {
+                ApplyStatus::Stored
+            } else {
+                ApplyStatus::Unchanged
+            };
+        }
+        Ok(statuses)
+    }
+
+    /// Awaits a call to a peer and records its outcome in the membership
+    /// view (a failure marks the peer suspect at once).
+    pub(crate) async fn tracked<T>(
+        &self,
+        node: &str,
+        call: impl std::future::Future<Output = Result<T, PeerError>>,
+    ) -> Result<T, ReplicaError> {
+        match call.await {
+            Ok(value) => {
+                self.note_success(node);
+                Ok(value)
+            }
+            Err(error) => {
+                let error = ReplicaError::from_peer(node, &error);
+                self.note_failure(node, &error.detail);
+                Err(error)
+            }
+        }
+    }
+
+    fn note_success(&self, node: &str) {
+        if node == self.me() {
+            return;
+        }
+        let transition = lock(&self.membership).success(node, now_ms());
+        self.log_transition(transition);
+    }
+
+    fn note_failure(&self, node: &str, reason: &str) {
+        if node == self.me() {
+            return;
+        }
+        let transition = lock(&self.membership).failure(node, reason, now_ms());
+        self.log_transition(transition);
+    }
+
+    fn log_transition(&self, transition: Option<Transition>) {
+        if let Some(t) = transition {
+            Stats::add(&self.stats.peer_transitions, 1);
+            match t.to {
+                Health::Up => info!(peer = %t.node, from = t.from.as_str(), "peer is up"),
+                other => {
+                    warn!(peer = %t.node, from = t.from.as_str(), to = other.as_str(), "peer health changed")
+                }
+            }
+        }
+    }
+
+    /// Nodes of `nodes` not worth calling first: peers marked down that
+    /// failed within the last [`PEER_RETRY_AFTER_MS`] (the plans call them
+    /// last, or not at all when the others suffice).
+    pub fn believed_down(&self, nodes: &[String]) -> Vec<String> {
+        let now = now_ms();
+        let membership = lock(&self.membership);
+        nodes
+            .iter()
+            .filter(|n| **n != self.cfg.node_id && !membership.should_call(n, now))
+            .cloned()
+            .collect()
+    }
+
+    /// Health of every peer as this node sees it.
+    pub fn peer_states(&self) -> BTreeMap<String, PeerState> {
+        lock(&self.membership)
+            .iter()
+            .map(|(n, s)| (n.clone(), s.clone()))
+            .collect()
+    }
+
+    pub fn peer_health(&self, node: &str) -> Health {
+        if node == self.me() {
+            Health::Up
+        } else {
+            lock(&self.membership).health(node)
+        }
+    }
+
+    /// Whether `node` answers now (this node: whether its store answers).
+    /// Records the outcome like any other call.
+    pub async fn probe(&self, node: &str) -> bool {
+        if node == self.me() {
+            return self.store.ping().await.is_ok();
+        }
+        self.tracked(node, self.peers.health(node)).await.is_ok()
+    }
+}
+
+type Slots<T, R> = BTreeMap<String, OnceLock<Coalescer<T, R, ReplicaError>>>;
+/// A batch call made directly on a replica.
+type Direct<T, R> = fn(Arc<ReplicaIo>, String, Vec<T>) -> BatchFuture<R, ReplicaError>;
+
+/// The transport with group commit per replica (see [`crate::coalesce`]).
+pub struct Replicas {
+    pub io: Arc<ReplicaIo>,
+    applies: Slots<KeyedRecord, ApplyStatus>,
+    reads: Slots<String, Option<Record>>,
+}
+
+impl Replicas {
+    pub fn new(io: ReplicaIo) -> Self {
+        Replicas {
+            applies: io
+                .cfg
+                .nodes
+                .keys()
+                .map(|n| (n.clone(), OnceLock::new()))
+                .collect(),
+            reads: io
+                .cfg
+                .nodes
+                .keys()
+                .map(|n| (n.clone(), OnceLock::new()))
+                .collect(),
+            io: Arc::new(io),
+        }
+    }
+
+    /// [`ReplicaIo::apply_on`], sharing one call with the concurrent
+    /// writes bound for the same replica.
+    pub async fn apply(
+        &self,
+        node: &str,
+        records: Vec<KeyedRecord>,
+    ) -> Result<Vec<ApplyStatus>, ReplicaError> {
+        let limits = BatchLimits {
+            items_max: APPLY_BATCH_LEN_MAX,
+            bytes_max: COALESCED_APPLY_BYTES_MAX,
+        };
+        let direct: Direct<KeyedRecord, ApplyStatus> =
+            |io, node, records| Box::pin(async move { io.apply_on(&node, records).await });
+        match self.coalescer(
+            &self.applies,
+            node,
+            limits,
+            KeyedRecord::approx_bytes,
+            direct,
+        ) {
+            Some(c) => c
+                .call(records)
+                .await
+                .map_err(|e| ReplicaError::from_call(node, e)),
+            None => self.io.apply_on(node, records).await,
+        }
+    }
+
+    /// [`ReplicaIo::read_on`], sharing one call with the concurrent reads
+    /// bound for the same replica.
+    pub async fn read(
+        &self,
+        node: &str,
+        keys: Vec<String>,
+    ) -> Result<Vec<Option<Record>>, ReplicaError> {
+        let limits = BatchLimits {
+            items_max: READ_BATCH_LEN_MAX,
+            bytes_max: COALESCED_APPLY_BYTES_MAX,
+        };
+        let direct: Direct<String, Option<Record>> =
+            |io, node, keys| Box::pin(async move { io.read_on(&node, keys).await });
+        match self.coalescer(&self.reads, node, limits, String::len, direct) {
+            Some(c) => c
+                .call(keys)
+                .await
+                .map_err(|e| ReplicaError::from_call(node, e)),
+            None => self.io.read_on(node, keys).await,
+        }
+    }
+
+    /// The coalescer towards `node`, started on first use (it needs a
+    /// running tokio runtime); `None` for a node outside the cluster.
+    fn coalescer<'a, T: Send + 'static, R: Send + 'static>(
+        &self,
+        slots: &'a Slots<T, R>,
+        node: &str,
+        limits: BatchLimits,
+        weight: fn(&T) -> usize,
+        direct: Direct<T, R>,
+    ) -> Option<&'a Coalescer<T, R, ReplicaError>> {
+        let slot = slots.get(node)?;
+        Some(slot.get_or_init(|| {
+            let (io, node) = (Arc::clone(&self.io), node.to_owned());
+            Coalescer::start(limits, weight, move |items| {
+                direct(Arc::clone(&io), node.clone(), items)
+            })
+        }))
+    }
+
+    /// Calls the `/health` of every peer (or, with `only_unhealthy`, of every
+    /// peer not known to be up) once and records the outcome. This light
+    /// probe is what brings a peer marked down back into use.
+    pub async fn probe_peers(&self, only_unhealthy: bool) {
+        let targets: Vec<String> = self
+            .io
+            .peer_states()
+            .into_iter()
+            .filter(|(_, state)| !only_unhealthy || state.health != Health::Up)
+            .map(|(node, _)| node)
+            .collect();
+        let mut calls = JoinSet::new();
+        for node in targets {
+            let io = Arc::clone(&self.io);
+            calls.spawn(async move {
+                io.probe(&node).await;
+            });
+        }
+        while calls.join_next().await.is_some() {}
+    }
+}

@@ -1,0 +1,12 @@
+//! The job functions: what a worker (or, background sync off, the API
+//! process) does with each job, over the node handle.
+//!
+//! - [`replicate`]: deliver records to a replica; retry or dead-letter.
+//! - [`mail`]: send a notification (deduplicated, rate-bound into digests).
+//! - [`heartbeat`]: probe every node, record `node_status:*` (seed IV).
+//! - [`periodic`]: hint delivery, anti-entropy and tombstone GC rounds.
+
+pub mod heartbeat;
+pub mod mail;
+pub mod periodic;
+pub mod replicate;

@@ -1,0 +1,133 @@
+//! The replication job function, and the retry / dead-letter decision
+//! shared by every job kind.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use thiserror::Error;
+use tracing::{debug, warn};
+
+use crate::clock::now_ms;
+use crate::core::jobs::{ReplicateJob, RetryDecision};
+use crate::core::message::ApplyStatus;
+use crate::node::Coordinator;
+use crate::queue::{JobQueues, QueueError, REPLICATE};
+/// Why a job run failed (it will be retried or dead-lettered).
+#[derive(Debug, Error)]
+#[error("{0}")]
+pub struct JobFailure(pub String);
+
+/// The replication job function: delivers the records to the target
+/// replica. Shared by workers and the inline runner. Safe to replay.
+/// Jobs a worker runs at the same time for the same target share one call
+/// (see [`crate::coalesce`]); each still gets its own statuses.
+pub async fn run_replicate(coord: &Coordinator, job: &ReplicateJob) -> Result<(), JobFailure> {
+    let statuses = coord
+        .transport()
+        .apply(&job.target, job.records.clone())
+        .await
+        .map_err(|e| JobFailure(e.to_string()))?;
+    if statuses.len() != job.records.len() {
+        return Err(JobFailure(format!(
+            "{} answered {} statuses for {} records",
+            job.target,
+            statuses.len(),
+            job.records.len()
+        )));
+    }
+    let refused = statuses
+        .iter()
+        .filter(|s| **s == ApplyStatus::Refused)
+        .count();
+    if refused > 0 {
+        // A refusal is permanent (version too far ahead of the target's
+        // clock); retrying cannot help, and the record is logged.
+        warn!(target = %job.target, refused, "replica refused records from the future");
+    }
+    Ok(())
+}
+
+/// What became of a job run, after retries are decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobOutcome {
+    Delivered,
+    Retrying,
+    Dead,
+}
+
+/// After a failed run: push the job again after the policy's delay, or,
+/// when out of attempts (or `retryable` is false), write a dead letter.
+/// `requeue` receives the new attempt count and the delay.
+#[allow(clippy::too_many_arguments)]
+pub async fn retry_or_dead_letter<J: Serialize>(
+    queues: &JobQueues,
+    kind: &str,
+    runs: u32,
+    retryable: bool,
+    reason: String,
+    job: &J,
+    requeue: impl AsyncFnOnce(u32, Duration) -> Result<(), QueueError>,
+) -> Result<(), QueueError> {
+    match queues.decide(runs, retryable) {
+        RetryDecision::RetryAfter { delay_ms, attempt } => {
+            debug!(kind, attempt, delay_ms, %reason, "job failed; retrying");
+            requeue(attempt, Duration::from_millis(delay_ms)).await?;
+            queues.count("retried", 1).await?;
+        }
+        RetryDecision::GiveUp => queues.dead_letter_job(kind, runs, reason, job).await?,
+    }
+    Ok(())
+}
+
+/// Runs a replication job once and, on failure, schedules the retry on the
+/// queue or dead-letters it (keeping the records as a hint). Used by the
+/// worker's job function.
+pub async fn replicate_and_settle(
+    coord: &Coordinator,
+    queues: &JobQueues,
+    job: ReplicateJob,
+) -> Result<JobOutcome, QueueError> {
+    let failure = match run_replicate(coord, &job).await {
+        Ok(()) => {
+            queues
+                .record_delivery(now_ms().saturating_sub(job.created_ms))
+                .await?;
+            return Ok(JobOutcome::Delivered);
+        }
+        Err(failure) => failure,
+    };
+    let runs = job.attempt.saturating_add(1);
+    let give_up = queues.policy.after_failure(runs) == RetryDecision::GiveUp;
+    let mut reason = failure.0;
+    if give_up {
+        // The job is dead, not the data: keep it as a hint, which is
+        // delivered as soon as the target answers again.
+        let kept = coord.keep_hint(&job.target, job.records.clone()).await;
+        reason = if kept {
+            format!("{reason}; gave up after {runs} runs, records kept as a hint")
+        } else {
+            format!("{reason}; gave up after {runs} runs, no hint kept (anti-entropy will repair)")
+        };
+    }
+    retry_or_dead_letter(
+        queues,
+        REPLICATE,
+        runs,
+        true,
+        reason,
+        &job,
+        async |attempt, delay| {
+            let next = ReplicateJob {
+                attempt,
+                ..job.clone()
+            };
+            queues.push_replicate(next, Some(delay)).await
+        },
+    )
+    .await?;
+    Ok(if give_up {
+        JobOutcome::Dead
+    } else {
+        JobOutcome::Retrying
+    })
+}
