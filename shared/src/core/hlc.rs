@@ -121,10 +121,43 @@ impl HybridClock {
     }
 }
 
+/// This node's clock as its peers see it: `offsets_ms` holds, per peer
+/// measured recently, the peer's clock minus ours (estimated at the middle
+/// of a probe's round trip). The node is fenced — it must not coordinate
+/// writes — when more than half of the measured peers are further than
+/// `drift_max_ms` from it: then it is this clock that is off, not theirs.
+/// With no peer measured it is not fenced (a lone node keeps working).
+pub fn fenced(offsets_ms: &[i64], drift_max_ms: u64) -> bool {
+    let beyond = offsets_ms
+        .iter()
+        .filter(|o| o.unsigned_abs() > drift_max_ms)
+        .count();
+    beyond * 2 > offsets_ms.len()
+}
+
+/// The median of the measured offsets (0 when none), for reports.
+pub fn median_offset_ms(offsets_ms: &[i64]) -> i64 {
+    let mut sorted = offsets_ms.to_vec();
+    sorted.sort_unstable();
+    sorted.get(sorted.len() / 2).copied().unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_node_is_fenced_only_when_most_peers_disagree_with_it() {
+        // node3 10 minutes fast: both peers read it as 600 s behind them.
+        assert!(fenced(&[-600_000, -600_000], 60_000));
+        // node1 sees one good peer and the fast node3: not its own clock.
+        assert!(!fenced(&[0, 600_000], 60_000));
+        assert!(!fenced(&[], 60_000));
+        assert!(!fenced(&[59_000, -59_000], 60_000));
+        assert!(fenced(&[61_000, 70_000, 0], 60_000));
+        assert_eq!(median_offset_ms(&[5, -3, 9]), 5);
+    }
 
     #[test]
     fn tick_follows_wall_clock_and_survives_steps_back() {

@@ -98,6 +98,57 @@ impl ReplicaIo {
 }
 
 impl Coordinator {
+    /// Delivers one page of hints to `owner` (`None`: it did not answer).
+    /// Hints older than the tombstone grace are dropped, not delivered: GC
+    /// may have collected a delete they would undo. Hints the owner refused
+    /// (beyond its clock's drift bound) stay, and expire with the grace.
+    async fn deliver_page(
+        &self,
+        owner: &str,
+        space: &Space,
+        records: Vec<(String, Record)>,
+    ) -> Result<Option<u64>, StoreError> {
+        let io = &self.replicas.io;
+        let grace_ms = u64::try_from(self.cfg.tombstone_grace.as_millis()).unwrap_or(u64::MAX);
+        let horizon_ms = now_ms().saturating_sub(grace_ms);
+        let (expired, fresh): (Vec<_>, Vec<_>) = records
+            .into_iter()
+            .partition(|(_, r)| r.version.ts.wall_ms < horizon_ms);
+        if !expired.is_empty() {
+            let dropped = io.store.remove_if_same(space, &expired).await?;
+            Stats::add(&io.stats.hints_expired, dropped);
+            warn!(%owner, dropped, "dropped hints older than the tombstone grace (anti-entropy repairs)");
+        }
+        if fresh.is_empty() {
+            return Ok(Some(0));
+        }
+        let batch: Vec<KeyedRecord> = fresh
+            .iter()
+            .map(|(key, record)| KeyedRecord {
+                key: key.clone(),
+                record: record.clone(),
+            })
+            .collect();
+        let Ok(statuses) = io.apply_on(owner, batch).await else {
+            return Ok(None);
+        };
+        if statuses.len() != fresh.len() {
+            return Ok(None);
+        }
+        let (accepted, refused): (Vec<_>, Vec<_>) = fresh
+            .into_iter()
+            .zip(statuses)
+            .partition(|(_, status)| *status != ApplyStatus::Refused);
+        if !refused.is_empty() {
+            Stats::add(&io.stats.hints_refused, refused.len() as u64);
+            warn!(%owner, refused = refused.len(), "owner refused hints (clock drift); keeping them");
+        }
+        let accepted: Vec<(String, Record)> = accepted.into_iter().map(|(r, _)| r).collect();
+        let removed = io.store.remove_if_same(space, &accepted).await?;
+        Stats::add(&io.stats.hints_delivered, removed);
+        Ok(Some(removed))
+    }
+
     /// Delivers the hints this node keeps to their owners that answer, in
     /// batches; each delivered hint is removed only if it was not replaced
     /// meanwhile. Returns how many records were delivered.
@@ -116,20 +167,11 @@ impl Coordinator {
                     .scan_in(&space, cursor, SCAN_PAGE_LEN.min(APPLY_BATCH_LEN_MAX))
                     .await?;
                 if !page.records.is_empty() {
-                    let batch: Vec<KeyedRecord> = page
-                        .records
-                        .iter()
-                        .map(|(key, record)| KeyedRecord {
-                            key: key.clone(),
-                            record: record.clone(),
-                        })
-                        .collect();
-                    if io.apply_on(owner, batch).await.is_err() {
+                    let removed = self.deliver_page(owner, &space, page.records).await?;
+                    let Some(removed) = removed else {
                         break; // still down; try again next round
-                    }
-                    let removed = io.store.remove_if_same(&space, &page.records).await?;
+                    };
                     delivered += removed;
-                    Stats::add(&io.stats.hints_delivered, removed);
                 }
                 if page.next_cursor == 0 {
                     break;

@@ -92,6 +92,25 @@ pub enum CoordError {
         replicas: Vec<String>,
         answered: Vec<String>,
         failed: Vec<NodeFailure>,
+        /// A write only: where the value was nevertheless stored, queued or
+        /// hinted (there is no rollback), so it may still appear.
+        stored_on: Vec<String>,
+        queued_for: Vec<String>,
+        hinted_for: Vec<HintPlacement>,
+    },
+    /// This node's clock is further from its peers' than the drift bound:
+    /// it refuses to coordinate writes until it is back within the bound.
+    #[error(
+        "this node's clock is {offset_ms} ms from its peers' (bound {drift_max_ms} ms); it does not coordinate writes"
+    )]
+    ClockSkew { offset_ms: i64, drift_max_ms: u64 },
+    /// A replica kept a newer version after every re-stamp: acknowledging
+    /// would report a write that reads will not return.
+    #[error("write {version} is shadowed by a newer version on {holder}")]
+    Shadowed {
+        version: String,
+        holder: String,
+        stored_on: Vec<String>,
     },
     /// This node's own storage failed: the node is unhealthy.
     #[error("local storage: {0}")]

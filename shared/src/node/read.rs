@@ -77,14 +77,27 @@ impl Coordinator {
                 replicas,
                 answered: plan.answered_nodes(),
                 failed: plan.failures().iter().map(NodeFailure::from).collect(),
+                stored_on: Vec::new(),
+                queued_for: Vec::new(),
+                hinted_for: Vec::new(),
             });
+        }
+        // A version beyond the drift bound of this node's clock (a node with
+        // a fast clock stored it) is one the other replicas refuse: it is
+        // neither returned nor spread by repair; the newest acceptable one is.
+        let clock = &self.replicas.io.clock;
+        for (node, record) in &mut answers {
+            if record.as_ref().is_some_and(|r| clock.check(r.version.ts).is_err()) {
+                Stats::add(&self.stats.refused_versions, 1);
+                warn!(%key, %node, "ignoring a version from beyond the clock drift bound");
+                *record = None;
+            }
         }
         let (newest, stale) = read_repairs(&answers);
         if let Some(newest) = &newest {
             // Versions read are observed, so a later write through this node
-            // is stamped above them. A refused (far-future) version is still
-            // returned; it is the stored truth, just not adopted by our clock.
-            if self.replicas.io.clock.observe(newest.version.ts).is_err() {
+            // is stamped above them.
+            if clock.observe(newest.version.ts).is_err() {
                 Stats::add(&self.stats.refused_versions, 1);
             }
             for node in &stale {

@@ -89,6 +89,20 @@ pub struct ReplicaIo {
     pub(crate) clock: NodeClock,
     pub(crate) stats: Arc<Stats>,
     membership: Mutex<Membership>,
+    /// Per peer: (its clock minus ours in ms, when measured), from probes.
+    clock_offsets: Mutex<BTreeMap<String, (i64, u64)>>,
+}
+
+/// How long a peer's measured clock offset counts toward fencing.
+pub const CLOCK_OFFSET_TTL_MS: u64 = 30_000;
+
+/// This node's clock against its peers' (see `core::hlc::fenced`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ClockView {
+    pub fenced: bool,
+    pub peers_measured: usize,
+    pub median_offset_ms: i64,
+    pub drift_max_ms: u64,
 }
 
 impl ReplicaIo {
@@ -106,10 +120,27 @@ impl ReplicaIo {
                 PEER_RETRY_AFTER_MS,
                 PEER_DOWN_AFTER_FAILURES,
             )),
+            clock_offsets: Mutex::new(BTreeMap::new()),
             cfg,
             store,
             peers,
             stats,
+        }
+    }
+
+    /// This node's clock as its recently probed peers see it.
+    pub fn clock_view(&self) -> ClockView {
+        let now = now_ms();
+        let offsets: Vec<i64> = lock(&self.clock_offsets)
+            .values()
+            .filter(|(_, at)| now.saturating_sub(*at) <= CLOCK_OFFSET_TTL_MS)
+            .map(|(offset, _)| *offset)
+            .collect();
+        ClockView {
+            fenced: crate::core::hlc::fenced(&offsets, self.cfg.clock_drift_ms_max),
+            peers_measured: offsets.len(),
+            median_offset_ms: crate::core::hlc::median_offset_ms(&offsets),
+            drift_max_ms: self.cfg.clock_drift_ms_max,
         }
     }
 
@@ -288,7 +319,18 @@ impl ReplicaIo {
         if node == self.me() {
             return self.store.ping().await.is_ok();
         }
-        self.tracked(node, self.peers.health(node)).await.is_ok()
+        let sent_ms = now_ms();
+        let Ok(answer) = self.tracked(node, self.peers.health(node)).await else {
+            return false;
+        };
+        let received_ms = now_ms();
+        if let Some(peer_ms) = answer.get("now_ms").and_then(serde_json::Value::as_u64) {
+            let middle_ms = sent_ms / 2 + received_ms / 2;
+            let offset = i64::try_from(peer_ms).unwrap_or(i64::MAX)
+                - i64::try_from(middle_ms).unwrap_or(i64::MAX);
+            lock(&self.clock_offsets).insert(node.to_owned(), (offset, received_ms));
+        }
+        true
     }
 }
 

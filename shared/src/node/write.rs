@@ -63,6 +63,14 @@ impl Coordinator {
         consistency: Consistency,
     ) -> Result<WriteReport, CoordError> {
         Stats::add(&self.stats.writes, 1);
+        let clock = self.replicas.io.clock_view();
+        if clock.fenced {
+            Stats::add(&self.stats.unavailable, 1);
+            return Err(CoordError::ClockSkew {
+                offset_ms: -clock.median_offset_ms,
+                drift_max_ms: clock.drift_max_ms,
+            });
+        }
         let mut record = Record {
             version: self.next_version(),
             value,
@@ -219,8 +227,11 @@ impl Coordinator {
                 consistency,
                 required: outcome.required,
                 replicas: outcome.replicas,
+                stored_on: outcome.acks.clone(),
                 answered: outcome.acks,
                 failed,
+                queued_for: early,
+                hinted_for: hints,
             });
         }
         let report = WriteReport {

@@ -10,7 +10,7 @@ use tracing::{debug, warn};
 use crate::clock::now_ms;
 use crate::core::jobs::{ReplicateJob, RetryDecision};
 use crate::core::message::ApplyStatus;
-use crate::node::Coordinator;
+use crate::node::{Coordinator, Stats};
 use crate::queue::{JobQueues, QueueError, REPLICATE};
 /// Why a job run failed (it will be retried or dead-lettered).
 #[derive(Debug, Error)]
@@ -40,9 +40,15 @@ pub async fn run_replicate(coord: &Coordinator, job: &ReplicateJob) -> Result<()
         .filter(|s| **s == ApplyStatus::Refused)
         .count();
     if refused > 0 {
-        // A refusal is permanent (version too far ahead of the target's
-        // clock); retrying cannot help, and the record is logged.
+        // The target refused versions from beyond its clock's drift bound:
+        // not delivered. Retried (the clocks may come back within the
+        // bound), then dead-lettered, visibly.
         warn!(target = %job.target, refused, "replica refused records from the future");
+        return Err(JobFailure(format!(
+            "{} refused {refused} of {} records (version beyond its clock drift bound)",
+            job.target,
+            job.records.len()
+        )));
     }
     Ok(())
 }
@@ -87,6 +93,17 @@ pub async fn replicate_and_settle(
     queues: &JobQueues,
     job: ReplicateJob,
 ) -> Result<JobOutcome, QueueError> {
+    let grace_ms = u64::try_from(coord.config().tombstone_grace.as_millis()).unwrap_or(u64::MAX);
+    let age_ms = now_ms().saturating_sub(job.created_ms);
+    if age_ms > grace_ms {
+        // Older than the tombstone grace: its records may be deletes that GC
+        // has since collected elsewhere, or values whose deletes it has, so
+        // replaying it could bring a deleted key back (Cassandra's rule: a
+        // hint older than gc_grace is never replayed). Anti-entropy repairs.
+        warn!(target = %job.target, age_ms, records = job.records.len(), "dropping a replication job older than the tombstone grace");
+        Stats::add(&coord.stats.jobs_expired, 1);
+        return Ok(JobOutcome::Dead);
+    }
     let failure = match run_replicate(coord, &job).await {
         Ok(()) => {
             queues

@@ -1,0 +1,147 @@
+//! The promises that broke when tried from outside the usual test
+//! conditions: a node with a bad clock, tombstones at volume, counters of
+//! work done by workers. Real redis-server and api processes.
+
+use std::time::Duration;
+
+use kv_tests::{Cluster, Options, wait_for};
+use serde_json::{Value, json};
+
+/// node3's clock 10 minutes ahead (drift bound 60 s): it refuses to
+/// coordinate writes (503 `clock_skew`), and no read through any node
+/// returns a version it made; writes through the others go on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fast_node_is_fenced_and_loses_no_acknowledged_write() {
+    let mut c = Cluster::start(Options::default().env("KV_PROBE_INTERVAL_MS", "200")).await;
+    c.wait_all_see_all_up().await;
+    c.kill_api(2);
+    c.nodes[2].env = vec![("KV_CLOCK_OFFSET_MS".to_owned(), "600000".to_owned())];
+    c.restart_api(2).await;
+    // Fenced as soon as its probes have measured the peers' clocks.
+    let body = wait_for("node3 fenced", Duration::from_secs(15), || async {
+        let (status, body) = c.put(2, "fence-probe", json!("x")).await;
+        (status == 503 && body["error"]["code"] == "clock_skew").then_some(body)
+    })
+    .await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("clock")),
+        "{body}"
+    );
+    let keys: Vec<String> = (0..20).map(|i| format!("skew-{i}")).collect();
+    for key in &keys {
+        let (status, body) = c.put(2, key, json!("a")).await;
+        assert_eq!(status, 503, "a write through the fast node: {body}");
+        assert_eq!(body["error"]["code"], "clock_skew", "{body}");
+        let (status, body) = c.put(0, key, json!("b")).await;
+        assert_eq!(status, 200, "a write through node1: {body}");
+    }
+    let mut stale = Vec::new();
+    for key in &keys {
+        for node in 0..3 {
+            let (status, body) = c.get(node, key).await;
+            if status != 200 || body["value"] != "b" {
+                stale.push(format!("{key} via node{}: {status} {body}", node + 1));
+            }
+        }
+    }
+    assert!(stale.is_empty(), "{} of 60 reads: {stale:?}", stale.len());
+    // The fast node never stored its refused writes.
+    let snapshot = c.snapshot(2).await;
+    let data = snapshot["data"].as_object().cloned().unwrap_or_default();
+    for key in &keys {
+        assert_ne!(data.get(key), Some(&json!("a")), "{key} on node3");
+    }
+}
+
+/// Far more tombstones than one internal read may carry are collected in a
+/// few rounds, with background sync on; GC runs in the workers, and their
+/// counters show in the API's `/cluster/` and `/metrics`.
+#[tokio::test(flavor = "multi_thread")]
+async fn tombstones_are_collected_at_volume_and_workers_counters_show() {
+    let c = Cluster::start(
+        Options {
+            workers: 1,
+            ..Options::default()
+        }
+        .env("KV_TOMBSTONE_GRACE_S", "2")
+        .env("KV_HINT_WINDOW_S", "1")
+        .env("KV_GC_INTERVAL_S", "1"),
+    )
+    .await;
+    c.wait_all_see_all_up().await;
+    // 1,500 keys written then deleted, 1,000 deletes of keys never written:
+    // 2,500 tombstones per node, past the 1,000-key bound of /internal/read.
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..8usize {
+        let urls: Vec<String> = (0..3).map(|i| c.url(i)).collect();
+        let http = c.http.clone();
+        tasks.spawn(async move {
+            for i in (worker..2_500).step_by(8) {
+                let key = format!("gc-{i}");
+                let url = &urls[i % 3];
+                if i < 1_500 {
+                    let put = http
+                        .post(format!("{url}/kv/"))
+                        .json(&json!({ "key": key, "value": i }))
+                        .send()
+                        .await
+                        .map(|r| r.status().as_u16());
+                    assert_eq!(put.ok(), Some(200), "put {key}");
+                }
+                let del = http
+                    .delete(format!("{url}/kv/?key={key}&consistency=all"))
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16());
+                assert_eq!(del.ok(), Some(200), "delete {key}");
+            }
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.expect("client task");
+    }
+    for node in 0..3 {
+        let total = c.snapshot(node).await["total_records"].as_u64();
+        assert_eq!(total, Some(2_500), "node{} holds every tombstone", node + 1);
+    }
+    for node in 0..3 {
+        wait_for(
+            &format!("node{} collects every tombstone", node + 1),
+            Duration::from_secs(60),
+            || async {
+                let total = c.snapshot(node).await["total_records"].as_u64();
+                (total == Some(0)).then_some(())
+            },
+        )
+        .await;
+    }
+    // The workers did the collecting; the API's views count it.
+    let view: Value = wait_for("node1 counts the GC", Duration::from_secs(10), || async {
+        let view = c.cluster_view(0).await;
+        let collected = view["stats"]["tombstones_collected"].as_u64().unwrap_or(0);
+        (collected >= 2_500 && view["stats"]["gc_runs"].as_u64().unwrap_or(0) > 0).then_some(view)
+    })
+    .await;
+    assert!(view["stats"]["writes"].as_u64().unwrap_or(0) > 0, "{view}");
+    let metrics = c
+        .http
+        .get(format!("{}/metrics", c.url(0)))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("kv_tombstones_collected_total"))
+        .unwrap_or_default();
+    let value: u64 = line
+        .rsplit(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(value >= 2_500, "metrics line {line:?}");
+}
