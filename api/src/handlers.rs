@@ -2,7 +2,6 @@
 //! the answer. No decision about replicas or versions is made here.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
@@ -33,13 +32,7 @@ use shared::core::validate::validate_key;
 use shared::maintenance::status_key;
 
 use crate::error::ApiError;
-
-/// Shared state of every handler.
-#[derive(Clone)]
-pub struct AppState {
-    pub coord: Arc<Coordinator>,
-    pub metrics: crate::metrics::Metrics,
-}
+use crate::state::AppState;
 
 /// Header form of `?consistency=`.
 pub const CONSISTENCY_HEADER: &str = "x-consistency";

@@ -7,6 +7,7 @@ pub mod error;
 pub mod handlers;
 pub mod metrics;
 pub mod server;
+pub mod state;
 
 use std::any::Any;
 use std::sync::Arc;
@@ -27,7 +28,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tracing::error;
 
 use crate::error::ApiError;
-use crate::handlers::AppState;
+use crate::state::AppState;
 
 /// Extra room for internal apply batches over a single client body.
 pub const INTERNAL_BODY_BYTES_MAX: usize = 64 * 1024 * 1024;
@@ -43,10 +44,7 @@ pub fn app(coord: Arc<Coordinator>) -> Router {
     let body_limit = cfg.body_bytes_max();
     let in_flight_max = cfg.requests_in_flight_max;
     let metrics = metrics::Metrics::default();
-    let state = AppState {
-        coord,
-        metrics: metrics.clone(),
-    };
+    let state = AppState { coord };
 
     let kv = Router::new()
         .route(
@@ -98,7 +96,10 @@ pub fn app(coord: Arc<Coordinator>) -> Router {
         .merge(kv)
         .merge(internal)
         .route("/health", get(handlers::health))
-        .route("/metrics", get(metrics::render))
+        .route(
+            "/metrics",
+            get(metrics::render).with_state((state.clone(), metrics.clone())),
+        )
         .route("/openapi.json", get(openapi))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
@@ -499,6 +500,31 @@ mod tests {
         let (status, answer) = send(&app, stalled_write(10)).await;
         assert_eq!(status, StatusCode::REQUEST_TIMEOUT, "{answer}");
         assert_eq!(answer["error"]["code"], "request_timeout");
+    }
+
+    /// `/metrics` has its own state (the node and the request series): it
+    /// still sees earlier requests, and its wrong methods still get the JSON 405.
+    #[tokio::test]
+    async fn metrics_show_request_series_and_node_counters() {
+        let app = test_app(&[]);
+        let (status, _) = call(&app, Method::GET, "/kv/?key=a", None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let request = HttpRequest::builder()
+            .uri("/metrics")
+            .body(Body::empty())
+            .unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8(bytes.to_vec()).unwrap();
+        assert!(
+            text.contains(r#"kv_http_requests_total{route="/kv/",method="GET",status="404"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains("kv_reads_total 1"), "{text}");
+        let (status, answer) = call(&app, Method::POST, "/metrics", None).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{answer}");
+        assert_eq!(answer["error"]["code"], "method_not_allowed");
     }
 
     #[tokio::test]

@@ -15,7 +15,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use shared::core::membership::Health;
 
-use crate::handlers::AppState;
+use crate::state::AppState;
 
 /// Upper bounds of the latency buckets, in seconds.
 const BUCKETS_S: [f64; 12] = [
@@ -129,11 +129,12 @@ fn gauge(out: &mut String, name: &str, help: &str, kind: &str, samples: &[(Strin
     }
 }
 
-/// `GET /metrics`: Prometheus text format.
-pub async fn render(State(state): State<AppState>) -> Response {
+/// `GET /metrics`: Prometheus text format. Its state is the node's (for
+/// the coordinator's counters) and the request series kept by [`track`].
+pub async fn render(State((state, metrics)): State<(AppState, Metrics)>) -> Response {
     let coord = &state.coord;
     let mut out = String::with_capacity(8 * 1024);
-    state.metrics.render(&mut out);
+    metrics.render(&mut out);
 
     let stats = &coord.stats;
     let load =
