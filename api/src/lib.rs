@@ -4,10 +4,12 @@
 //! binary only adds a listener. Every response, errors included, is JSON.
 
 pub mod error;
-pub mod handlers;
 pub mod metrics;
+pub mod routes;
 pub mod server;
 pub mod state;
+
+pub use routes::internal::INTERNAL_BODY_BYTES_MAX;
 
 use std::any::Any;
 use std::sync::Arc;
@@ -28,10 +30,8 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tracing::error;
 
 use crate::error::ApiError;
+use crate::routes::{admin, internal, kv};
 use crate::state::AppState;
-
-/// Extra room for internal apply batches over a single client body.
-pub const INTERNAL_BODY_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 /// The OpenAPI 3 description of the client API (`GET /openapi.json`).
 /// Kept as a file so it is reviewed like code; a test checks that it is
@@ -49,41 +49,39 @@ pub fn app(coord: Arc<Coordinator>) -> Router {
     let kv = Router::new()
         .route(
             "/kv/",
-            get(handlers::get_query)
-                .post(handlers::put_body)
-                .put(handlers::put_body)
-                .delete(handlers::delete_query),
+            get(kv::get_query)
+                .post(kv::put_body)
+                .put(kv::put_body)
+                .delete(kv::delete_query),
         )
         .route(
             "/kv",
-            get(handlers::get_query)
-                .post(handlers::put_body)
-                .put(handlers::put_body)
-                .delete(handlers::delete_query),
+            get(kv::get_query)
+                .post(kv::put_body)
+                .put(kv::put_body)
+                .delete(kv::delete_query),
         )
-        .route("/kv/route/", get(handlers::route))
-        .route("/kv/route", get(handlers::route))
+        .route("/kv/route/", get(kv::route))
+        .route("/kv/route", get(kv::route))
         .route(
             "/kv/{key}",
-            get(handlers::get_path)
-                .put(handlers::put_path)
-                .delete(handlers::delete_path),
+            get(kv::get_path).put(kv::put_path).delete(kv::delete_path),
         )
-        .route("/snapshot/", get(handlers::snapshot))
-        .route("/snapshot", get(handlers::snapshot))
-        .route("/restore/", post(handlers::restore))
-        .route("/restore", post(handlers::restore))
-        .route("/cluster/", get(handlers::cluster))
-        .route("/cluster", get(handlers::cluster))
+        .route("/snapshot/", get(admin::snapshot))
+        .route("/snapshot", get(admin::snapshot))
+        .route("/restore/", post(admin::restore))
+        .route("/restore", post(admin::restore))
+        .route("/cluster/", get(admin::cluster))
+        .route("/cluster", get(admin::cluster))
         .layer(DefaultBodyLimit::max(body_limit))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
 
     let internal = Router::new()
-        .route("/internal/apply", post(handlers::internal_apply))
-        .route("/internal/read", post(handlers::internal_read))
-        .route("/internal/scan", get(handlers::internal_scan))
-        .route("/internal/merkle", post(handlers::internal_merkle))
-        .route("/internal/buckets", post(handlers::internal_buckets))
+        .route("/internal/apply", post(internal::internal_apply))
+        .route("/internal/read", post(internal::internal_read))
+        .route("/internal/scan", get(internal::internal_scan))
+        .route("/internal/merkle", post(internal::internal_merkle))
+        .route("/internal/buckets", post(internal::internal_buckets))
         .layer(DefaultBodyLimit::max(
             INTERNAL_BODY_BYTES_MAX.max(body_limit),
         ))
@@ -95,7 +93,7 @@ pub fn app(coord: Arc<Coordinator>) -> Router {
     Router::new()
         .merge(kv)
         .merge(internal)
-        .route("/health", get(handlers::health))
+        .route("/health", get(admin::health))
         .route(
             "/metrics",
             get(metrics::render).with_state((state.clone(), metrics.clone())),

@@ -1,0 +1,239 @@
+//! The node's own routes: `/snapshot/` (local data), `/restore/` (pull from
+//! peers now), `/cluster/` (what this node sees) and `/health`.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+use shared::coordinator::Coordinator;
+use shared::core::limits::{SNAPSHOT_PAGE_LEN_DEFAULT, SNAPSHOT_PAGE_LEN_MAX};
+use shared::core::record::Record;
+use shared::core::ring::RING_SEED;
+use shared::maintenance::status_key;
+
+use super::{Params, number, params};
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// A boolean query parameter: exactly `true` or `false` (as the OpenAPI
+/// document says), absent meaning false.
+fn flag(params: &Params, name: &str) -> Result<bool, ApiError> {
+    match params.get(name).map(String::as_str) {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(_) => Err(ApiError::bad_request(
+            "bad_query",
+            format!("{name} must be true or false"),
+        )),
+    }
+}
+
+/// `GET /snapshot/?cursor=C&limit=L&versions=true&tombstones=true`: this
+/// node's local data, one page at a time (`next_cursor` is null at the end).
+pub async fn snapshot(State(state): State<AppState>, q: RawQuery) -> Result<Response, ApiError> {
+    let params = params(q)?;
+    let cursor: u64 = number(&params, "cursor", 0)?;
+    let limit: usize = number(&params, "limit", SNAPSHOT_PAGE_LEN_DEFAULT)?;
+    if limit == 0 || limit > SNAPSHOT_PAGE_LEN_MAX {
+        return Err(ApiError::bad_request(
+            "bad_query",
+            format!("limit must be between 1 and {SNAPSHOT_PAGE_LEN_MAX}"),
+        ));
+    }
+    let versions = flag(&params, "versions")?;
+    let tombstones = flag(&params, "tombstones")?;
+    let page = state.coord.scan_local(cursor, limit).await?;
+    let total_records = state.coord.store().record_count().await?;
+    let next_cursor = (page.next_cursor != 0).then(|| page.next_cursor.to_string());
+    let (count, data) = if versions {
+        let data: BTreeMap<String, Record> = page
+            .records
+            .into_iter()
+            .filter(|(_, r)| tombstones || !r.is_tombstone())
+            .collect();
+        (
+            data.len(),
+            serde_json::to_value(data).map_err(|_| ApiError::Internal)?,
+        )
+    } else {
+        let data: BTreeMap<String, Box<RawValue>> = page
+            .records
+            .into_iter()
+            .filter_map(|(k, r)| r.value.map(|v| (k, v)))
+            .collect();
+        (
+            data.len(),
+            serde_json::to_value(data).map_err(|_| ApiError::Internal)?,
+        )
+    };
+    Ok(Json(json!({
+        "node": state.coord.node_id(),
+        "count": count,
+        "data": data,
+        "next_cursor": next_cursor,
+        "total_records": total_records,
+    }))
+    .into_response())
+}
+
+/// `POST /restore/?from=node2`: pull this node's data from live peers now.
+pub async fn restore(State(state): State<AppState>, q: RawQuery) -> Result<Response, ApiError> {
+    let params = params(q)?;
+    let report = state.coord.restore(params.get("from").cloned()).await?;
+    Ok(Json(report).into_response())
+}
+
+/// `GET /cluster/`: nodes and their health as this node sees them, the ring,
+/// and this node's counters.
+pub async fn cluster(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let coord = &state.coord;
+    let cfg = coord.config();
+    let ring = coord.ring();
+    let shares: BTreeMap<&str, f64> = ring
+        .nodes()
+        .iter()
+        .map(String::as_str)
+        .zip(ring.ownership())
+        .collect();
+    let peers = coord.peer_states();
+    let mut heartbeat_status = BTreeMap::new();
+    let mut hints_held = BTreeMap::new();
+    for id in cfg.nodes.keys() {
+        let status = coord
+            .store()
+            .get_plain(&status_key(id))
+            .await
+            .ok()
+            .flatten();
+        let seen = coord
+            .store()
+            .get_plain(&format!("{}:last_seen_ms", status_key(id)))
+            .await
+            .ok()
+            .flatten()
+            .and_then(|s| s.parse::<u64>().ok());
+        heartbeat_status.insert(id.clone(), (status, seen));
+        let held = coord
+            .store()
+            .count_in(&shared::storage::Space::Hints(id.clone()))
+            .await
+            .unwrap_or(0);
+        hints_held.insert(id.clone(), held);
+    }
+    let nodes: Vec<Value> = cfg
+        .nodes
+        .iter()
+        .map(|(id, url)| {
+            let is_self = *id == cfg.node_id;
+            let peer = peers.get(id);
+            let (heartbeat, heartbeat_seen) = heartbeat_status.get(id).cloned().unwrap_or_default();
+            json!({
+                "heartbeat_status": heartbeat,
+                "heartbeat_last_seen_ms": heartbeat_seen,
+                "hints_held_here": hints_held.get(id),
+                "id": id,
+                "url": url,
+                "self": is_self,
+                "status": coord.peer_health(id),
+                "last_seen_ms": peer.and_then(|p| p.last_seen_ms),
+                "last_error": peer.and_then(|p| p.last_error.clone()),
+                "ring_share": shares.get(id.as_str()),
+            })
+        })
+        .collect();
+    let records = match coord.store().record_count().await {
+        Ok(n) => json!(n),
+        Err(e) => json!(format!("unavailable: {e}")),
+    };
+    let stats = &coord.stats;
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    let jobs = job_view(coord).await;
+    Ok(Json(json!({
+        "node": cfg.node_id,
+        "nodes": nodes,
+        "replication_factor": cfg.replication_factor,
+        "read_consistency": cfg.read_consistency,
+        "write_consistency": cfg.write_consistency,
+        "background_sync": cfg.background_sync,
+        "ring": {
+            "hash": "xxh3_64",
+            "seed": format!("{RING_SEED:#018x}"),
+            "vnodes_per_node": ring.vnodes(),
+        },
+        "records": records,
+        "restore": coord.restore_state(),
+        "jobs": jobs,
+        "stats": {
+            "writes": load(&stats.writes),
+            "reads": load(&stats.reads),
+            "unavailable": load(&stats.unavailable),
+            "read_repairs": load(&stats.read_repairs),
+            "read_repairs_dropped": load(&stats.read_repairs_dropped),
+            "refused_versions": load(&stats.refused_versions),
+            "jobs_enqueued": load(&stats.jobs_enqueued),
+            "jobs_enqueue_failed": load(&stats.jobs_enqueue_failed),
+            "hints_kept": load(&stats.hints_kept),
+            "hints_dropped": load(&stats.hints_dropped),
+            "hints_delivered": load(&stats.hints_delivered),
+            "sloppy_writes": load(&stats.sloppy_writes),
+            "writes_restamped": load(&stats.writes_restamped),
+            "peer_transitions": load(&stats.peer_transitions),
+            "anti_entropy_runs": load(&stats.anti_entropy_runs),
+            "anti_entropy_stored": load(&stats.anti_entropy_stored),
+            "tombstones_collected": load(&stats.tombstones_collected),
+            "gc_runs": load(&stats.gc_runs),
+            "mail_enqueued": load(&stats.mail_enqueued),
+            "mail_not_queued": load(&stats.mail_not_queued),
+        },
+    }))
+    .into_response())
+}
+
+/// Queue depths, job counters and the newest dead letters, as JSON.
+async fn job_view(coord: &Coordinator) -> Value {
+    let Some(queues) = coord.queues() else {
+        return json!({ "mode": "none" });
+    };
+    if !coord.config().background_sync {
+        return json!({ "mode": "in-process" });
+    }
+    let stats = queues.stats().await;
+    let counters = queues.counters().await;
+    let dead = queues.dead_letters(DEAD_LETTERS_SHOWN).await;
+    match (stats, counters, dead) {
+        (Ok(stats), Ok(counters), Ok((dead_len, dead))) => json!({
+            "mode": "queue",
+            "queues": stats,
+            "counters": counters,
+            "dead_letters": dead_len,
+            "dead_newest": dead,
+        }),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+            json!({ "mode": "queue", "error": e.to_string() })
+        }
+    }
+}
+
+/// Dead letters shown in `/cluster/`.
+const DEAD_LETTERS_SHOWN: usize = 5;
+
+/// `GET /health`: liveness, with this node's storage status.
+pub async fn health(State(state): State<AppState>) -> Response {
+    match state.coord.store().ping().await {
+        Ok(()) => Json(json!({ "status": "ok", "node": state.coord.node_id(), "storage": "ok" }))
+            .into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "status": "degraded",
+                "node": state.coord.node_id(),
+                "storage": format!("unavailable: {e}"),
+            })),
+        )
+            .into_response(),
+    }
+}
