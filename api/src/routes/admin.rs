@@ -1,11 +1,12 @@
 //! The node's own routes: `/snapshot/` (local data), `/restore/` (pull from
-//! peers now), `/cluster/` (what this node sees) and `/health`.
+//! peers now), `/cluster/` (what this node sees), `/health` and
+//! `/openapi.json`.
 
 use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::extract::{RawQuery, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
@@ -18,6 +19,11 @@ use shared::maintenance::status_key;
 use super::{Params, number, params};
 use crate::error::ApiError;
 use crate::state::AppState;
+
+/// The OpenAPI 3 description of the client API (`GET /openapi.json`).
+/// Kept as a file so it is reviewed like code; a test checks that it is
+/// valid JSON and names every client route.
+pub const OPENAPI_JSON: &str = include_str!("../../openapi.json");
 
 /// A boolean query parameter: exactly `true` or `false` (as the OpenAPI
 /// document says), absent meaning false.
@@ -236,4 +242,9 @@ pub async fn health(State(state): State<AppState>) -> Response {
         )
             .into_response(),
     }
+}
+
+/// `GET /openapi.json`: the document above, served as is.
+pub async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON).into_response()
 }
