@@ -146,15 +146,28 @@ impl ApiError {
             ),
         }
     }
-}
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+    /// The status and the `{"code": ..., "message": ...}` object (with any
+    /// details) of the answer.
+    fn status_and_body(&self) -> (StatusCode, Value) {
         let (status, code, message, details) = self.parts();
         let mut body = json!({ "code": code, "message": message });
         if let (Value::Object(extra), Some(obj)) = (details, body.as_object_mut()) {
             obj.extend(extra);
         }
+        (status, body)
+    }
+
+    /// The `{"code": ..., "message": ...}` object alone, for an answer that
+    /// reports an error inside a larger body (`/health` when degraded).
+    pub fn body(&self) -> Value {
+        self.status_and_body().1
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = self.status_and_body();
         (status, Json(json!({ "error": body }))).into_response()
     }
 }

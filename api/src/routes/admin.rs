@@ -1,6 +1,11 @@
 //! The node's own routes: `/snapshot/` (local data), `/restore/` (pull from
 //! peers now), `/cluster/` (what this node sees), `/health` and
 //! `/openapi.json`.
+//!
+//! None of them sends an error's text: a Redis or peer error can name
+//! addresses, hosts or internals, so the answer carries a code and the text
+//! goes to the log. (The one exception is the 503 of a quorum call, whose
+//! `failed[].error` comes from the coordinator; see [`crate::error`].)
 
 use std::collections::BTreeMap;
 
@@ -10,11 +15,13 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
-use shared::coordinator::Coordinator;
+use shared::coordinator::{Coordinator, RestoreReport, RestoreState};
 use shared::core::limits::{SNAPSHOT_PAGE_LEN_DEFAULT, SNAPSHOT_PAGE_LEN_MAX};
 use shared::core::record::Record;
 use shared::core::ring::RING_SEED;
 use shared::maintenance::status_key;
+use shared::storage::StoreError;
+use tracing::{debug, warn};
 
 use super::{Params, number, params};
 use crate::error::ApiError;
@@ -24,6 +31,13 @@ use crate::state::AppState;
 /// Kept as a file so it is reviewed like code; a test checks that it is
 /// valid JSON and names every client route.
 pub const OPENAPI_JSON: &str = include_str!("../../openapi.json");
+
+/// Shown in `/cluster/` as a peer's `last_error` when its last call failed.
+const PEER_CALL_FAILED: &str = "peer_call_failed";
+/// Shown as `peers[].error` of a restore report when a peer did not sync.
+const PEER_SYNC_FAILED: &str = "peer_sync_failed";
+/// Shown as the `error` of a failed start-up restore.
+const RESTORE_FAILED: &str = "restore_failed";
 
 /// A boolean query parameter: exactly `true` or `false` (as the OpenAPI
 /// document says), absent meaning false.
@@ -90,7 +104,41 @@ pub async fn snapshot(State(state): State<AppState>, q: RawQuery) -> Result<Resp
 pub async fn restore(State(state): State<AppState>, q: RawQuery) -> Result<Response, ApiError> {
     let params = params(q)?;
     let report = state.coord.restore(params.get("from").cloned()).await?;
-    Ok(Json(report).into_response())
+    Ok(Json(without_error_text(report, true)).into_response())
+}
+
+/// The report with each peer's error text replaced by [`PEER_SYNC_FAILED`].
+/// The text is logged: as a warning for the restore just run (`fresh`), at
+/// debug level when an earlier report is shown again by `/cluster/`.
+fn without_error_text(mut report: RestoreReport, fresh: bool) -> RestoreReport {
+    for peer in &mut report.peers {
+        if let Some(error) = &mut peer.error {
+            let text = std::mem::replace(error, PEER_SYNC_FAILED.to_owned());
+            if fresh {
+                warn!(peer = %peer.node, error = %text, "restore: peer did not sync");
+            } else {
+                debug!(peer = %peer.node, error = %text, "restore: peer did not sync");
+            }
+        }
+    }
+    report
+}
+
+/// The start-up restore's state as `/cluster/` shows it: without error
+/// text (the coordinator logged a failure when it happened).
+fn restore_view(state: RestoreState) -> RestoreState {
+    match state {
+        RestoreState::Ready { report } => RestoreState::Ready {
+            report: without_error_text(report, false),
+        },
+        RestoreState::Failed { error } => {
+            debug!(%error, "start-up restore failed");
+            RestoreState::Failed {
+                error: RESTORE_FAILED.to_owned(),
+            }
+        }
+        other => other,
+    }
 }
 
 /// `GET /cluster/`: nodes and their health as this node sees them, the ring,
@@ -137,6 +185,10 @@ pub async fn cluster(State(state): State<AppState>) -> Result<Response, ApiError
             let is_self = *id == cfg.node_id;
             let peer = peers.get(id);
             let (heartbeat, heartbeat_seen) = heartbeat_status.get(id).cloned().unwrap_or_default();
+            let last_error = peer.and_then(|p| p.last_error.as_deref()).map(|text| {
+                debug!(peer = %id, error = %text, "last call to the peer failed");
+                PEER_CALL_FAILED
+            });
             json!({
                 "heartbeat_status": heartbeat,
                 "heartbeat_last_seen_ms": heartbeat_seen,
@@ -146,14 +198,17 @@ pub async fn cluster(State(state): State<AppState>) -> Result<Response, ApiError
                 "self": is_self,
                 "status": coord.peer_health(id),
                 "last_seen_ms": peer.and_then(|p| p.last_seen_ms),
-                "last_error": peer.and_then(|p| p.last_error.clone()),
+                "last_error": last_error,
                 "ring_share": shares.get(id.as_str()),
             })
         })
         .collect();
     let records = match coord.store().record_count().await {
         Ok(n) => json!(n),
-        Err(e) => json!(format!("unavailable: {e}")),
+        Err(e) => {
+            warn!(error = %e, "cluster view: cannot count this node's records");
+            json!("unavailable")
+        }
     };
     let stats = &coord.stats;
     let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
@@ -171,7 +226,7 @@ pub async fn cluster(State(state): State<AppState>) -> Result<Response, ApiError
             "vnodes_per_node": ring.vnodes(),
         },
         "records": records,
-        "restore": coord.restore_state(),
+        "restore": restore_view(coord.restore_state()),
         "jobs": jobs,
         "stats": {
             "writes": load(&stats.writes),
@@ -219,7 +274,14 @@ async fn job_view(coord: &Coordinator) -> Value {
             "dead_newest": dead,
         }),
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
-            json!({ "mode": "queue", "error": e.to_string() })
+            warn!(error = %e, "cluster view: cannot read the job queues");
+            json!({
+                "mode": "queue",
+                "error": {
+                    "code": "queue_unavailable",
+                    "message": "the job queues do not answer; see the node's log",
+                },
+            })
         }
     }
 }
@@ -229,22 +291,102 @@ const DEAD_LETTERS_SHOWN: usize = 5;
 
 /// `GET /health`: liveness, with this node's storage status.
 pub async fn health(State(state): State<AppState>) -> Response {
-    match state.coord.store().ping().await {
-        Ok(()) => Json(json!({ "status": "ok", "node": state.coord.node_id(), "storage": "ok" }))
-            .into_response(),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({
-                "status": "degraded",
-                "node": state.coord.node_id(),
-                "storage": format!("unavailable: {e}"),
-            })),
-        )
-            .into_response(),
+    let ping = state.coord.store().ping().await;
+    let (status, body) = health_answer(state.coord.node_id(), ping);
+    (status, Json(body)).into_response()
+}
+
+/// The answer of `/health` to a ping of the local store. A failed ping is
+/// logged with its text; the answer names only the code and a safe message
+/// (those of [`ApiError::StorageUnavailable`]).
+fn health_answer(node: &str, ping: Result<(), StoreError>) -> (StatusCode, Value) {
+    match ping {
+        Ok(()) => (
+            StatusCode::OK,
+            json!({ "status": "ok", "node": node, "storage": "ok" }),
+        ),
+        Err(e) => {
+            warn!(error = %e, "health: this node's storage does not answer");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({
+                    "status": "degraded",
+                    "node": node,
+                    "storage": "unavailable",
+                    "error": ApiError::StorageUnavailable.body(),
+                }),
+            )
+        }
     }
 }
 
 /// `GET /openapi.json`: the document above, served as is.
 pub async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::coordinator::RestorePeerReport;
+
+    /// An error text as Redis or a peer would give it: it names an address.
+    const DETAIL: &str = "connect to 10.9.8.7:6379 refused";
+
+    #[test]
+    fn health_names_a_code_not_the_storage_error() {
+        let (status, body) = health_answer("node1", Ok(()));
+        assert_eq!(
+            (status, body),
+            (
+                StatusCode::OK,
+                json!({"status": "ok", "node": "node1", "storage": "ok"})
+            )
+        );
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, DETAIL);
+        let (status, body) = health_answer("node1", Err(StoreError::Redis(io.into())));
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            (&body["status"], &body["storage"], &body["error"]["code"]),
+            (
+                &json!("degraded"),
+                &json!("unavailable"),
+                &json!("storage_unavailable")
+            )
+        );
+        let shown = body.to_string();
+        assert!(
+            !shown.contains("10.9.8.7") && !shown.contains("refused"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn restore_reports_name_a_code_not_the_peer_error() {
+        let report = RestoreReport {
+            peers: vec![
+                RestorePeerReport {
+                    node: "node2".to_owned(),
+                    error: Some(DETAIL.to_owned()),
+                    ..RestorePeerReport::default()
+                },
+                RestorePeerReport {
+                    node: "node3".to_owned(),
+                    ..RestorePeerReport::default()
+                },
+            ],
+            ..RestoreReport::default()
+        };
+        let report = without_error_text(report, true);
+        assert_eq!(report.peers[0].error.as_deref(), Some(PEER_SYNC_FAILED));
+        assert_eq!(
+            report.peers[1].error, None,
+            "a peer that synced has no error"
+        );
+        let failed = restore_view(RestoreState::Failed {
+            error: DETAIL.to_owned(),
+        });
+        let shown = serde_json::to_string(&failed).unwrap();
+        assert_eq!(shown, r#"{"state":"failed","error":"restore_failed"}"#);
+    }
 }

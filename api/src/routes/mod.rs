@@ -23,6 +23,7 @@ use http_body_util::BodyExt;
 use shared::core::limits::BODY_READ_TIMEOUT_MS;
 use shared::core::request::parse_query;
 use shared::core::validate::validate_key;
+use tracing::debug;
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -83,8 +84,11 @@ async fn read_body(headers: &HeaderMap, body: Body, limit_bytes: usize) -> Resul
         // `announced` is at most `limit_bytes` here.
         let mut buf = Vec::with_capacity(usize::try_from(announced).unwrap_or(0));
         while let Some(frame) = body.frame().await {
-            let frame = frame
-                .map_err(|e| ApiError::bad_request("bad_body", format!("cannot read body: {e}")))?;
+            // The connection's error text stays in the log.
+            let frame = frame.map_err(|e| {
+                debug!(error = %e, "cannot read a request body");
+                ApiError::bad_request("bad_body", "cannot read the request body")
+            })?;
             if let Ok(data) = frame.into_data() {
                 if buf.len() + data.len() > limit_bytes {
                     return Err(too_large());
