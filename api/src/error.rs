@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use shared::core::quorum::Consistency;
 use shared::core::request::RequestError;
-use shared::node::{CoordError, NodeFailure};
+use shared::node::{CoordError, HintPlacement, NodeFailure};
 use tracing::error;
 
 #[derive(Debug)]
@@ -38,6 +38,18 @@ pub enum ApiError {
         replicas: Vec<String>,
         answered: Vec<String>,
         failed: Vec<NodeFailure>,
+        /// A write: where its value was nevertheless stored, queued or hinted.
+        stored_on: Vec<String>,
+        queued_for: Vec<String>,
+        hinted_for: Vec<HintPlacement>,
+    },
+    /// 503: this node's clock is beyond the drift bound from its peers'.
+    ClockSkew { offset_ms: i64, drift_max_ms: u64 },
+    /// 503: a newer version on a replica shadows the write.
+    Shadowed {
+        version: String,
+        holder: String,
+        stored_on: Vec<String>,
     },
     /// 503: too many requests in flight.
     Overloaded,
@@ -109,6 +121,9 @@ impl ApiError {
                 replicas,
                 answered,
                 failed,
+                stored_on,
+                queued_for,
+                hinted_for,
             } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "consistency_unreachable",
@@ -118,19 +133,53 @@ impl ApiError {
                     answered.len(),
                     answered.join(", ")
                 ),
-                json!({
-                    "consistency": consistency,
-                    "required": required,
-                    "replicas": replicas,
-                    "answered": answered,
-                    "failed": failed,
-                }),
+                {
+                    let mut details = json!({
+                        "consistency": consistency,
+                        "required": required,
+                        "replicas": replicas,
+                        "answered": answered,
+                        "failed": failed,
+                    });
+                    if *operation == "write"
+                        && let Some(obj) = details.as_object_mut()
+                    {
+                        // No rollback: the value may still appear.
+                        obj.insert("stored_on".into(), json!(stored_on));
+                        obj.insert("queued_for".into(), json!(queued_for));
+                        obj.insert("hinted_for".into(), json!(hinted_for));
+                    }
+                    details
+                },
             ),
             ApiError::Overloaded => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "overloaded",
                 "too many requests in flight; retry shortly".to_owned(),
                 Value::Null,
+            ),
+            ApiError::ClockSkew {
+                offset_ms,
+                drift_max_ms,
+            } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "clock_skew",
+                format!(
+                    "this node's clock is {offset_ms} ms from its peers' (bound {drift_max_ms} ms): it does not coordinate writes; write through another node"
+                ),
+                json!({ "offset_ms": offset_ms, "drift_max_ms": drift_max_ms }),
+            ),
+            ApiError::Shadowed {
+                version,
+                holder,
+                stored_on,
+            } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "write_shadowed",
+                format!(
+                    "version {version} is below a newer version on {holder} after every re-stamp; retry"
+                ),
+                json!({ "version": version, "holder": holder, "stored_on": stored_on }),
             ),
             ApiError::StorageUnavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -146,15 +195,28 @@ impl ApiError {
             ),
         }
     }
-}
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+    /// The status and the `{"code": ..., "message": ...}` object (with any
+    /// details) of the answer.
+    fn status_and_body(&self) -> (StatusCode, Value) {
         let (status, code, message, details) = self.parts();
         let mut body = json!({ "code": code, "message": message });
         if let (Value::Object(extra), Some(obj)) = (details, body.as_object_mut()) {
             obj.extend(extra);
         }
+        (status, body)
+    }
+
+    /// The `{"code": ..., "message": ...}` object alone, for an answer that
+    /// reports an error inside a larger body (`/health` when degraded).
+    pub fn body(&self) -> Value {
+        self.status_and_body().1
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = self.status_and_body();
         (status, Json(json!({ "error": body }))).into_response()
     }
 }
@@ -169,6 +231,9 @@ impl From<CoordError> for ApiError {
                 replicas,
                 answered,
                 failed,
+                stored_on,
+                queued_for,
+                hinted_for,
             } => ApiError::Unavailable {
                 operation,
                 consistency,
@@ -176,6 +241,25 @@ impl From<CoordError> for ApiError {
                 replicas,
                 answered,
                 failed,
+                stored_on,
+                queued_for,
+                hinted_for,
+            },
+            CoordError::ClockSkew {
+                offset_ms,
+                drift_max_ms,
+            } => ApiError::ClockSkew {
+                offset_ms,
+                drift_max_ms,
+            },
+            CoordError::Shadowed {
+                version,
+                holder,
+                stored_on,
+            } => ApiError::Shadowed {
+                version,
+                holder,
+                stored_on,
             },
             CoordError::Storage(source) => {
                 error!(error = %source, "local storage failed");

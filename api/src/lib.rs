@@ -2,40 +2,42 @@
 //!
 //! [`app`] builds the whole router, so tests drive it with `oneshot` and the
 //! binary only adds a listener. Every response, errors included, is JSON.
+//!
+//! The modules form a ladder, each importing only those below it
+//! (`scripts/check-ladder.sh` checks it): [`error`] and [`state`];
+//! [`metrics`]; [`routes`] and [`middleware`]; this file and [`server`].
 
 pub mod error;
-pub mod handlers;
 pub mod metrics;
+pub mod middleware;
+pub mod routes;
 pub mod server;
+pub mod state;
 
-use std::any::Any;
+#[cfg(test)]
+mod tests;
+
+pub use routes::admin::OPENAPI_JSON;
+pub use routes::internal::INTERNAL_BODY_BYTES_MAX;
+
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Body;
 use axum::error_handling::HandleErrorLayer;
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderMap, HeaderValue, Uri, header};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::extract::DefaultBodyLimit;
+use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{get, post};
 use shared::node::Coordinator;
-use shared::peer::SECRET_HEADER;
-use shared::secret_eq;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
-use tracing::error;
 
 use crate::error::ApiError;
-use crate::handlers::AppState;
-
-/// Extra room for internal apply batches over a single client body.
-pub const INTERNAL_BODY_BYTES_MAX: usize = 64 * 1024 * 1024;
-
-/// The OpenAPI 3 description of the client API (`GET /openapi.json`).
-/// Kept as a file so it is reviewed like code; a test checks that it is
-/// valid JSON and names every client route.
-pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
+use crate::middleware::{
+    close_after_refused_body, method_not_allowed, no_route, panic_response, require_secret,
+    require_token,
+};
+use crate::routes::{admin, internal, kv};
+use crate::state::AppState;
 
 /// The whole router of a node.
 pub fn app(coord: Arc<Coordinator>) -> Router {
@@ -43,67 +45,62 @@ pub fn app(coord: Arc<Coordinator>) -> Router {
     let body_limit = cfg.body_bytes_max();
     let in_flight_max = cfg.requests_in_flight_max;
     let metrics = metrics::Metrics::default();
-    let state = AppState {
-        coord,
-        metrics: metrics.clone(),
-    };
+    let state = AppState { coord };
 
-    let kv = Router::new()
+    let client = Router::new()
         .route(
             "/kv/",
-            get(handlers::get_query)
-                .post(handlers::put_body)
-                .put(handlers::put_body)
-                .delete(handlers::delete_query),
+            get(kv::get_query)
+                .post(kv::put_body)
+                .put(kv::put_body)
+                .delete(kv::delete_query),
         )
         .route(
             "/kv",
-            get(handlers::get_query)
-                .post(handlers::put_body)
-                .put(handlers::put_body)
-                .delete(handlers::delete_query),
+            get(kv::get_query)
+                .post(kv::put_body)
+                .put(kv::put_body)
+                .delete(kv::delete_query),
         )
-        .route("/kv/route/", get(handlers::route))
-        .route("/kv/route", get(handlers::route))
+        .route("/kv/route/", get(kv::route))
+        .route("/kv/route", get(kv::route))
         .route(
             "/kv/{key}",
-            get(handlers::get_path)
-                .put(handlers::put_path)
-                .delete(handlers::delete_path),
+            get(kv::get_path).put(kv::put_path).delete(kv::delete_path),
         )
-        .route("/snapshot/", get(handlers::snapshot))
-        .route("/snapshot", get(handlers::snapshot))
-        .route("/restore/", post(handlers::restore))
-        .route("/restore", post(handlers::restore))
-        .route("/cluster/", get(handlers::cluster))
-        .route("/cluster", get(handlers::cluster))
+        .route("/snapshot/", get(admin::snapshot))
+        .route("/snapshot", get(admin::snapshot))
+        .route("/restore/", post(admin::restore))
+        .route("/restore", post(admin::restore))
+        .route("/cluster/", get(admin::cluster))
+        .route("/cluster", get(admin::cluster))
         .layer(DefaultBodyLimit::max(body_limit))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+        .route_layer(from_fn_with_state(state.clone(), require_token));
 
-    let internal = Router::new()
-        .route("/internal/apply", post(handlers::internal_apply))
-        .route("/internal/read", post(handlers::internal_read))
-        .route("/internal/scan", get(handlers::internal_scan))
-        .route("/internal/merkle", post(handlers::internal_merkle))
-        .route("/internal/buckets", post(handlers::internal_buckets))
+    let node = Router::new()
+        .route("/internal/apply", post(internal::internal_apply))
+        .route("/internal/read", post(internal::internal_read))
+        .route("/internal/scan", get(internal::internal_scan))
+        .route("/internal/merkle", post(internal::internal_merkle))
+        .route("/internal/buckets", post(internal::internal_buckets))
         .layer(DefaultBodyLimit::max(
             INTERNAL_BODY_BYTES_MAX.max(body_limit),
         ))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            require_secret,
-        ));
+        .route_layer(from_fn_with_state(state.clone(), require_secret));
 
     Router::new()
-        .merge(kv)
-        .merge(internal)
-        .route("/health", get(handlers::health))
-        .route("/metrics", get(metrics::render))
-        .route("/openapi.json", get(openapi))
+        .merge(client)
+        .merge(node)
+        .route("/health", get(admin::health))
+        .route(
+            "/metrics",
+            get(metrics::render).with_state((state.clone(), metrics.clone())),
+        )
+        .route("/openapi.json", get(admin::openapi))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
-        .layer(middleware::from_fn_with_state(metrics, metrics::track))
+        .layer(from_fn_with_state(metrics, metrics::track))
         .layer(
             ServiceBuilder::new()
                 .layer(CatchPanicLayer::custom(panic_response))
@@ -113,423 +110,5 @@ pub fn app(coord: Arc<Coordinator>) -> Router {
                 .load_shed()
                 .concurrency_limit(in_flight_max),
         )
-        .layer(middleware::from_fn(close_after_refused_body))
-}
-
-/// An error answer to a request that carried a body may leave part of the
-/// body unread (a 413 is sent before reading it, a 401 or 415 never reads
-/// it), and then the connection cannot carry another request: the server
-/// closes it. `Connection: close` says so in the answer, so a client does
-/// not put the connection back in its pool and send its next request into
-/// a closed socket.
-async fn close_after_refused_body(request: Request, next: Next) -> Response {
-    let headers = request.headers();
-    let has_body = headers.contains_key(header::TRANSFER_ENCODING)
-        || headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .is_some_and(|len| len > 0);
-    let mut response = next.run(request).await;
-    let status = response.status();
-    if has_body && (status.is_client_error() || status.is_server_error()) {
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    response
-}
-
-async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON).into_response()
-}
-
-async fn no_route(uri: Uri) -> ApiError {
-    ApiError::NoRoute(uri.path().chars().take(200).collect())
-}
-
-async fn method_not_allowed() -> ApiError {
-    ApiError::MethodNotAllowed
-}
-
-fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response<Body> {
-    let message = panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_default();
-    error!(panic = %message, "handler panicked");
-    ApiError::Internal.into_response()
-}
-
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-}
-
-/// Client routes: when `KV_API_TOKEN` is set, require `Authorization: Bearer <token>`.
-async fn require_token(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    if let Some(token) = &state.coord.config().api_token {
-        match bearer(request.headers()) {
-            None => return Err(ApiError::Unauthorized("send Authorization: Bearer <token>")),
-            Some(given) if !secret_eq(given.as_bytes(), token.0.as_bytes()) => {
-                return Err(ApiError::Forbidden("token is not valid"));
-            }
-            Some(_) => {}
-        }
-    }
-    Ok(next.run(request).await)
-}
-
-/// Internal routes: require the cluster secret, compared in constant time.
-async fn require_secret(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    let secret = state.coord.config().cluster_secret.0.as_bytes();
-    match request.headers().get(SECRET_HEADER) {
-        None => Err(ApiError::Unauthorized(
-            "internal route: cluster secret required",
-        )),
-        Some(given) if !secret_eq(given.as_bytes(), secret) => {
-            Err(ApiError::Forbidden("internal route: wrong cluster secret"))
-        }
-        Some(_) => Ok(next.run(request).await),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    //! Handler tests with `oneshot` over a single-node app on the in-memory store.
-
-    use super::*;
-    use axum::http::{Method, Request as HttpRequest, StatusCode};
-    use http_body_util::BodyExt;
-    use serde_json::{Value, json};
-    use shared::config::Config;
-    use shared::storage::{MemoryStore, Store};
-    use tower::ServiceExt;
-
-    fn test_app(vars: &[(&str, &str)]) -> Router {
-        let vars: Vec<(String, String)> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let cfg = Config::from_lookup(|name| {
-            vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
-        })
-        .unwrap();
-        let coord = Coordinator::new(Arc::new(cfg), Store::Memory(MemoryStore::default())).unwrap();
-        app(coord)
-    }
-
-    async fn call(
-        app: &Router,
-        method: Method,
-        uri: &str,
-        body: Option<&str>,
-    ) -> (StatusCode, Value) {
-        let request = HttpRequest::builder()
-            .method(method)
-            .uri(uri)
-            .header("content-type", "application/json")
-            .body(Body::from(body.unwrap_or("").to_owned()))
-            .unwrap();
-        send(app, request).await
-    }
-
-    #[tokio::test]
-    async fn crud_round_trip() {
-        let app = test_app(&[]);
-        let (status, body) = call(
-            &app,
-            Method::POST,
-            "/kv/",
-            Some(r#"{"key":"k","value":{"x":[1,2]}}"#),
-        )
-        .await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-        assert_eq!(body["acks"], json!(["node1"]));
-        let (status, body) = call(&app, Method::GET, "/kv/?key=k", None).await;
-        assert_eq!(
-            (status, body["value"].clone()),
-            (StatusCode::OK, json!({"x": [1, 2]}))
-        );
-        let (status, body) = call(&app, Method::GET, "/kv/k", None).await;
-        assert_eq!(
-            (status, body["value"].clone()),
-            (StatusCode::OK, json!({"x": [1, 2]}))
-        );
-        let (status, _) = call(&app, Method::DELETE, "/kv/k", None).await;
-        assert_eq!(status, StatusCode::OK);
-        let (status, body) = call(&app, Method::GET, "/kv/?key=k", None).await;
-        assert_eq!(
-            (status, &body["key"], &body["value"], &body["deleted"]),
-            (
-                StatusCode::NOT_FOUND,
-                &json!("k"),
-                &Value::Null,
-                &json!(true)
-            ),
-            "a deleted key names its tombstone: {body}"
-        );
-        let (status, body) = call(&app, Method::GET, "/kv/?key=never", None).await;
-        assert_eq!(
-            (status, body),
-            (
-                StatusCode::NOT_FOUND,
-                json!({"key": "never", "value": null})
-            )
-        );
-        let (_, snap) = call(
-            &app,
-            Method::GET,
-            "/snapshot/?versions=true&tombstones=true",
-            None,
-        )
-        .await;
-        assert_eq!(snap["data"]["k"]["deleted"], true);
-        let (_, snap) = call(&app, Method::GET, "/snapshot/", None).await;
-        assert_eq!(snap["count"], 0);
-    }
-
-    #[tokio::test]
-    async fn errors_are_json_with_the_right_status() {
-        let app = test_app(&[("KV_KEY_BYTES_MAX", "4")]);
-        let cases = [
-            (
-                Method::POST,
-                "/kv/",
-                Some("nope"),
-                StatusCode::BAD_REQUEST,
-                "bad_json",
-            ),
-            (
-                Method::POST,
-                "/kv/",
-                Some(r#"{"key":"toolong","value":1}"#),
-                StatusCode::BAD_REQUEST,
-                "bad_key",
-            ),
-            (
-                Method::GET,
-                "/kv/?key=a&consistency=x",
-                None,
-                StatusCode::BAD_REQUEST,
-                "bad_consistency",
-            ),
-            (
-                Method::GET,
-                "/missing",
-                None,
-                StatusCode::NOT_FOUND,
-                "not_found",
-            ),
-            (
-                Method::POST,
-                "/health",
-                None,
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-            ),
-            (
-                Method::POST,
-                "/internal/apply",
-                Some("{}"),
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-            ),
-        ];
-        for (method, uri, body, status, code) in cases {
-            let (got, answer) = call(&app, method.clone(), uri, body).await;
-            assert_eq!(got, status, "{method} {uri}: {answer}");
-            assert_eq!(answer["error"]["code"], code, "{method} {uri}");
-        }
-        let (_, snap) = call(&app, Method::GET, "/snapshot/", None).await;
-        assert_eq!(snap["count"], 0, "nothing stored");
-    }
-
-    async fn send(app: &Router, request: HttpRequest<Body>) -> (StatusCode, Value) {
-        let response = app.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let ctype = response.headers().get("content-type").cloned();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(ctype.unwrap(), "application/json", "{status}");
-        (status, serde_json::from_slice(&bytes).unwrap())
-    }
-
-    #[tokio::test]
-    async fn strict_parsing_refuses_what_it_cannot_read_exactly() {
-        let app = test_app(&[]);
-        let cases = [
-            (Method::GET, "/kv/?key=%FF", None, "bad_query"),
-            (Method::DELETE, "/kv/?key=%C3", None, "bad_query"),
-            (Method::GET, "/kv/?key=a&key=b", None, "bad_query"),
-            (Method::GET, "/kv/%FF", None, "bad_key"),
-            (Method::GET, "/kv/a%00b", None, "bad_key"),
-            (Method::DELETE, "/kv/?key=a%0Ab", None, "bad_key"),
-            (Method::GET, "/snapshot/?versions=1", None, "bad_query"),
-            (Method::GET, "/snapshot/?tombstones=", None, "bad_query"),
-            (
-                Method::POST,
-                "/kv/",
-                Some(r#"{"key":"a","key":"b","value":1}"#),
-                "bad_json",
-            ),
-            (
-                Method::PUT,
-                "/kv/a",
-                Some(r#"{"value":{"x":1,"x":2}}"#),
-                "bad_json",
-            ),
-        ];
-        for (method, uri, body, code) in cases {
-            let (status, answer) = call(&app, method.clone(), uri, body).await;
-            assert_eq!(status, StatusCode::BAD_REQUEST, "{method} {uri}: {answer}");
-            assert_eq!(answer["error"]["code"], code, "{method} {uri}: {answer}");
-        }
-        // A bad X-Consistency is refused even when the query overrides it;
-        // when both are valid, the query wins.
-        let with_header = |method: Method, header: &str| {
-            HttpRequest::builder()
-                .method(method)
-                .uri("/kv/?key=k&consistency=one")
-                .header("x-consistency", header)
-                .body(Body::empty())
-                .unwrap()
-        };
-        let (status, answer) = send(&app, with_header(Method::GET, "most")).await;
-        assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
-        assert_eq!(answer["error"]["code"], "bad_consistency");
-        let (status, answer) = send(&app, with_header(Method::DELETE, "all")).await;
-        assert_eq!(
-            (status, answer["consistency"].as_str()),
-            (StatusCode::OK, Some("one"))
-        );
-        // A Content-Type that is not text is not JSON either.
-        let request = HttpRequest::builder()
-            .method(Method::POST)
-            .uri("/kv/")
-            .header(
-                "content-type",
-                axum::http::HeaderValue::from_bytes(b"application/\xffjson").unwrap(),
-            )
-            .body(Body::from(r#"{"key":"k","value":1}"#))
-            .unwrap();
-        let (status, _) = send(&app, request).await;
-        assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
-        // Emoji and right-to-left keys round-trip in both forms.
-        let key = "😀 שלום/..%2F";
-        let path = format!("/kv/{}", shared::core::request::encode_component(key));
-        let (status, answer) = call(&app, Method::PUT, &path, Some(r#"{"value":"ok"}"#)).await;
-        assert_eq!(status, StatusCode::OK, "{answer}");
-        assert_eq!(answer["key"], key);
-        let query = format!("/kv/?key={}", shared::core::request::encode_component(key));
-        let (status, answer) = call(&app, Method::GET, &query, None).await;
-        assert_eq!(
-            (status, answer["key"].as_str()),
-            (StatusCode::OK, Some(key))
-        );
-        let (_, snap) = call(
-            &app,
-            Method::GET,
-            "/snapshot/?versions=true&tombstones=true",
-            None,
-        )
-        .await;
-        assert_eq!(snap["count"], 2, "only the good writes were stored: {snap}");
-    }
-
-    /// A body that announces `len` bytes and never sends one.
-    struct Stalled {
-        len: u64,
-    }
-
-    impl axum::body::HttpBody for Stalled {
-        type Data = axum::body::Bytes;
-        type Error = std::convert::Infallible;
-
-        fn poll_frame(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-            std::task::Poll::Pending
-        }
-
-        fn size_hint(&self) -> hyper::body::SizeHint {
-            hyper::body::SizeHint::with_exact(self.len)
-        }
-    }
-
-    fn stalled_write(len: u64) -> HttpRequest<Body> {
-        HttpRequest::builder()
-            .method(Method::POST)
-            .uri("/kv/")
-            .header("content-type", "application/json")
-            .body(Body::new(Stalled { len }))
-            .unwrap()
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn bodies_are_bounded_in_size_and_time() {
-        let app = test_app(&[]);
-        // A refused body ends the connection, and the answer says so.
-        let mut request = stalled_write(100 * 1024 * 1024);
-        request.headers_mut().insert(
-            header::CONTENT_LENGTH,
-            HeaderValue::from_static("104857600"),
-        );
-        let response = app.clone().oneshot(request).await.unwrap();
-        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
-        assert_eq!(response.headers()[header::CONNECTION], "close");
-        // 100 MB announced: refused before reading (time is paused, so a
-        // read would end in the 408 below instead).
-        let (status, answer) = send(&app, stalled_write(100 * 1024 * 1024)).await;
-        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{answer}");
-        assert_eq!(answer["error"]["code"], "payload_too_large");
-        // A body that never arrives: 408 after the body read timeout.
-        let (status, answer) = send(&app, stalled_write(10)).await;
-        assert_eq!(status, StatusCode::REQUEST_TIMEOUT, "{answer}");
-        assert_eq!(answer["error"]["code"], "request_timeout");
-    }
-
-    #[tokio::test]
-    async fn openapi_document_is_served_and_names_every_client_route() {
-        let app = test_app(&[("KV_API_TOKEN", "t")]);
-        let (status, doc) = call(&app, Method::GET, "/openapi.json", None).await;
-        assert_eq!(status, StatusCode::OK, "open like /health");
-        assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
-        let routes = [
-            ("/kv/", ["get", "post", "put", "delete"].as_slice()),
-            ("/kv/{key}", &["get", "put", "delete"]),
-            ("/kv/route/", &["get"]),
-            ("/snapshot/", &["get"]),
-            ("/restore/", &["post"]),
-            ("/cluster/", &["get"]),
-            ("/health", &["get"]),
-            ("/metrics", &["get"]),
-            ("/openapi.json", &["get"]),
-        ];
-        let paths = doc["paths"].as_object().unwrap();
-        assert_eq!(paths.len(), routes.len());
-        for (path, methods) in routes {
-            let ops = paths[path].as_object().unwrap();
-            let mut named: Vec<&str> = ops.keys().map(String::as_str).collect();
-            named.sort_unstable();
-            let mut want = methods.to_vec();
-            want.sort_unstable();
-            assert_eq!(named, want, "{path}");
-        }
-        assert!(doc["components"]["schemas"]["Error"].is_object());
-        assert!(doc["components"]["securitySchemes"]["bearerAuth"].is_object());
-        assert!(doc["components"]["parameters"]["ConsistencyHeader"].is_object());
-    }
+        .layer(from_fn(close_after_refused_body))
 }

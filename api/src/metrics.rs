@@ -14,8 +14,9 @@ use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use shared::core::membership::Health;
+use shared::node::COUNTERS;
 
-use crate::handlers::AppState;
+use crate::state::AppState;
 
 /// Upper bounds of the latency buckets, in seconds.
 const BUCKETS_S: [f64; 12] = [
@@ -129,116 +130,40 @@ fn gauge(out: &mut String, name: &str, help: &str, kind: &str, samples: &[(Strin
     }
 }
 
-/// `GET /metrics`: Prometheus text format.
-pub async fn render(State(state): State<AppState>) -> Response {
+/// `GET /metrics`: Prometheus text format. Its state is the node's (for
+/// the coordinator's counters) and the request series kept by [`track`].
+pub async fn render(State((state, metrics)): State<(AppState, Metrics)>) -> Response {
     let coord = &state.coord;
     let mut out = String::with_capacity(8 * 1024);
-    state.metrics.render(&mut out);
+    metrics.render(&mut out);
 
-    let stats = &coord.stats;
-    let load =
-        |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed) as f64;
-    let counters: [(&str, &str, &std::sync::atomic::AtomicU64); 18] = [
-        (
-            "kv_writes_total",
-            "Client writes coordinated here.",
-            &stats.writes,
-        ),
-        (
-            "kv_reads_total",
-            "Client reads coordinated here.",
-            &stats.reads,
-        ),
-        (
-            "kv_unavailable_total",
-            "Requests answered 503: consistency level not reached.",
-            &stats.unavailable,
-        ),
-        (
-            "kv_read_repairs_total",
-            "Stale replicas repaired after a read.",
-            &stats.read_repairs,
-        ),
-        (
-            "kv_read_repairs_dropped_total",
-            "Read repairs dropped because too many were in flight.",
-            &stats.read_repairs_dropped,
-        ),
-        (
-            "kv_refused_versions_total",
-            "Records refused for a version too far in the future.",
-            &stats.refused_versions,
-        ),
-        (
-            "kv_jobs_enqueued_total",
-            "Writes whose replication was queued.",
-            &stats.jobs_enqueued,
-        ),
-        (
-            "kv_jobs_enqueue_failed_total",
-            "Writes whose replication could not be queued (kept as hints).",
-            &stats.jobs_enqueue_failed,
-        ),
-        (
-            "kv_hints_kept_total",
-            "Records kept as hints for unreachable replicas.",
-            &stats.hints_kept,
-        ),
-        (
-            "kv_hints_dropped_total",
-            "Hints not kept (bounds or hint window exceeded).",
-            &stats.hints_dropped,
-        ),
-        (
-            "kv_hints_delivered_total",
-            "Hints delivered to their owners.",
-            &stats.hints_delivered,
-        ),
-        (
-            "kv_sloppy_writes_total",
-            "Writes that counted a fallback node toward W.",
-            &stats.sloppy_writes,
-        ),
-        (
-            "kv_writes_restamped_total",
-            "Writes stamped again because a replica held a newer version (clock behind).",
-            &stats.writes_restamped,
-        ),
-        (
-            "kv_peer_transitions_total",
-            "Changes of a peer's health seen by this node.",
-            &stats.peer_transitions,
-        ),
-        (
-            "kv_anti_entropy_stored_total",
-            "Records repaired by anti-entropy.",
-            &stats.anti_entropy_stored,
-        ),
-        (
-            "kv_tombstones_collected_total",
-            "Tombstones collected after the grace period.",
-            &stats.tombstones_collected,
-        ),
-        (
-            "kv_mail_enqueued_total",
-            "Notifications queued (or started in-process).",
-            &stats.mail_enqueued,
-        ),
-        (
-            "kv_mail_not_queued_total",
-            "Notifications that could not be queued.",
-            &stats.mail_not_queued,
-        ),
-    ];
-    for (name, help, value) in counters {
+    // One table of counters (`shared::node::COUNTERS`), summed over every
+    // process of this node: work done by its workers shows here too.
+    let values = coord.counters().await;
+    for ((name, help), (_, value)) in COUNTERS.iter().zip(values) {
         gauge(
             &mut out,
-            name,
+            &format!("kv_{name}_total"),
             help,
             "counter",
-            &[(String::new(), load(value))],
+            &[(String::new(), value as f64)],
         );
     }
+    let clock = coord.clock_view();
+    gauge(
+        &mut out,
+        "kv_clock_fenced",
+        "1 when this node's clock is beyond the drift bound from its peers' (writes refused).",
+        "gauge",
+        &[(String::new(), if clock.fenced { 1.0 } else { 0.0 })],
+    );
+    gauge(
+        &mut out,
+        "kv_clock_offset_ms",
+        "Median of the peers' clocks minus this node's, from probes.",
+        "gauge",
+        &[(String::new(), clock.median_offset_ms as f64)],
+    );
 
     let peers: Vec<(String, f64)> = coord
         .config()

@@ -220,6 +220,11 @@ impl Coordinator {
         lock(&self.restore_state).clone()
     }
 
+    /// This node's clock against its peers' (fenced or not).
+    pub fn clock_view(&self) -> replicas::ClockView {
+        self.replicas.io.clock_view()
+    }
+
     pub fn peer_states(&self) -> BTreeMap<String, PeerState> {
         self.replicas.io.peer_states()
     }

@@ -87,7 +87,10 @@ impl Coordinator {
         // neither returned nor spread by repair; the newest acceptable one is.
         let clock = &self.replicas.io.clock;
         for (node, record) in &mut answers {
-            if record.as_ref().is_some_and(|r| clock.check(r.version.ts).is_err()) {
+            if record
+                .as_ref()
+                .is_some_and(|r| clock.check(r.version.ts).is_err())
+            {
                 Stats::add(&self.stats.refused_versions, 1);
                 warn!(%key, %node, "ignoring a version from beyond the clock drift bound");
                 *record = None;

@@ -1,0 +1,104 @@
+//! What wraps the handlers: the client-token and cluster-secret checks, the
+//! JSON answers of the fallbacks (no route, wrong method, a panic) and
+//! `Connection: close` after a refused body. The router in the crate root
+//! puts each in place.
+
+use std::any::Any;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Uri, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use shared::peer::SECRET_HEADER;
+use shared::secret_eq;
+use tracing::error;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// An error answer to a request that carried a body may leave part of the
+/// body unread (a 413 is sent before reading it, a 401 or 415 never reads
+/// it), and then the connection cannot carry another request: the server
+/// closes it. `Connection: close` says so in the answer, so a client does
+/// not put the connection back in its pool and send its next request into
+/// a closed socket.
+pub async fn close_after_refused_body(request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let has_body = headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_some_and(|len| len > 0);
+    let mut response = next.run(request).await;
+    let status = response.status();
+    if has_body && (status.is_client_error() || status.is_server_error()) {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+pub async fn no_route(uri: Uri) -> ApiError {
+    ApiError::NoRoute(uri.path().chars().take(200).collect())
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+pub fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response<Body> {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    error!(panic = %message, "handler panicked");
+    ApiError::Internal.into_response()
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+/// Client routes: when `KV_API_TOKEN` is set, require `Authorization: Bearer <token>`.
+pub async fn require_token(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if let Some(token) = &state.coord.config().api_token {
+        match bearer(request.headers()) {
+            None => return Err(ApiError::Unauthorized("send Authorization: Bearer <token>")),
+            Some(given) if !secret_eq(given.as_bytes(), token.0.as_bytes()) => {
+                return Err(ApiError::Forbidden("token is not valid"));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(next.run(request).await)
+}
+
+/// Internal routes: require the cluster secret, compared in constant time.
+pub async fn require_secret(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let secret = state.coord.config().cluster_secret.0.as_bytes();
+    match request.headers().get(SECRET_HEADER) {
+        None => Err(ApiError::Unauthorized(
+            "internal route: cluster secret required",
+        )),
+        Some(given) if !secret_eq(given.as_bytes(), secret) => {
+            Err(ApiError::Forbidden("internal route: wrong cluster secret"))
+        }
+        Some(_) => Ok(next.run(request).await),
+    }
+}

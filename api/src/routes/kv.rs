@@ -1,0 +1,258 @@
+//! The client's key routes: `/kv/` (query or body key), `/kv/{key}` (path
+//! key) and `/kv/route/` (where a key lives).
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::json;
+use serde_json::value::RawValue;
+use shared::core::quorum::Consistency;
+use shared::core::record::{Record, Version};
+use shared::core::request::{WriteBody, WriteLimits, parse_write_body};
+use shared::core::ring::key_position;
+use shared::node::WriteReport;
+
+use super::{Params, checked_key, params, read_body};
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Header form of `?consistency=`.
+pub const CONSISTENCY_HEADER: &str = "x-consistency";
+
+/// `?consistency=` or the `X-Consistency` header; the query parameter wins
+/// when both are given, but each must be valid (a bad header is refused
+/// even when the query overrides it, rather than silently ignored).
+fn consistency(
+    params: &Params,
+    headers: &HeaderMap,
+    default: Consistency,
+) -> Result<Consistency, ApiError> {
+    let parse = |v: &str| {
+        v.parse::<Consistency>()
+            .map_err(|e| ApiError::bad_request("bad_consistency", e.to_string()))
+    };
+    let header = match headers.get(CONSISTENCY_HEADER) {
+        None => None,
+        Some(v) => Some(parse(v.to_str().map_err(|_| {
+            ApiError::bad_request("bad_consistency", "X-Consistency is not text")
+        })?)?),
+    };
+    let query = params.get("consistency").map(|v| parse(v)).transpose()?;
+    Ok(query.or(header).unwrap_or(default))
+}
+
+fn key_param(state: &AppState, params: &Params) -> Result<String, ApiError> {
+    let key = params.get("key").ok_or_else(|| {
+        ApiError::bad_request(
+            "missing_key",
+            "query parameter key is required, e.g. ?key=username123",
+        )
+    })?;
+    checked_key(state, key)?;
+    Ok(key.clone())
+}
+
+fn path_key(
+    state: &AppState,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<String, ApiError> {
+    let Path(key) = path.map_err(|e| {
+        ApiError::bad_request(
+            "bad_key",
+            format!("key in path is malformed: {}", e.body_text()),
+        )
+    })?;
+    checked_key(state, &key)?;
+    Ok(key)
+}
+
+/// Reads and checks a client write body (see [`parse_write_body`]).
+async fn write_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    path_key: Option<&str>,
+) -> Result<WriteBody, ApiError> {
+    let cfg = state.coord.config();
+    let bytes = read_body(headers, body, cfg.body_bytes_max()).await?;
+    let limits = WriteLimits {
+        key_bytes_max: cfg.key_bytes_max,
+        value_bytes_max: cfg.value_bytes_max,
+    };
+    Ok(parse_write_body(&bytes, path_key, limits)?)
+}
+
+fn write_response(report: WriteReport) -> Response {
+    // Serialized straight from the report: no intermediate JSON tree.
+    (StatusCode::OK, Json(report)).into_response()
+}
+
+async fn do_write(
+    state: &AppState,
+    key: String,
+    value: Option<Box<RawValue>>,
+    consistency: Consistency,
+) -> Result<Response, ApiError> {
+    let report = state.coord.write(key, value, consistency).await?;
+    Ok(write_response(report))
+}
+
+async fn do_read(
+    state: &AppState,
+    key: String,
+    consistency: Consistency,
+) -> Result<Response, ApiError> {
+    let report = state.coord.read(key, consistency).await?;
+    let (status, body) = match &report.record {
+        Some(Record {
+            version,
+            value: Some(value),
+        }) => (
+            StatusCode::OK,
+            ReadAnswer {
+                key: &report.key,
+                value: Some(value),
+                deleted: None,
+                version: Some(version),
+            },
+        ),
+        // A tombstone names its version, so a client can tell which delete it saw.
+        Some(Record {
+            version,
+            value: None,
+        }) => (
+            StatusCode::NOT_FOUND,
+            ReadAnswer {
+                key: &report.key,
+                value: None,
+                deleted: Some(true),
+                version: Some(version),
+            },
+        ),
+        None => (
+            StatusCode::NOT_FOUND,
+            ReadAnswer {
+                key: &report.key,
+                value: None,
+                deleted: None,
+                version: None,
+            },
+        ),
+    };
+    Ok((status, Json(body)).into_response())
+}
+
+/// The body of a read's answer: `value` is `null` when there is none;
+/// `deleted` and `version` appear only when they apply.
+#[derive(Serialize)]
+struct ReadAnswer<'a> {
+    key: &'a str,
+    value: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deleted: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<&'a Version>,
+}
+
+/// `POST /kv/`, `PUT /kv/`: body `{"key": "...", "value": ...}`.
+pub async fn put_body(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    q: RawQuery,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let params = params(q)?;
+    let consistency = consistency(&params, &headers, state.coord.config().write_consistency)?;
+    let WriteBody { key, value } = write_body(&state, &headers, body, None).await?;
+    do_write(&state, key, Some(value), consistency).await
+}
+
+/// `GET /kv/?key=K`.
+pub async fn get_query(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    q: RawQuery,
+) -> Result<Response, ApiError> {
+    let params = params(q)?;
+    let key = key_param(&state, &params)?;
+    let consistency = consistency(&params, &headers, state.coord.config().read_consistency)?;
+    do_read(&state, key, consistency).await
+}
+
+/// `DELETE /kv/?key=K`.
+pub async fn delete_query(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    q: RawQuery,
+) -> Result<Response, ApiError> {
+    let params = params(q)?;
+    let key = key_param(&state, &params)?;
+    let consistency = consistency(&params, &headers, state.coord.config().write_consistency)?;
+    do_write(&state, key, None, consistency).await
+}
+
+/// `GET /kv/{key}`.
+pub async fn get_path(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    q: RawQuery,
+) -> Result<Response, ApiError> {
+    let params = params(q)?;
+    let key = path_key(&state, path)?;
+    let consistency = consistency(&params, &headers, state.coord.config().read_consistency)?;
+    do_read(&state, key, consistency).await
+}
+
+/// `PUT /kv/{key}`: body `{"value": ...}`.
+pub async fn put_path(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    q: RawQuery,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let params = params(q)?;
+    let key = path_key(&state, path)?;
+    let consistency = consistency(&params, &headers, state.coord.config().write_consistency)?;
+    let WriteBody { key, value } = write_body(&state, &headers, body, Some(&key)).await?;
+    do_write(&state, key, Some(value), consistency).await
+}
+
+/// `DELETE /kv/{key}`.
+pub async fn delete_path(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    q: RawQuery,
+) -> Result<Response, ApiError> {
+    let params = params(q)?;
+    let key = path_key(&state, path)?;
+    let consistency = consistency(&params, &headers, state.coord.config().write_consistency)?;
+    do_write(&state, key, None, consistency).await
+}
+
+/// `GET /kv/route/?key=K`: the key's preference list, primary first.
+pub async fn route(State(state): State<AppState>, q: RawQuery) -> Result<Response, ApiError> {
+    let params = params(q)?;
+    let key = key_param(&state, &params)?;
+    let replicas = state.coord.replicas(&key);
+    let health: BTreeMap<&str, &str> = replicas
+        .iter()
+        .map(|n| (n.as_str(), state.coord.peer_health(n).as_str()))
+        .collect();
+    Ok(Json(json!({
+        "key": key,
+        "position": format!("{:016x}", key_position(&key)),
+        "primary": replicas.first(),
+        "replicas": replicas,
+        "health": health,
+    }))
+    .into_response())
+}

@@ -1,0 +1,16 @@
+//! The state every handler shares.
+//!
+//! It sits at the bottom of the crate with [`crate::error`]: metrics, routes
+//! and the router import it, and it imports none of them. The request
+//! metrics registry is not part of it; `GET /metrics` gets both through its
+//! own state (see [`crate::metrics::render`]).
+
+use std::sync::Arc;
+
+use shared::node::Coordinator;
+
+/// Shared state of every handler: this node's coordinator.
+#[derive(Clone)]
+pub struct AppState {
+    pub coord: Arc<Coordinator>,
+}
