@@ -48,10 +48,13 @@ async fn a_fast_node_is_fenced_and_loses_no_acknowledged_write() {
     }
     assert!(stale.is_empty(), "{} of 60 reads: {stale:?}", stale.len());
     // The fast node never stored its refused writes.
-    let snapshot = c.snapshot(2).await;
-    let data = snapshot["data"].as_object().cloned().unwrap_or_default();
+    let data = c.snapshot(2).await;
     for key in &keys {
-        assert_ne!(data.get(key), Some(&json!("a")), "{key} on node3");
+        assert_ne!(
+            data.get(key).map(|r| &r["value"]),
+            Some(&json!("a")),
+            "{key} on node3"
+        );
     }
 }
 
@@ -102,18 +105,13 @@ async fn tombstones_are_collected_at_volume_and_workers_counters_show() {
     while let Some(joined) = tasks.join_next().await {
         joined.expect("client task");
     }
-    for node in 0..3 {
-        let total = c.snapshot(node).await["total_records"].as_u64();
-        assert_eq!(total, Some(2_500), "node{} holds every tombstone", node + 1);
-    }
+    // Every delete was acknowledged by all three replicas (consistency=all),
+    // so each node held 2,500 tombstones (collection may already have begun).
     for node in 0..3 {
         wait_for(
             &format!("node{} collects every tombstone", node + 1),
             Duration::from_secs(60),
-            || async {
-                let total = c.snapshot(node).await["total_records"].as_u64();
-                (total == Some(0)).then_some(())
-            },
+            || async { c.snapshot(node).await.is_empty().then_some(()) },
         )
         .await;
     }
