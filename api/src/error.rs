@@ -30,33 +30,42 @@ pub enum ApiError {
     PayloadTooLarge { limit_bytes: usize },
     /// 415: body is not JSON.
     UnsupportedMediaType(String),
-    /// 503: the consistency level could not be reached.
-    Unavailable {
-        operation: &'static str,
-        consistency: Consistency,
-        required: usize,
-        replicas: Vec<String>,
-        answered: Vec<String>,
-        failed: Vec<NodeFailure>,
-        /// A write: where its value was nevertheless stored, queued or hinted.
-        stored_on: Vec<String>,
-        queued_for: Vec<String>,
-        hinted_for: Vec<HintPlacement>,
-    },
+    /// 503: the consistency level could not be reached (boxed: the other
+    /// variants are small, and every handler returns this type).
+    Unavailable(Box<Unavailable>),
     /// 503: this node's clock is beyond the drift bound from its peers'.
     ClockSkew { offset_ms: i64, drift_max_ms: u64 },
     /// 503: a newer version on a replica shadows the write.
-    Shadowed {
-        version: String,
-        holder: String,
-        stored_on: Vec<String>,
-    },
+    Shadowed(Box<Shadowed>),
     /// 503: too many requests in flight.
     Overloaded,
     /// 503: this node's own storage does not answer.
     StorageUnavailable,
     /// 500: a bug; details are in the log.
     Internal,
+}
+
+/// Details of a 503 `consistency_unreachable`.
+#[derive(Debug)]
+pub struct Unavailable {
+    operation: &'static str,
+    consistency: Consistency,
+    required: usize,
+    replicas: Vec<String>,
+    answered: Vec<String>,
+    failed: Vec<NodeFailure>,
+    /// A write: where its value was nevertheless stored, queued or hinted.
+    stored_on: Vec<String>,
+    queued_for: Vec<String>,
+    hinted_for: Vec<HintPlacement>,
+}
+
+/// Details of a 503 `write_shadowed`.
+#[derive(Debug)]
+pub struct Shadowed {
+    version: String,
+    holder: String,
+    stored_on: Vec<String>,
 }
 
 impl ApiError {
@@ -114,44 +123,47 @@ impl ApiError {
                 format!("body must be JSON (Content-Type: application/json), got {got:?}"),
                 Value::Null,
             ),
-            ApiError::Unavailable {
-                operation,
-                consistency,
-                required,
-                replicas,
-                answered,
-                failed,
-                stored_on,
-                queued_for,
-                hinted_for,
-            } => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "consistency_unreachable",
-                format!(
-                    "{operation} at consistency {consistency} needs {required} of {} replicas; {} answered: [{}]",
-                    replicas.len(),
-                    answered.len(),
-                    answered.join(", ")
-                ),
-                {
-                    let mut details = json!({
-                        "consistency": consistency,
-                        "required": required,
-                        "replicas": replicas,
-                        "answered": answered,
-                        "failed": failed,
-                    });
-                    if *operation == "write"
-                        && let Some(obj) = details.as_object_mut()
+            ApiError::Unavailable(details) => {
+                let Unavailable {
+                    operation,
+                    consistency,
+                    required,
+                    replicas,
+                    answered,
+                    failed,
+                    stored_on,
+                    queued_for,
+                    hinted_for,
+                } = details.as_ref();
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "consistency_unreachable",
+                    format!(
+                        "{operation} at consistency {consistency} needs {required} of {} replicas; {} answered: [{}]",
+                        replicas.len(),
+                        answered.len(),
+                        answered.join(", ")
+                    ),
                     {
-                        // No rollback: the value may still appear.
-                        obj.insert("stored_on".into(), json!(stored_on));
-                        obj.insert("queued_for".into(), json!(queued_for));
-                        obj.insert("hinted_for".into(), json!(hinted_for));
-                    }
-                    details
-                },
-            ),
+                        let mut details = json!({
+                            "consistency": consistency,
+                            "required": required,
+                            "replicas": replicas,
+                            "answered": answered,
+                            "failed": failed,
+                        });
+                        if *operation == "write"
+                            && let Some(obj) = details.as_object_mut()
+                        {
+                            // No rollback: the value may still appear.
+                            obj.insert("stored_on".into(), json!(stored_on));
+                            obj.insert("queued_for".into(), json!(queued_for));
+                            obj.insert("hinted_for".into(), json!(hinted_for));
+                        }
+                        details
+                    },
+                )
+            }
             ApiError::Overloaded => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "overloaded",
@@ -169,18 +181,21 @@ impl ApiError {
                 ),
                 json!({ "offset_ms": offset_ms, "drift_max_ms": drift_max_ms }),
             ),
-            ApiError::Shadowed {
-                version,
-                holder,
-                stored_on,
-            } => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "write_shadowed",
-                format!(
-                    "version {version} is below a newer version on {holder} after every re-stamp; retry"
-                ),
-                json!({ "version": version, "holder": holder, "stored_on": stored_on }),
-            ),
+            ApiError::Shadowed(details) => {
+                let Shadowed {
+                    version,
+                    holder,
+                    stored_on,
+                } = details.as_ref();
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "write_shadowed",
+                    format!(
+                        "version {version} is below a newer version on {holder} after every re-stamp; retry"
+                    ),
+                    json!({ "version": version, "holder": holder, "stored_on": stored_on }),
+                )
+            }
             ApiError::StorageUnavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "storage_unavailable",
@@ -234,7 +249,7 @@ impl From<CoordError> for ApiError {
                 stored_on,
                 queued_for,
                 hinted_for,
-            } => ApiError::Unavailable {
+            } => ApiError::Unavailable(Box::new(Unavailable {
                 operation,
                 consistency,
                 required,
@@ -244,7 +259,7 @@ impl From<CoordError> for ApiError {
                 stored_on,
                 queued_for,
                 hinted_for,
-            },
+            })),
             CoordError::ClockSkew {
                 offset_ms,
                 drift_max_ms,
@@ -256,11 +271,11 @@ impl From<CoordError> for ApiError {
                 version,
                 holder,
                 stored_on,
-            } => ApiError::Shadowed {
+            } => ApiError::Shadowed(Box::new(Shadowed {
                 version,
                 holder,
                 stored_on,
-            },
+            })),
             CoordError::Storage(source) => {
                 error!(error = %source, "local storage failed");
                 ApiError::StorageUnavailable
