@@ -4,16 +4,31 @@
 //! Every variable is optional except where noted; a bad value stops the
 //! process at start with one line naming the variable. The seed's names
 //! (`REDIS_HOST`, `REDIS_PORT`, `EMAIL_*`) keep working.
+//!
+//! - `env.rs`: reading and parsing one variable (numbers, booleans, the peer
+//!   list) and the error naming it; URL encoding and redaction.
+//! - `email.rs`: the SMTP settings, [`EmailConfig`] and [`TlsMode`].
+//!
+//! This file reads every node setting into [`Config`] and checks the rules
+//! between settings.
+
+mod email;
+mod env;
+
+#[cfg(test)]
+mod tests;
+
+pub use email::{EmailConfig, TlsMode};
+pub use env::parse_peers;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::str::FromStr;
 use std::time::Duration;
 
 use thiserror::Error;
 
 use crate::core::limits::{
-    BODY_ENVELOPE_BYTES, CLOCK_DRIFT_MS_MAX_DEFAULT, CLUSTER_NODES_MAX, HINT_WINDOW_S_DEFAULT,
+    BODY_ENVELOPE_BYTES, CLOCK_DRIFT_MS_MAX_DEFAULT, HINT_WINDOW_S_DEFAULT,
     HINTS_PER_NODE_MAX_DEFAULT, KEY_BYTES_MAX_DEFAULT, PEER_CONNECT_TIMEOUT_MS_DEFAULT,
     PEER_REQUEST_TIMEOUT_MS_DEFAULT, REDIS_CONNECT_TIMEOUT_MS_DEFAULT,
     REDIS_RESPONSE_TIMEOUT_MS_DEFAULT, REPLICATION_FACTOR_DEFAULT, REQUESTS_IN_FLIGHT_MAX_DEFAULT,
@@ -22,6 +37,7 @@ use crate::core::limits::{
 };
 use crate::core::quorum::Consistency;
 use crate::core::validate::validate_node_id;
+use env::{err, parse_bool, parse_or, percent_encode, redact_url};
 
 /// A configuration problem, naming the variable at fault.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -29,13 +45,6 @@ use crate::core::validate::validate_node_id;
 pub struct ConfigError {
     pub var: &'static str,
     pub message: String,
-}
-
-fn err(var: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError {
-        var,
-        message: message.into(),
-    }
 }
 
 /// Everything a node (API or worker) needs to know.
@@ -131,153 +140,6 @@ pub struct Secret(pub String);
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Secret(***)")
-    }
-}
-
-/// How the SMTP connection is secured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TlsMode {
-    /// Plain connection upgraded with STARTTLS (port 587, the seed's example).
-    StartTls,
-    /// TLS from the first byte (port 465).
-    Tls,
-    /// No TLS: only for a local sink or relay.
-    None,
-}
-
-/// SMTP settings; present only when `EMAIL_HOST` is set.
-#[derive(Debug, Clone)]
-pub struct EmailConfig {
-    /// `EMAIL_HOST`.
-    pub host: String,
-    /// `EMAIL_PORT` (default 587).
-    pub port: u16,
-    /// `EMAIL_HOST_USER`.
-    pub user: Option<String>,
-    /// `EMAIL_HOST_PASSWORD`, or the contents of `EMAIL_HOST_PASSWORD_FILE`.
-    pub password: Option<Secret>,
-    /// `EMAIL_FROM` (default: the user).
-    pub from: String,
-    /// `EMAIL_TO`, comma-separated (default: the user).
-    pub to: Vec<String>,
-    /// `EMAIL_TLS`: `starttls` (default), `tls` (default when the port is 465) or `none`.
-    pub tls: TlsMode,
-    /// `EMAIL_ON_DELETE` (default on): notify deletes too.
-    pub on_delete: bool,
-    /// `EMAIL_KEY_PATTERNS`: comma-separated globs; only matching keys notify (default: all).
-    pub key_patterns: Vec<String>,
-    /// `EMAIL_RATE_PER_MINUTE` (default 60): more writes in a window are summed up in one digest.
-    pub rate_per_minute: u64,
-    /// `EMAIL_RATE_WINDOW_S` (default 60): the rate window; shorter only for tests and tuning.
-    pub rate_window: Duration,
-    /// `EMAIL_TIMEOUT_S` (default 10): SMTP connection and command timeout.
-    pub timeout: Duration,
-    /// `EMAIL_ALERTS` (default on): one e-mail when a node goes down and one when it is back.
-    pub alerts: bool,
-}
-
-impl EmailConfig {
-    fn from_lookup(
-        get: &impl Fn(&str) -> Option<String>,
-    ) -> Result<Option<EmailConfig>, ConfigError> {
-        let Some(host) = get("EMAIL_HOST") else {
-            return Ok(None);
-        };
-        let port: u16 = parse_or(get, "EMAIL_PORT", 587)?;
-        let user = get("EMAIL_HOST_USER");
-        let password = match (get("EMAIL_HOST_PASSWORD"), get("EMAIL_HOST_PASSWORD_FILE")) {
-            (Some(p), _) => Some(Secret(p)),
-            (None, Some(path)) => {
-                let text = std::fs::read_to_string(&path).map_err(|e| {
-                    err(
-                        "EMAIL_HOST_PASSWORD_FILE",
-                        format!("cannot read {path:?}: {}", e.kind()),
-                    )
-                })?;
-                Some(Secret(text.trim_end_matches(['\n', '\r']).to_owned()))
-            }
-            (None, None) => None,
-        };
-        let from = get("EMAIL_FROM").or_else(|| user.clone()).ok_or_else(|| {
-            err(
-                "EMAIL_FROM",
-                "set it (or EMAIL_HOST_USER) when EMAIL_HOST is set",
-            )
-        })?;
-        let to: Vec<String> = get("EMAIL_TO")
-            .map(|v| {
-                v.split(',')
-                    .map(|a| a.trim().to_owned())
-                    .filter(|a| !a.is_empty())
-                    .collect()
-            })
-            .or_else(|| user.clone().map(|u| vec![u]))
-            .unwrap_or_default();
-        if to.is_empty() {
-            return Err(err(
-                "EMAIL_TO",
-                "set it (or EMAIL_HOST_USER) when EMAIL_HOST is set",
-            ));
-        }
-        for address in to.iter().chain(std::iter::once(&from)) {
-            if !address.contains('@') {
-                return Err(err(
-                    "EMAIL_TO",
-                    format!("{address:?} is not an e-mail address"),
-                ));
-            }
-        }
-        let default_tls = if port == 465 { "tls" } else { "starttls" };
-        let tls = match get("EMAIL_TLS")
-            .unwrap_or_else(|| default_tls.to_owned())
-            .to_ascii_lowercase()
-            .as_str()
-        {
-            "starttls" => TlsMode::StartTls,
-            "tls" | "ssl" => TlsMode::Tls,
-            "none" | "off" => TlsMode::None,
-            other => {
-                return Err(err(
-                    "EMAIL_TLS",
-                    format!("must be starttls, tls or none, got {other:?}"),
-                ));
-            }
-        };
-        let key_patterns: Vec<String> = get("EMAIL_KEY_PATTERNS")
-            .map(|v| {
-                v.split(',')
-                    .map(|p| p.trim().to_owned())
-                    .filter(|p| !p.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default();
-        let rate_per_minute: u64 = parse_or(get, "EMAIL_RATE_PER_MINUTE", 60)?;
-        if rate_per_minute == 0 {
-            return Err(err("EMAIL_RATE_PER_MINUTE", "must be at least 1"));
-        }
-        let window_s: u64 = parse_or(get, "EMAIL_RATE_WINDOW_S", 60)?;
-        if !(1..=3600).contains(&window_s) {
-            return Err(err("EMAIL_RATE_WINDOW_S", "must be between 1 and 3600"));
-        }
-        let timeout_s: u64 = parse_or(get, "EMAIL_TIMEOUT_S", 10)?;
-        if !(1..=300).contains(&timeout_s) {
-            return Err(err("EMAIL_TIMEOUT_S", "must be between 1 and 300"));
-        }
-        Ok(Some(EmailConfig {
-            host,
-            port,
-            user,
-            password,
-            from,
-            to,
-            tls,
-            on_delete: parse_bool(get, "EMAIL_ON_DELETE", true)?,
-            key_patterns,
-            rate_per_minute,
-            rate_window: Duration::from_secs(window_s),
-            timeout: Duration::from_secs(timeout_s),
-            alerts: parse_bool(get, "EMAIL_ALERTS", true)?,
-        }))
     }
 }
 
@@ -528,272 +390,5 @@ impl Config {
     /// The Redis URL with any password replaced, for logs.
     pub fn redis_url_redacted(&self) -> String {
         redact_url(&self.redis_url)
-    }
-}
-
-fn parse_or<T: FromStr>(
-    get: &impl Fn(&str) -> Option<String>,
-    var: &'static str,
-    default: T,
-) -> Result<T, ConfigError>
-where
-    T::Err: std::fmt::Display,
-{
-    match get(var) {
-        None => Ok(default),
-        Some(v) => v
-            .parse::<T>()
-            .map_err(|e| err(var, format!("cannot parse {v:?}: {e}"))),
-    }
-}
-
-fn parse_bool(
-    get: &impl Fn(&str) -> Option<String>,
-    var: &'static str,
-    default: bool,
-) -> Result<bool, ConfigError> {
-    match get(var).map(|v| v.to_ascii_lowercase()) {
-        None => Ok(default),
-        Some(v) => match v.as_str() {
-            "1" | "true" | "on" | "yes" => Ok(true),
-            "0" | "false" | "off" | "no" => Ok(false),
-            _ => Err(err(var, format!("must be on or off, got {v:?}"))),
-        },
-    }
-}
-
-/// Parses `id=http://host:port,id2=http://...`.
-pub fn parse_peers(spec: &str) -> Result<BTreeMap<String, String>, ConfigError> {
-    let mut nodes = BTreeMap::new();
-    for entry in spec.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-        let (id, url) = entry.split_once('=').ok_or_else(|| {
-            err(
-                "KV_PEERS",
-                format!("entry {entry:?} must be id=http://host:port"),
-            )
-        })?;
-        let (id, url) = (id.trim(), url.trim().trim_end_matches('/'));
-        validate_node_id(id).map_err(|e| err("KV_PEERS", e.to_string()))?;
-        if !url.starts_with("http://") || url.len() <= "http://".len() {
-            return Err(err(
-                "KV_PEERS",
-                format!("URL of {id} must start with http://, got {url:?}"),
-            ));
-        }
-        if nodes.insert(id.to_owned(), url.to_owned()).is_some() {
-            return Err(err("KV_PEERS", format!("node id {id:?} is listed twice")));
-        }
-    }
-    if nodes.is_empty() {
-        return Err(err("KV_PEERS", "lists no node"));
-    }
-    if nodes.len() > CLUSTER_NODES_MAX {
-        return Err(err(
-            "KV_PEERS",
-            format!("lists more than {CLUSTER_NODES_MAX} nodes"),
-        ));
-    }
-    Ok(nodes)
-}
-
-/// Percent-encodes everything but unreserved URL characters (RFC 3986).
-fn percent_encode(s: &str) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
-}
-
-fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            format!("{}://***{}", &url[..scheme_end], &url[at..])
-        }
-        _ => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::collections::HashMap;
-
-    #[test]
-    fn redis_password_is_encoded_and_redacted() {
-        let c = config(&[("REDIS_HOST", "r1"), ("REDIS_PASSWORD", "p@ss:w/rd")]).unwrap();
-        assert_eq!(c.redis_url, "redis://:p%40ss%3Aw%2Frd@r1:6379/0");
-        assert_eq!(c.redis_url_redacted(), "redis://***@r1:6379/0");
-        let c = config(&[
-            ("KV_PEER_SOURCE_ADDR", "127.0.0.12"),
-            ("KV_CLOCK_OFFSET_MS", "-2000"),
-        ])
-        .unwrap();
-        assert_eq!(c.peer_source_addr, Some("127.0.0.12".parse().unwrap()));
-        assert_eq!(c.clock_offset_ms, -2000);
-        assert_eq!(
-            config(&[("KV_PEER_SOURCE_ADDR", "nope")]).unwrap_err().var,
-            "KV_PEER_SOURCE_ADDR"
-        );
-        assert_eq!(
-            config(&[("KV_CLOCK_OFFSET_MS", "9999999")])
-                .unwrap_err()
-                .var,
-            "KV_CLOCK_OFFSET_MS"
-        );
-    }
-
-    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Config::from_lookup(|name| map.get(name).cloned())
-    }
-
-    #[test]
-    fn defaults_follow_the_seed() {
-        let c = config(&[]).unwrap();
-        assert_eq!(c.node_id, "node1");
-        assert_eq!(c.redis_url, "redis://127.0.0.1:6379/0");
-        assert_eq!(c.heartbeat_interval, Duration::from_secs(30));
-        assert_eq!(c.replication_factor, 1, "capped at the cluster size");
-        assert!(c.background_sync);
-        let c = config(&[("REDIS_HOST", "redis1"), ("REDIS_PORT", "6380")]).unwrap();
-        assert_eq!(c.redis_url, "redis://redis1:6380/0");
-    }
-
-    #[test]
-    fn peers_and_replication() {
-        let c = config(&[
-            ("KV_NODE_ID", "node2"),
-            (
-                "KV_PEERS",
-                "node1=http://a:1, node2=http://b:2/ ,node3=http://c:3",
-            ),
-            ("KV_REPLICATION_FACTOR", "5"),
-        ])
-        .unwrap();
-        assert_eq!(c.nodes.len(), 3);
-        assert_eq!(c.nodes["node2"], "http://b:2");
-        assert_eq!(c.replication_factor, 3);
-    }
-
-    #[test]
-    fn bad_values_name_the_variable() {
-        let cases: &[(&[(&str, &str)], &str)] = &[
-            (&[("KV_NODE_ID", "bad id")], "KV_NODE_ID"),
-            (&[("KV_LISTEN", "nowhere")], "KV_LISTEN"),
-            (&[("KV_PEERS", "node2=http://b:2")], "KV_PEERS"),
-            (&[("KV_PEERS", "node1=ftp://x")], "KV_PEERS"),
-            (&[("KV_PEERS", "node1=http://a,node1=http://b")], "KV_PEERS"),
-            (
-                &[("KV_REPLICATION_FACTOR", "three")],
-                "KV_REPLICATION_FACTOR",
-            ),
-            (&[("KV_REPLICATION_FACTOR", "0")], "KV_REPLICATION_FACTOR"),
-            (&[("KV_WRITE_CONSISTENCY", "most")], "KV_WRITE_CONSISTENCY"),
-            (&[("REDIS_PORT", "70000")], "REDIS_PORT"),
-            (&[("REDIS_URL", "http://x")], "REDIS_URL"),
-            (&[("KV_CLUSTER_SECRET", "short")], "KV_CLUSTER_SECRET"),
-            (&[("KV_VALUE_BYTES_MAX", "0")], "KV_VALUE_BYTES_MAX"),
-            (
-                &[("KV_HEARTBEAT_INTERVAL_S", "0")],
-                "KV_HEARTBEAT_INTERVAL_S",
-            ),
-            (&[("KV_BACKGROUND_SYNC", "maybe")], "KV_BACKGROUND_SYNC"),
-            (&[("KV_PEER_TIMEOUT_MS", "0")], "KV_PEER_TIMEOUT_MS"),
-        ];
-        for (vars, var) in cases {
-            let e = config(vars).unwrap_err();
-            assert_eq!(e.var, *var, "{vars:?} gave {e}");
-            assert!(e.to_string().starts_with(var));
-        }
-    }
-
-    #[test]
-    fn email_settings_follow_the_seed() {
-        assert!(
-            config(&[]).unwrap().email.is_none(),
-            "not configured: no e-mail"
-        );
-        let c = config(&[
-            ("EMAIL_HOST", "smtp.gmail.com"),
-            ("EMAIL_PORT", "587"),
-            ("EMAIL_HOST_USER", "your@gmail.com"),
-            ("EMAIL_HOST_PASSWORD", "yourpassword"),
-        ])
-        .unwrap();
-        let e = c.email.unwrap();
-        assert_eq!((e.port, e.tls), (587, TlsMode::StartTls));
-        assert_eq!(e.to, vec!["your@gmail.com".to_owned()]);
-        assert_eq!(e.from, "your@gmail.com");
-        let shown = format!("{e:?}");
-        assert!(!shown.contains("yourpassword"), "{shown}");
-        let e = config(&[
-            ("EMAIL_HOST", "h"),
-            ("EMAIL_PORT", "465"),
-            ("EMAIL_FROM", "a@b"),
-            ("EMAIL_TO", "c@d, e@f"),
-        ])
-        .unwrap()
-        .email
-        .unwrap();
-        assert_eq!((e.tls, e.to.len()), (TlsMode::Tls, 2));
-        for (vars, var) in [
-            (&[("EMAIL_HOST", "h")][..], "EMAIL_FROM"),
-            (
-                &[
-                    ("EMAIL_HOST", "h"),
-                    ("EMAIL_FROM", "a@b"),
-                    ("EMAIL_TO", "nobody"),
-                ][..],
-                "EMAIL_TO",
-            ),
-            (
-                &[
-                    ("EMAIL_HOST", "h"),
-                    ("EMAIL_HOST_USER", "a@b"),
-                    ("EMAIL_TLS", "maybe"),
-                ][..],
-                "EMAIL_TLS",
-            ),
-            (
-                &[
-                    ("EMAIL_HOST", "h"),
-                    ("EMAIL_HOST_USER", "a@b"),
-                    ("EMAIL_HOST_PASSWORD_FILE", "/nonexistent/pw"),
-                ][..],
-                "EMAIL_HOST_PASSWORD_FILE",
-            ),
-        ] {
-            assert_eq!(config(vars).unwrap_err().var, var);
-        }
-    }
-
-    #[test]
-    fn secrets_never_show_in_debug_output() {
-        let c = config(&[
-            ("KV_CLUSTER_SECRET", "s3cret-cluster"),
-            ("KV_API_TOKEN", "t0ken-client"),
-        ])
-        .unwrap();
-        let shown = format!("{c:?}");
-        assert!(
-            !shown.contains("s3cret-cluster") && !shown.contains("t0ken-client"),
-            "{shown}"
-        );
-        assert_eq!(c.cluster_secret.0, "s3cret-cluster");
-    }
-
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(redact_url("redis://:pw@host:1/0"), "redis://***@host:1/0");
-        assert_eq!(redact_url("redis://host:1/0"), "redis://host:1/0");
     }
 }

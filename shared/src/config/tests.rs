@@ -1,0 +1,112 @@
+//! Tests of [`Config::from_lookup`] as a whole; those of one part are next
+//! to it (`email.rs`, `env.rs`).
+
+use super::*;
+use std::collections::HashMap;
+
+#[test]
+fn redis_password_is_encoded_and_redacted() {
+    let c = config(&[("REDIS_HOST", "r1"), ("REDIS_PASSWORD", "p@ss:w/rd")]).unwrap();
+    assert_eq!(c.redis_url, "redis://:p%40ss%3Aw%2Frd@r1:6379/0");
+    assert_eq!(c.redis_url_redacted(), "redis://***@r1:6379/0");
+    let c = config(&[
+        ("KV_PEER_SOURCE_ADDR", "127.0.0.12"),
+        ("KV_CLOCK_OFFSET_MS", "-2000"),
+    ])
+    .unwrap();
+    assert_eq!(c.peer_source_addr, Some("127.0.0.12".parse().unwrap()));
+    assert_eq!(c.clock_offset_ms, -2000);
+    assert_eq!(
+        config(&[("KV_PEER_SOURCE_ADDR", "nope")]).unwrap_err().var,
+        "KV_PEER_SOURCE_ADDR"
+    );
+    assert_eq!(
+        config(&[("KV_CLOCK_OFFSET_MS", "9999999")])
+            .unwrap_err()
+            .var,
+        "KV_CLOCK_OFFSET_MS"
+    );
+}
+
+pub(super) fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let map: HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Config::from_lookup(|name| map.get(name).cloned())
+}
+
+#[test]
+fn defaults_follow_the_seed() {
+    let c = config(&[]).unwrap();
+    assert_eq!(c.node_id, "node1");
+    assert_eq!(c.redis_url, "redis://127.0.0.1:6379/0");
+    assert_eq!(c.heartbeat_interval, Duration::from_secs(30));
+    assert_eq!(c.replication_factor, 1, "capped at the cluster size");
+    assert!(c.background_sync);
+    let c = config(&[("REDIS_HOST", "redis1"), ("REDIS_PORT", "6380")]).unwrap();
+    assert_eq!(c.redis_url, "redis://redis1:6380/0");
+}
+
+#[test]
+fn peers_and_replication() {
+    let c = config(&[
+        ("KV_NODE_ID", "node2"),
+        (
+            "KV_PEERS",
+            "node1=http://a:1, node2=http://b:2/ ,node3=http://c:3",
+        ),
+        ("KV_REPLICATION_FACTOR", "5"),
+    ])
+    .unwrap();
+    assert_eq!(c.nodes.len(), 3);
+    assert_eq!(c.nodes["node2"], "http://b:2");
+    assert_eq!(c.replication_factor, 3);
+}
+
+#[test]
+fn bad_values_name_the_variable() {
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (&[("KV_NODE_ID", "bad id")], "KV_NODE_ID"),
+        (&[("KV_LISTEN", "nowhere")], "KV_LISTEN"),
+        (&[("KV_PEERS", "node2=http://b:2")], "KV_PEERS"),
+        (&[("KV_PEERS", "node1=ftp://x")], "KV_PEERS"),
+        (&[("KV_PEERS", "node1=http://a,node1=http://b")], "KV_PEERS"),
+        (
+            &[("KV_REPLICATION_FACTOR", "three")],
+            "KV_REPLICATION_FACTOR",
+        ),
+        (&[("KV_REPLICATION_FACTOR", "0")], "KV_REPLICATION_FACTOR"),
+        (&[("KV_WRITE_CONSISTENCY", "most")], "KV_WRITE_CONSISTENCY"),
+        (&[("REDIS_PORT", "70000")], "REDIS_PORT"),
+        (&[("REDIS_URL", "http://x")], "REDIS_URL"),
+        (&[("KV_CLUSTER_SECRET", "short")], "KV_CLUSTER_SECRET"),
+        (&[("KV_VALUE_BYTES_MAX", "0")], "KV_VALUE_BYTES_MAX"),
+        (
+            &[("KV_HEARTBEAT_INTERVAL_S", "0")],
+            "KV_HEARTBEAT_INTERVAL_S",
+        ),
+        (&[("KV_BACKGROUND_SYNC", "maybe")], "KV_BACKGROUND_SYNC"),
+        (&[("KV_PEER_TIMEOUT_MS", "0")], "KV_PEER_TIMEOUT_MS"),
+    ];
+    for (vars, var) in cases {
+        let e = config(vars).unwrap_err();
+        assert_eq!(e.var, *var, "{vars:?} gave {e}");
+        assert!(e.to_string().starts_with(var));
+    }
+}
+
+#[test]
+fn secrets_never_show_in_debug_output() {
+    let c = config(&[
+        ("KV_CLUSTER_SECRET", "s3cret-cluster"),
+        ("KV_API_TOKEN", "t0ken-client"),
+    ])
+    .unwrap();
+    let shown = format!("{c:?}");
+    assert!(
+        !shown.contains("s3cret-cluster") && !shown.contains("t0ken-client"),
+        "{shown}"
+    );
+    assert_eq!(c.cluster_secret.0, "s3cret-cluster");
+}
