@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use shared::core::quorum::Consistency;
 use shared::core::record::Version;
 use tokio::sync::Mutex;
 
@@ -58,6 +59,11 @@ pub(super) async fn send(req: reqwest::RequestBuilder, kind: Kind) -> (Outcome, 
     }
 }
 
+/// The level every client operation asks for, in the query rather than
+/// left to the nodes' default, so the history knows what each one was
+/// promised (the checkers hold strict reads to strict writes).
+const CONSISTENCY: Consistency = Consistency::Quorum;
+
 fn version_of(body: &Value) -> Option<Version> {
     body["version"].as_str().and_then(|s| s.parse().ok())
 }
@@ -86,10 +92,16 @@ pub(super) async fn client_loop(
         let value = format!("c{id}-{n}");
         let req = match kind {
             Kind::Write => http
-                .put(format!("{base}/kv/"))
+                .put(format!("{base}/kv/?consistency={CONSISTENCY}"))
                 .json(&json!({ "key": key, "value": value })),
-            Kind::Delete => http.delete(format!("{base}/kv/?key={}", encode(&key))),
-            Kind::Read => http.get(format!("{base}/kv/?key={}", encode(&key))),
+            Kind::Delete => http.delete(format!(
+                "{base}/kv/?key={}&consistency={CONSISTENCY}",
+                encode(&key)
+            )),
+            Kind::Read => http.get(format!(
+                "{base}/kv/?key={}&consistency={CONSISTENCY}",
+                encode(&key)
+            )),
         };
         let start_ms = sh.ms();
         let (outcome, status, body) = send(req, kind).await;
@@ -117,6 +129,7 @@ pub(super) async fn client_loop(
                 })
                 .unwrap_or_default(),
             sloppy: body["sloppy"].as_bool().unwrap_or(false),
+            consistency: CONSISTENCY,
             node,
         };
         let written = (kind == Kind::Write && outcome == Outcome::Ok)
@@ -131,7 +144,11 @@ pub(super) async fn client_loop(
         // Read your write, through another random node.
         if let Some((Some(version), sloppy)) = written {
             let node = rng.below(urls.len() as u64) as usize;
-            let req = http.get(format!("{}/kv/?key={}", urls[node], encode(&key)));
+            let req = http.get(format!(
+                "{}/kv/?key={}&consistency={CONSISTENCY}",
+                urls[node],
+                encode(&key)
+            ));
             let start_ms = sh.ms();
             let (outcome, status, body) = send(req, Kind::Read).await;
             let seen = version_of(&body);
@@ -163,6 +180,7 @@ pub(super) async fn client_loop(
                 version: seen,
                 acks: Vec::new(),
                 sloppy: false,
+                consistency: CONSISTENCY,
                 node,
             });
         }

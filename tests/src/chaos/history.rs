@@ -1,5 +1,6 @@
 //! What the clients recorded, and the replicas' final records.
 
+use shared::core::quorum::Consistency;
 use shared::core::record::Version;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,7 +36,11 @@ pub struct Op {
     pub end_ms: u64,
     pub version: Option<Version>,
     pub acks: Vec<String>,
+    /// The write counted a fallback node outside the preference list toward
+    /// W (sloppy quorum). Always false for a read (reads ask replicas only).
     pub sloppy: bool,
+    /// The level the client asked for (`?consistency=`).
+    pub consistency: Consistency,
     pub node: usize,
 }
 

@@ -11,10 +11,14 @@
 //! with loss through `tc netem`. After the last fault is undone the checkers
 //! wait for the replicas to converge and read the history:
 //!
-//! - every acknowledged write or delete is in the final state or superseded
-//!   by a higher version (0 lost, 0 resurrected deletes);
+//! - every acknowledged write or delete, on its own, is in the final state
+//!   or superseded by a higher version that another operation of the
+//!   history made (0 lost, 0 resurrected deletes);
 //! - every final record comes from an operation some client attempted;
 //! - no read returned a value nobody wrote;
+//! - every quorum read that started after a quorum, not sloppy, write or
+//!   delete of its key was acknowledged returned that version or a newer
+//!   one (0 stale reads);
 //! - read-your-writes rates, for strict and for sloppy quorums.
 //!
 //! Then one node is killed: quorum writes through the others must succeed

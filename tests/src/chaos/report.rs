@@ -56,6 +56,11 @@ impl std::fmt::Display for Report {
         writeln!(f, "  reads of values nobody wrote: {}", v.bad_reads.len())?;
         writeln!(
             f,
+            "  strict reads older than a strict write acknowledged before them: {}",
+            v.stale_reads.len()
+        )?;
+        writeln!(
+            f,
             "  acknowledged ops ordered below an earlier acknowledged op (clock skew): {}",
             v.order_inversions.len()
         )?;
@@ -104,6 +109,7 @@ impl std::fmt::Display for Report {
             .chain(&v.resurrections)
             .chain(&v.phantoms)
             .chain(&v.bad_reads)
+            .chain(&v.stale_reads)
             .take(20)
         {
             writeln!(f, "  VIOLATION {line}")?;
