@@ -1,5 +1,5 @@
 //! The short chaos run of `make test`: a few fixed seeds of the seeded
-//! fault-injection harness (tests/src/chaos.rs), one after another (they share
+//! fault-injection harness (tests/src/chaos/), one after another (they share
 //! `lo`'s queueing discipline). `make chaos SEED=n DURATION=s` runs longer ones.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stderr)]

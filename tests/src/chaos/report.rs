@@ -1,0 +1,119 @@
+//! Everything a run measured, and how it is printed.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::checkers::Verdict;
+
+/// Everything a run measured.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    pub seed: u64,
+    pub background_sync: bool,
+    pub faults: Vec<String>,
+    pub ops: BTreeMap<String, usize>,
+    pub server_errors: usize,
+    pub verdict: Verdict,
+    pub keys_checked: usize,
+    pub converge: Duration,
+    pub ryw_strict: (usize, usize),
+    pub ryw_sloppy: (usize, usize),
+    /// The first strict-quorum read-your-writes misses, described.
+    pub ryw_misses: Vec<String>,
+    pub availability: (usize, usize),
+    pub detection: Duration,
+    pub hints_delivered: Option<Duration>,
+    pub restore: Option<(usize, Duration)>,
+    pub restore_written: usize,
+}
+
+fn rate((a, b): (usize, usize)) -> String {
+    if b == 0 {
+        "n/a (0 cases)".to_owned()
+    } else {
+        format!("{:.1}% ({a}/{b})", 100.0 * a as f64 / b as f64)
+    }
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v = &self.verdict;
+        writeln!(
+            f,
+            "chaos seed {} ({} fault steps, background sync {})",
+            self.seed,
+            self.faults.len(),
+            if self.background_sync { "on" } else { "off" }
+        )?;
+        for fault in &self.faults {
+            writeln!(f, "  fault: {fault}")?;
+        }
+        writeln!(f, "  operations: {:?}", self.ops)?;
+        writeln!(f, "  5xx other than 503: {}", self.server_errors)?;
+        writeln!(f, "  acknowledged writes lost: {}", v.lost_writes.len())?;
+        writeln!(f, "  deletes resurrected: {}", v.resurrections.len())?;
+        writeln!(f, "  final records nobody wrote: {}", v.phantoms.len())?;
+        writeln!(f, "  reads of values nobody wrote: {}", v.bad_reads.len())?;
+        writeln!(
+            f,
+            "  strict reads older than a strict write acknowledged before them: {}",
+            v.stale_reads.len()
+        )?;
+        writeln!(
+            f,
+            "  acknowledged ops ordered below an earlier acknowledged op (clock skew): {}",
+            v.order_inversions.len()
+        )?;
+        for line in v.order_inversions.iter().take(3) {
+            writeln!(f, "    e.g. {line}")?;
+        }
+        writeln!(
+            f,
+            "  replicas identical {:.2} s after heal ({} keys)",
+            self.converge.as_secs_f64(),
+            self.keys_checked
+        )?;
+        writeln!(
+            f,
+            "  read-your-writes: strict quorum {}, sloppy quorum {}",
+            rate(self.ryw_strict),
+            rate(self.ryw_sloppy)
+        )?;
+        for line in self.ryw_misses.iter().take(5) {
+            writeln!(f, "    strict miss: {line}")?;
+        }
+        writeln!(
+            f,
+            "  one node down (detected in {:.2} s): quorum writes ok {}",
+            self.detection.as_secs_f64(),
+            rate(self.availability)
+        )?;
+        if let Some(d) = self.hints_delivered {
+            writeln!(
+                f,
+                "  hints delivered {:.2} s after the owner returned",
+                d.as_secs_f64()
+            )?;
+        }
+        if let Some((keys, d)) = self.restore {
+            writeln!(
+                f,
+                "  wiped node restored {keys} records ({} written for it) in {:.2} s",
+                self.restore_written,
+                d.as_secs_f64()
+            )?;
+        }
+        for line in v
+            .lost_writes
+            .iter()
+            .chain(&v.resurrections)
+            .chain(&v.phantoms)
+            .chain(&v.bad_reads)
+            .chain(&v.stale_reads)
+            .take(20)
+        {
+            writeln!(f, "  VIOLATION {line}")?;
+        }
+        Ok(())
+    }
+}
