@@ -21,6 +21,7 @@ test: build
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	./scripts/check-ladder.sh
 
 fmt:
 	$(CARGO) fmt --all
