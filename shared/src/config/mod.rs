@@ -311,6 +311,17 @@ impl Config {
                 "must be between 0 and 31536000 seconds",
             ));
         }
+        // Cassandra's rule: a hint older than the grace is never replayed, so
+        // the grace must outlast every hint (a hint replayed after GC
+        // collected the delete it predates would bring the key back).
+        if grace_s <= hint_window_s {
+            return Err(err(
+                "KV_TOMBSTONE_GRACE_S",
+                format!(
+                    "must be greater than KV_HINT_WINDOW_S ({hint_window_s} s), or a hint could outlive the tombstone it predates"
+                ),
+            ));
+        }
         let email = EmailConfig::from_lookup(&get)?;
         let restore_on_start = parse_bool(&get, "KV_RESTORE_ON_START", true)?;
         let requests_in_flight_max = parse_or(

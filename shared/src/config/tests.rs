@@ -110,3 +110,13 @@ fn secrets_never_show_in_debug_output() {
     );
     assert_eq!(c.cluster_secret.0, "s3cret-cluster");
 }
+
+#[test]
+fn grace_must_outlast_the_hint_window() {
+    let e = config(&[("KV_TOMBSTONE_GRACE_S", "10"), ("KV_HINT_WINDOW_S", "10")]).unwrap_err();
+    assert_eq!(e.var, "KV_TOMBSTONE_GRACE_S");
+    assert!(e.to_string().contains("KV_HINT_WINDOW_S"), "{e}");
+    // The default hint window (3 h) is above a 2 s grace.
+    assert!(config(&[("KV_TOMBSTONE_GRACE_S", "2")]).is_err());
+    assert!(config(&[("KV_TOMBSTONE_GRACE_S", "2"), ("KV_HINT_WINDOW_S", "1")]).is_ok());
+}
