@@ -25,10 +25,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use thiserror::Error;
 
-use crate::core::limits::PEER_POOL_IDLE_MS;
+use crate::core::limits::{PEER_POOL_IDLE_MS, SYNC_CALL_TIMEOUT_MS};
 use crate::core::message::{
-    ApplyRequest, ApplyResponse, BucketsRequest, BucketsResponse, KeyedRecord, MerkleRequest,
-    MerkleResponse, ReadRequest, ReadResponse, ScanResponse,
+    ApplyRequest, ApplyResponse, BucketsRequest, BucketsResponse, CollectRequest, CollectResponse,
+    KeyedRecord, MerkleRequest, MerkleResponse, ReadRequest, ReadResponse,
 };
 
 /// Header that carries the cluster secret on internal routes.
@@ -64,6 +64,7 @@ struct Endpoints {
     read: Uri,
     merkle: Uri,
     buckets: Uri,
+    collect: Uri,
     health: Uri,
 }
 
@@ -86,6 +87,7 @@ impl Endpoints {
             read: parse("/internal/read")?,
             merkle: parse("/internal/merkle")?,
             buckets: parse("/internal/buckets")?,
+            collect: parse("/internal/collect")?,
             health: parse("/health")?,
         })
     }
@@ -114,10 +116,11 @@ impl Outgoing<'_> {
 pub struct PeerClient {
     http: Client<HttpConnector, Full<Bytes>>,
     peers: BTreeMap<String, Endpoints>,
-    /// The cluster secret (and, for posts, the content type), built once.
-    headers: HeaderMap,
+    /// The cluster secret and the content type, built once.
     json_headers: HeaderMap,
     request_timeout: Duration,
+    /// Timeout of anti-entropy calls (a tree, a page of records).
+    sync_timeout: Duration,
     self_id: String,
 }
 
@@ -162,14 +165,14 @@ impl PeerClient {
         let mut secret = HeaderValue::from_str(secret).map_err(|_| PeerSetupError::Secret)?;
         secret.set_sensitive(true);
         headers.insert(SECRET_HEADER, secret);
-        let mut json_headers = headers.clone();
+        let mut json_headers = headers;
         json_headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         Ok(PeerClient {
             http,
             peers,
-            headers,
             json_headers,
             request_timeout,
+            sync_timeout: request_timeout.max(Duration::from_millis(SYNC_CALL_TIMEOUT_MS)),
             self_id: self_id.to_owned(),
         })
     }
@@ -199,13 +202,22 @@ impl PeerClient {
         self.post(node, |e| &e.apply, &request).await
     }
 
-    pub async fn merkle(&self, node: &str) -> Result<MerkleResponse, PeerError> {
+    /// The hash tree shared with `node`: its middle nodes, or the leaves
+    /// under `mids`. Sized to a tree, not a one-key call: [`SYNC_CALL_TIMEOUT_MS`].
+    pub async fn merkle(
+        &self,
+        node: &str,
+        mids: Option<Vec<u8>>,
+    ) -> Result<MerkleResponse, PeerError> {
         let request = MerkleRequest {
             for_node: self.self_id.clone(),
+            mids,
         };
-        self.post(node, |e| &e.merkle, &request).await
+        self.post_within(node, |e| &e.merkle, &request, self.sync_timeout)
+            .await
     }
 
+    /// One page of `node`'s records of some leaves shared with this node.
     pub async fn buckets(
         &self,
         node: &str,
@@ -217,34 +229,24 @@ impl PeerClient {
             buckets,
             cursor,
         };
-        self.post(node, |e| &e.buckets, &request).await
+        self.post_within(node, |e| &e.buckets, &request, self.sync_timeout)
+            .await
     }
 
+    /// The records of `keys` on `node`. An answer may cover only a prefix of
+    /// the keys (it is bounded in bytes); the caller asks again for the rest.
     pub async fn read(&self, node: &str, keys: Vec<String>) -> Result<ReadResponse, PeerError> {
         self.post(node, |e| &e.read, &ReadRequest { keys }).await
     }
 
-    pub async fn scan(
+    /// Removes tombstones on `node` that are still exactly as given.
+    pub async fn collect(
         &self,
         node: &str,
-        cursor: u64,
-        count: usize,
-    ) -> Result<ScanResponse, PeerError> {
-        let base = &self.endpoints(node)?.base;
-        let uri = parse_uri(&format!(
-            "{base}/internal/scan?cursor={cursor}&count={count}"
-        ))
-        .map_err(|reason| PeerError::Unreachable {
-            node: node.to_owned(),
-            reason,
-        })?;
-        let call = Outgoing {
-            method: Method::GET,
-            uri: &uri,
-            headers: &self.headers,
-            body: Bytes::new(),
-        };
-        self.send(node, call).await
+        records: Vec<KeyedRecord>,
+    ) -> Result<CollectResponse, PeerError> {
+        self.post(node, |e| &e.collect, &CollectRequest { records })
+            .await
     }
 
     /// `GET /health` of a peer: the cheapest liveness probe.
@@ -256,7 +258,7 @@ impl PeerClient {
             headers: &HeaderMap::new(),
             body: Bytes::new(),
         };
-        self.send(node, call).await
+        self.send(node, call, self.request_timeout).await
     }
 
     async fn post<B: Serialize, R: DeserializeOwned>(
@@ -264,6 +266,17 @@ impl PeerClient {
         node: &str,
         route: fn(&Endpoints) -> &Uri,
         body: &B,
+    ) -> Result<R, PeerError> {
+        self.post_within(node, route, body, self.request_timeout)
+            .await
+    }
+
+    async fn post_within<B: Serialize, R: DeserializeOwned>(
+        &self,
+        node: &str,
+        route: fn(&Endpoints) -> &Uri,
+        body: &B,
+        timeout: Duration,
     ) -> Result<R, PeerError> {
         let uri = route(self.endpoints(node)?);
         let body = Bytes::from(serde_json::to_vec(body).map_err(|e| PeerError::Decode {
@@ -276,21 +289,21 @@ impl PeerClient {
             headers: &self.json_headers,
             body,
         };
-        self.send(node, call).await
+        self.send(node, call, timeout).await
     }
 
-    /// Sends one request and decodes the JSON answer, all within the
-    /// request timeout.
+    /// Sends one request and decodes the JSON answer, all within `timeout`.
     async fn send<R: DeserializeOwned>(
         &self,
         node: &str,
         call: Outgoing<'_>,
+        timeout: Duration,
     ) -> Result<R, PeerError> {
-        let (status, bytes) = tokio::time::timeout(self.request_timeout, self.exchange(node, call))
+        let (status, bytes) = tokio::time::timeout(timeout, self.exchange(node, call))
             .await
             .map_err(|_| PeerError::Timeout {
                 node: node.to_owned(),
-                timeout_ms: self.request_timeout.as_millis(),
+                timeout_ms: timeout.as_millis(),
             })??;
         if !status.is_success() {
             return Err(PeerError::Status {
