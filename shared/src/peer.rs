@@ -37,6 +37,9 @@ pub const SECRET_HEADER: &str = "x-kv-cluster-secret";
 /// Largest response body read from a peer (a scan page of big values).
 pub const PEER_RESPONSE_BYTES_MAX: usize = 256 * 1024 * 1024;
 
+/// A decoded answer and its size on the wire in bytes.
+pub type Sized<T> = (T, usize);
+
 /// Why a call to a peer failed. All of them mean "this replica did not answer".
 #[derive(Debug, Error)]
 pub enum PeerError {
@@ -199,16 +202,17 @@ impl PeerClient {
             records,
             hint_for,
         };
-        self.post(node, |e| &e.apply, &request).await
+        Ok(self.post(node, |e| &e.apply, &request).await?.0)
     }
 
     /// The hash tree shared with `node`: its middle nodes, or the leaves
     /// under `mids`. Sized to a tree, not a one-key call: [`SYNC_CALL_TIMEOUT_MS`].
+    /// Returns the answer and its size in bytes.
     pub async fn merkle(
         &self,
         node: &str,
         mids: Option<Vec<u8>>,
-    ) -> Result<MerkleResponse, PeerError> {
+    ) -> Result<Sized<MerkleResponse>, PeerError> {
         let request = MerkleRequest {
             for_node: self.self_id.clone(),
             mids,
@@ -217,13 +221,14 @@ impl PeerClient {
             .await
     }
 
-    /// One page of `node`'s records of some leaves shared with this node.
+    /// One page of `node`'s records of some leaves shared with this node,
+    /// and the answer's size in bytes.
     pub async fn buckets(
         &self,
         node: &str,
         buckets: Vec<u16>,
         cursor: u64,
-    ) -> Result<BucketsResponse, PeerError> {
+    ) -> Result<Sized<BucketsResponse>, PeerError> {
         let request = BucketsRequest {
             for_node: self.self_id.clone(),
             buckets,
@@ -236,7 +241,7 @@ impl PeerClient {
     /// The records of `keys` on `node`. An answer may cover only a prefix of
     /// the keys (it is bounded in bytes); the caller asks again for the rest.
     pub async fn read(&self, node: &str, keys: Vec<String>) -> Result<ReadResponse, PeerError> {
-        self.post(node, |e| &e.read, &ReadRequest { keys }).await
+        Ok(self.post(node, |e| &e.read, &ReadRequest { keys }).await?.0)
     }
 
     /// Removes tombstones on `node` that are still exactly as given.
@@ -245,8 +250,10 @@ impl PeerClient {
         node: &str,
         records: Vec<KeyedRecord>,
     ) -> Result<CollectResponse, PeerError> {
-        self.post(node, |e| &e.collect, &CollectRequest { records })
-            .await
+        Ok(self
+            .post(node, |e| &e.collect, &CollectRequest { records })
+            .await?
+            .0)
     }
 
     /// `GET /health` of a peer: the cheapest liveness probe.
@@ -258,7 +265,7 @@ impl PeerClient {
             headers: &HeaderMap::new(),
             body: Bytes::new(),
         };
-        self.send(node, call, self.request_timeout).await
+        Ok(self.send(node, call, self.request_timeout).await?.0)
     }
 
     async fn post<B: Serialize, R: DeserializeOwned>(
@@ -266,7 +273,7 @@ impl PeerClient {
         node: &str,
         route: fn(&Endpoints) -> &Uri,
         body: &B,
-    ) -> Result<R, PeerError> {
+    ) -> Result<Sized<R>, PeerError> {
         self.post_within(node, route, body, self.request_timeout)
             .await
     }
@@ -277,7 +284,7 @@ impl PeerClient {
         route: fn(&Endpoints) -> &Uri,
         body: &B,
         timeout: Duration,
-    ) -> Result<R, PeerError> {
+    ) -> Result<Sized<R>, PeerError> {
         let uri = route(self.endpoints(node)?);
         let body = Bytes::from(serde_json::to_vec(body).map_err(|e| PeerError::Decode {
             node: node.to_owned(),
@@ -292,13 +299,14 @@ impl PeerClient {
         self.send(node, call, timeout).await
     }
 
-    /// Sends one request and decodes the JSON answer, all within `timeout`.
+    /// Sends one request and decodes the JSON answer, all within `timeout`;
+    /// returns it with the answer's size in bytes.
     async fn send<R: DeserializeOwned>(
         &self,
         node: &str,
         call: Outgoing<'_>,
         timeout: Duration,
-    ) -> Result<R, PeerError> {
+    ) -> Result<Sized<R>, PeerError> {
         let (status, bytes) = tokio::time::timeout(timeout, self.exchange(node, call))
             .await
             .map_err(|_| PeerError::Timeout {
@@ -312,10 +320,11 @@ impl PeerClient {
                 body: String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned(),
             });
         }
-        serde_json::from_slice(&bytes).map_err(|e| PeerError::Decode {
+        let value = serde_json::from_slice(&bytes).map_err(|e| PeerError::Decode {
             node: node.to_owned(),
             reason: e.to_string(),
-        })
+        })?;
+        Ok((value, bytes.len()))
     }
 
     /// The request and its whole answer (status and body, bounded).

@@ -50,6 +50,8 @@ pub struct RestorePeerReport {
     pub refused: u64,
     /// Approximate bytes of the records received (keys, versions, values).
     pub bytes_received: u64,
+    /// Bytes of every answer of the peer in the exchange (trees and pages).
+    pub answer_bytes: u64,
     pub error: Option<String>,
 }
 
@@ -63,6 +65,7 @@ pub struct RestoreReport {
     pub stored: u64,
     pub refused: u64,
     pub bytes_received: u64,
+    pub answer_bytes: u64,
     /// Peers that answered.
     pub peers_synced: u64,
     pub peers: Vec<RestorePeerReport>,
@@ -79,6 +82,7 @@ impl RestoreReport {
         self.stored += peer.stored;
         self.refused += peer.refused;
         self.bytes_received += peer.bytes_received;
+        self.answer_bytes += peer.answer_bytes;
         self.peers.push(peer);
     }
 }
@@ -297,7 +301,10 @@ impl Coordinator {
             report
         };
         let theirs = match io.tracked(peer, io.peers.merkle(peer, None)).await {
-            Ok(answer) => answer,
+            Ok((answer, bytes)) => {
+                report.answer_bytes += bytes as u64;
+                answer
+            }
             Err(error) => return Ok(fail(report, error)),
         };
         let ours = self.shared_tree(peer).await?;
@@ -311,7 +318,10 @@ impl Coordinator {
             .tracked(peer, io.peers.merkle(peer, Some(mids.clone())))
             .await
         {
-            Ok(answer) => answer.leaves,
+            Ok((answer, bytes)) => {
+                report.answer_bytes += bytes as u64;
+                answer.leaves
+            }
             Err(error) => return Ok(fail(report, error)),
         };
         let ours = ours.leaves_under(&mids);
@@ -328,7 +338,10 @@ impl Coordinator {
             loop {
                 let call = io.peers.buckets(peer, chunk.to_vec(), cursor);
                 let (records, next) = match io.tracked(peer, call).await {
-                    Ok(answer) => (answer.records, answer.next_cursor),
+                    Ok((answer, bytes)) => {
+                        report.answer_bytes += bytes as u64;
+                        (answer.records, answer.next_cursor)
+                    }
                     Err(error) => return Ok(fail(report, error)),
                 };
                 report.received += records.len() as u64;
