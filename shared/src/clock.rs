@@ -55,7 +55,12 @@ impl NodeClock {
 
     /// Whether `remote` is within the drift bound of local time.
     pub fn check(&self, remote: Timestamp) -> Result<(), ClockError> {
-        lock(&self.hlc).check(remote, now_ms())
+        self.check_at(remote, now_ms())
+    }
+
+    /// Whether `remote` is within the drift bound of `reference_ms`.
+    pub fn check_at(&self, remote: Timestamp, reference_ms: u64) -> Result<(), ClockError> {
+        lock(&self.hlc).check(remote, reference_ms)
     }
 
     /// Adopts `remote` (if within the drift bound), so later stamps order after it.

@@ -101,7 +101,7 @@ impl Coordinator {
     /// Delivers one page of hints to `owner` (`None`: it did not answer).
     /// Hints older than the tombstone grace are dropped, not delivered: GC
     /// may have collected a delete they would undo. Hints the owner refused
-    /// (beyond its clock's drift bound) stay, and expire with the grace.
+    /// (beyond its clock's drift bound) are dropped and dead-lettered.
     async fn deliver_page(
         &self,
         owner: &str,
@@ -140,8 +140,26 @@ impl Coordinator {
             .zip(statuses)
             .partition(|(_, status)| *status != ApplyStatus::Refused);
         if !refused.is_empty() {
-            Stats::add(&io.stats.hints_refused, refused.len() as u64);
-            warn!(%owner, refused = refused.len(), "owner refused hints (clock drift); keeping them");
+            // The owner refused these versions as beyond its clock's drift
+            // bound. They are not kept for later: once real time passed
+            // them they would win over writes made after them. The records
+            // live on the replicas that acknowledged them; anti-entropy
+            // repairs the owner once the clocks agree.
+            let refused: Vec<(String, Record)> = refused.into_iter().map(|(r, _)| r).collect();
+            let dropped = io.store.remove_if_same(space, &refused).await?;
+            Stats::add(&io.stats.hints_refused, dropped);
+            warn!(%owner, refused = refused.len(), "owner refused hints (clock drift); dead-lettered");
+            if let Some(queues) = &self.queues {
+                let versions: Vec<String> = refused
+                    .iter()
+                    .map(|(k, r)| format!("{k}@{}", r.version))
+                    .collect();
+                let reason =
+                    format!("{owner} refused these hints: version beyond its clock drift bound");
+                if let Err(error) = queues.dead_letter_job("hints", 1, reason, &versions).await {
+                    warn!(%error, "cannot record refused hints as a dead letter");
+                }
+            }
         }
         let accepted: Vec<(String, Record)> = accepted.into_iter().map(|(r, _)| r).collect();
         let removed = io.store.remove_if_same(space, &accepted).await?;

@@ -24,6 +24,7 @@ pub mod sync;
 pub mod write;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
@@ -142,6 +143,8 @@ pub struct Coordinator {
     restore_state: Mutex<RestoreState>,
     /// Which hash-tree leaves each peer shares with this node.
     sharing: sync::SharingCache,
+    /// Whether the last probe round found this node's clock fenced.
+    was_fenced: AtomicBool,
     pub stats: Arc<Stats>,
 }
 
@@ -185,6 +188,7 @@ impl Coordinator {
             repair_permits: Arc::new(Semaphore::new(READ_REPAIRS_IN_FLIGHT_MAX)),
             restore_state: Mutex::new(RestoreState::Idle),
             sharing: sync::SharingCache::default(),
+            was_fenced: AtomicBool::new(false),
             stats,
             cfg,
         }))
@@ -245,8 +249,43 @@ impl Coordinator {
         self.replicas.io.probe(node).await
     }
 
+    /// Probes the peers (measuring their clocks too), then reports a
+    /// change of this node's clock fence: logged, and an alert e-mail.
     pub async fn probe_peers(&self, only_unhealthy: bool) {
         self.replicas.probe_peers(only_unhealthy).await;
+        let view = self.clock_view();
+        if self.was_fenced.swap(view.fenced, Ordering::Relaxed) == view.fenced {
+            return;
+        }
+        let status = if view.fenced {
+            tracing::error!(
+                offset_ms = -view.median_offset_ms,
+                drift_max_ms = view.drift_max_ms,
+                "this node's clock is beyond the drift bound from its peers': it refuses to coordinate writes"
+            );
+            "clock_skew"
+        } else {
+            tracing::info!(
+                "this node's clock is back within the drift bound: coordinating writes again"
+            );
+            "clock_ok"
+        };
+        if let Some(email) = &self.cfg.email
+            && email.alerts
+        {
+            let now = crate::clock::now_ms();
+            self.notify(MailJob {
+                id: format!("alert-{}-{status}-{}", self.cfg.node_id, now / 1000),
+                node: self.cfg.node_id.clone(),
+                time_ms: now,
+                kind: crate::core::mail::MailKind::Alert {
+                    about: self.cfg.node_id.clone(),
+                    status: status.to_owned(),
+                },
+                attempt: 0,
+            })
+            .await;
+        }
     }
 
     /// Stores records newer than the local copies (see [`ReplicaIo::apply_local`]).

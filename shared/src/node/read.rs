@@ -86,10 +86,11 @@ impl Coordinator {
         // a fast clock stored it) is one the other replicas refuse: it is
         // neither returned nor spread by repair; the newest acceptable one is.
         let clock = &self.replicas.io.clock;
+        let reference_ms = self.replicas.io.reference_now_ms();
         for (node, record) in &mut answers {
             if record
                 .as_ref()
-                .is_some_and(|r| clock.check(r.version.ts).is_err())
+                .is_some_and(|r| clock.check_at(r.version.ts, reference_ms).is_err())
             {
                 Stats::add(&self.stats.refused_versions, 1);
                 warn!(%key, %node, "ignoring a version from beyond the clock drift bound");

@@ -144,6 +144,29 @@ impl ReplicaIo {
         }
     }
 
+    /// A peer refused a version this node stamped as too far ahead of its
+    /// clock: count it as a measurement of the peer's clock beyond the
+    /// bound (behind ours), until a probe measures it again. When most
+    /// peers refuse, this node is fenced at once, before its next probes.
+    pub fn note_clock_refusal(&self, node: &str) {
+        let beyond = i64::try_from(self.cfg.clock_drift_ms_max)
+            .unwrap_or(i64::MAX)
+            .saturating_add(1);
+        lock(&self.clock_offsets).insert(node.to_owned(), (-beyond, now_ms()));
+    }
+
+    /// "Now" by which versions are judged: this node's clock, or, while it
+    /// is fenced, its peers' (its clock corrected by their median offset),
+    /// so a fenced node never serves versions its own fast clock made.
+    pub fn reference_now_ms(&self) -> u64 {
+        let view = self.clock_view();
+        if view.fenced {
+            now_ms().saturating_add_signed(view.median_offset_ms)
+        } else {
+            now_ms()
+        }
+    }
+
     fn me(&self) -> &str {
         &self.cfg.node_id
     }

@@ -17,6 +17,7 @@ use crate::core::message::{ApplyStatus, KeyedRecord};
 use crate::core::plan::{Answer, Call, FailureKind, WriteInput, WriteOutcome, WritePlan};
 use crate::core::quorum::Consistency;
 use crate::core::record::{Record, Version};
+use crate::storage::Space;
 
 pub use crate::core::plan::HintPlacement;
 
@@ -206,8 +207,7 @@ impl Coordinator {
                 calls.push(start(next));
             }
         }
-        let outcome = plan.finish();
-        let hints = self.keep_planned_hints(&outcome, &batch).await;
+        let mut outcome = plan.finish();
         if let Some(early_defer) = early_defer
             && let Err(join_error) = early_defer.await
         {
@@ -215,7 +215,18 @@ impl Coordinator {
             warn!(%join_error, "replication enqueue task failed; enqueueing again");
             self.defer(&early, &batch, created_ms).await;
         }
-        self.defer(&outcome.queue_late, &batch, created_ms).await;
+        let hints = if outcome.refused_as_future() {
+            // Replicas refused this node's stamp as too far ahead of their
+            // clocks: take the local copy back, keep no hint, queue nothing
+            // more (what is queued already is refused in turn and
+            // dead-lettered), and count the refusals against this clock.
+            self.retract(&key, &record, &mut outcome).await;
+            Vec::new()
+        } else {
+            let hints = self.keep_planned_hints(&outcome, &batch).await;
+            self.defer(&outcome.queue_late, &batch, created_ms).await;
+            hints
+        };
         if outcome.sloppy {
             Stats::add(&self.stats.sloppy_writes, 1);
         }
@@ -248,6 +259,28 @@ impl Coordinator {
             sloppy: outcome.sloppy,
         };
         Ok((report, outcome.shadowed_by))
+    }
+
+    /// Takes back this node's copy of a write its replicas refused as from
+    /// the future, and records their refusals as evidence against this
+    /// node's clock (see `ReplicaIo::note_clock_refusal`).
+    async fn retract(&self, key: &str, record: &Record, outcome: &mut WriteOutcome) {
+        let io = &self.replicas.io;
+        for failure in &outcome.failed {
+            if failure.kind == FailureKind::VersionRefused {
+                io.note_clock_refusal(&failure.node);
+            }
+        }
+        Stats::add(&self.stats.writes_retracted, 1);
+        warn!(%key, version = %record.version, "replicas refused this node's stamp as too far ahead: write taken back");
+        let me = &self.cfg.node_id;
+        if outcome.acks.contains(me) {
+            let pair = [(key.to_owned(), record.clone())];
+            match io.store.remove_if_same(&Space::Data, &pair).await {
+                Ok(_) => outcome.acks.retain(|a| a != me),
+                Err(error) => warn!(%key, %error, "cannot take back a refused write"),
+            }
+        }
     }
 
     /// Keeps the hints the plan gave this node; returns every hint placed

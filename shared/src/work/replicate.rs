@@ -14,8 +14,22 @@ use crate::node::{Coordinator, Stats};
 use crate::queue::{JobQueues, QueueError, REPLICATE};
 /// Why a job run failed (it will be retried or dead-lettered).
 #[derive(Debug, Error)]
-#[error("{0}")]
-pub struct JobFailure(pub String);
+#[error("{reason}")]
+pub struct JobFailure {
+    pub reason: String,
+    /// Indexes of the records the target refused as beyond its clock's
+    /// drift bound (the others failed with the call, or were stored).
+    pub refused: Vec<usize>,
+}
+
+impl JobFailure {
+    fn call(reason: String) -> Self {
+        JobFailure {
+            reason,
+            refused: Vec::new(),
+        }
+    }
+}
 
 /// The replication job function: delivers the records to the target
 /// replica. Shared by workers and the inline runner. Safe to replay.
@@ -26,29 +40,35 @@ pub async fn run_replicate(coord: &Coordinator, job: &ReplicateJob) -> Result<()
         .transport()
         .apply(&job.target, job.records.clone())
         .await
-        .map_err(|e| JobFailure(e.to_string()))?;
+        .map_err(|e| JobFailure::call(e.to_string()))?;
     if statuses.len() != job.records.len() {
-        return Err(JobFailure(format!(
+        return Err(JobFailure::call(format!(
             "{} answered {} statuses for {} records",
             job.target,
             statuses.len(),
             job.records.len()
         )));
     }
-    let refused = statuses
+    let refused: Vec<usize> = statuses
         .iter()
-        .filter(|s| **s == ApplyStatus::Refused)
-        .count();
-    if refused > 0 {
+        .enumerate()
+        .filter(|(_, s)| **s == ApplyStatus::Refused)
+        .map(|(i, _)| i)
+        .collect();
+    if !refused.is_empty() {
         // The target refused versions from beyond its clock's drift bound:
         // not delivered. Retried (the clocks may come back within the
-        // bound), then dead-lettered, visibly.
-        warn!(target = %job.target, refused, "replica refused records from the future");
-        return Err(JobFailure(format!(
-            "{} refused {refused} of {} records (version beyond its clock drift bound)",
-            job.target,
-            job.records.len()
-        )));
+        // bound), then dead-lettered, visibly, and never kept as a hint.
+        warn!(target = %job.target, refused = refused.len(), "replica refused records from the future");
+        return Err(JobFailure {
+            reason: format!(
+                "{} refused {} of {} records (version beyond its clock drift bound)",
+                job.target,
+                refused.len(),
+                job.records.len()
+            ),
+            refused,
+        });
     }
     Ok(())
 }
@@ -115,13 +135,22 @@ pub async fn replicate_and_settle(
     };
     let runs = job.attempt.saturating_add(1);
     let give_up = queues.policy.after_failure(runs) == RetryDecision::GiveUp;
-    let mut reason = failure.0;
+    let mut reason = failure.reason;
     if give_up {
-        // The job is dead, not the data: keep it as a hint, which is
-        // delivered as soon as the target answers again.
-        let kept = coord.keep_hint(&job.target, job.records.clone()).await;
+        // The job is dead, not the data: keep what was not refused as a
+        // hint, which is delivered as soon as the target answers again.
+        // Refused records are not kept: a version from beyond the drift
+        // bound must not win later, once real time passes it.
+        let keep: Vec<_> = job
+            .records
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !failure.refused.contains(i))
+            .map(|(_, r)| r.clone())
+            .collect();
+        let kept = !keep.is_empty() && coord.keep_hint(&job.target, keep).await;
         reason = if kept {
-            format!("{reason}; gave up after {runs} runs, records kept as a hint")
+            format!("{reason}; gave up after {runs} runs, records not refused kept as a hint")
         } else {
             format!("{reason}; gave up after {runs} runs, no hint kept (anti-entropy will repair)")
         };

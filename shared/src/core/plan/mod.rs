@@ -192,6 +192,19 @@ pub struct WriteOutcome {
 }
 
 impl WriteOutcome {
+    /// Whether this write failed and a replica refused its version as too
+    /// far ahead of its own clock: evidence that the coordinator's clock is
+    /// off. The coordinator then takes its own copy back instead of keeping
+    /// it, hinting it or queueing it (a version beyond the bound must never
+    /// become visible, nor win later once real time passes it).
+    pub fn refused_as_future(&self) -> bool {
+        !self.reached
+            && self
+                .failed
+                .iter()
+                .any(|f| f.kind == FailureKind::VersionRefused)
+    }
+
     /// The outcome of one preference-list owner.
     pub fn owner_outcome(&self, owner: &str) -> OwnerOutcome {
         if self.acks.iter().any(|a| a == owner) {

@@ -86,6 +86,45 @@ fn a_failure_is_replaced_then_covered_by_a_fallback_hint() {
 }
 
 #[test]
+fn a_refused_version_is_evidence_against_the_coordinator_clock() {
+    let input = || WriteInput {
+        replicas: names("n", 3),
+        fallbacks: vec![],
+        me: "n0".into(),
+        down: vec![],
+        required: 2,
+        background_sync: false,
+    };
+    // The peers refuse the coordinator's stamp: the write fails and says why.
+    let (out, _) = drive(input(), |c| {
+        if c.node == "n0" {
+            Answer::Stored
+        } else {
+            Answer::Failed(FailureKind::VersionRefused)
+        }
+    });
+    assert!(out.refused_as_future());
+    // One peer refusing while another stores it: the write stands.
+    let (out, _) = drive(input(), |c| {
+        if c.node == "n1" {
+            Answer::Failed(FailureKind::VersionRefused)
+        } else {
+            Answer::Stored
+        }
+    });
+    assert!(out.reached && !out.refused_as_future());
+    // A failure that says nothing of clocks.
+    let (out, _) = drive(input(), |c| {
+        if c.node == "n0" {
+            Answer::Stored
+        } else {
+            Answer::Failed(FailureKind::Timeout)
+        }
+    });
+    assert!(!out.reached && !out.refused_as_future());
+}
+
+#[test]
 fn too_few_answers_is_unavailable_and_keeps_no_hint() {
     let input = WriteInput {
         replicas: names("n", 3),
@@ -250,6 +289,10 @@ proptest! {
             prop_assert!(out.local_hints.is_empty() && out.queue_late.is_empty());
         }
         prop_assert!(!out.local_hints.contains(&me));
+        // A refused version counts against the coordinator's clock only
+        // when the write failed and some replica refused it.
+        let refused = made.iter().any(|c| answer_of(c) == Answer::Failed(FailureKind::VersionRefused));
+        prop_assert_eq!(out.refused_as_future(), !out.reached && refused);
     }
 
     #[test]
