@@ -7,6 +7,8 @@
 #   KV_CLUSTER_DIR     data and logs (default .cluster/)
 #   KV_WORKERS         worker processes per node (default 1; 0 = none)
 #   KV_REDIS_BASE_PORT first Redis port (default 6381; node i uses base+i-1)
+#   KV_FSYNC           Redis appendfsync: everysec (default) or always (see
+#                      README, Durability)
 #   REDIS_PASSWORD     password the Redis servers require (default: a random
 #                      one, generated once and kept in $KV_CLUSTER_DIR/redis-password)
 # The Redis servers listen on 127.0.0.1 only.
@@ -19,6 +21,11 @@ bin_dir="${KV_BIN_DIR:-$root/target/release}"
 cluster_dir="${KV_CLUSTER_DIR:-$root/.cluster}"
 workers="${KV_WORKERS:-1}"
 redis_base="${KV_REDIS_BASE_PORT:-6381}"
+fsync="${KV_FSYNC:-everysec}"
+case "$fsync" in
+  always|everysec) ;;
+  *) echo "KV_FSYNC must be always or everysec, got '$fsync'" >&2; exit 2 ;;
+esac
 nodes=(node1 node2 node3)
 api_ports=(8001 8002 8003)
 
@@ -75,7 +82,7 @@ for i in 0 1 2; do
   mkdir -p "$dir/redis"
   printf 'requirepass %s\n' "$REDIS_PASSWORD" | redis-server - --port "$rport" --bind 127.0.0.1 \
     --protected-mode yes --dir "$dir/redis" --appendonly yes \
-    --appendfsync everysec --save "" --daemonize no --logfile "$dir/redis.log" >/dev/null &
+    --appendfsync "$fsync" --save "" --daemonize no --logfile "$dir/redis.log" >/dev/null &
   pids+=($!)
 done
 for i in 0 1 2; do

@@ -67,8 +67,14 @@ fn options() -> Options {
 
 async fn store_of(c: &Cluster, i: usize) -> Store {
     let url = c.redis_url(i);
-    let cfg = Config::from_lookup(|name| (name == "REDIS_URL").then(|| url.clone()))
-        .expect("redis config");
+    // Loading saturates Redis (and this shared machine): a long command
+    // timeout, so a slow batch is waited for rather than failed.
+    let cfg = Config::from_lookup(|name| match name {
+        "REDIS_URL" => Some(url.clone()),
+        "KV_REDIS_TIMEOUT_MS" => Some("60000".to_owned()),
+        _ => None,
+    })
+    .expect("redis config");
     let conn = connect_redis(&cfg).await.expect("redis");
     Store::Redis(RedisStore::new(conn, &c.nodes[i].id))
 }
