@@ -21,13 +21,13 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use serde_json::value::RawValue;
 use shared::core::hlc::Timestamp;
-use shared::core::jobs::{DeadLetter, Lenient, ReplicateJob};
+use shared::core::jobs::{DeadLetter, Lenient, PeriodicJob, PeriodicTask, ReplicateJob};
 use shared::core::limits::{QUERY_PARAMS_MAX, VALUE_DEPTH_MAX};
 use shared::core::mail::{MailJob, MailKind};
 use shared::core::merkle::{Leaf, Summary};
 use shared::core::message::{
-    ApplyRequest, ApplyResponse, ApplyStatus, BucketsRequest, BucketsResponse, HeartbeatJob,
-    KeyedRecord, MerkleRequest, MerkleResponse, ReadRequest, ReadResponse, ScanResponse,
+    ApplyRequest, ApplyResponse, ApplyStatus, BucketsRequest, BucketsResponse, KeyedRecord,
+    MerkleRequest, MerkleResponse, ReadRequest, ReadResponse, ScanResponse,
 };
 use shared::core::record::{Record, Version};
 use shared::core::request::{WriteLimits, encode_component, parse_query, parse_write_body};
@@ -284,7 +284,7 @@ fn decode_every_message(bytes: &[u8]) -> Result<(), TestCaseError> {
     decode_all_ways::<MerkleResponse>(bytes)?;
     decode_all_ways::<BucketsRequest>(bytes)?;
     decode_all_ways::<BucketsResponse>(bytes)?;
-    decode_all_ways::<HeartbeatJob>(bytes)?;
+    decode_all_ways::<PeriodicJob>(bytes)?;
     decode_all_ways::<ReplicateJob>(bytes)?;
     decode_all_ways::<MailJob>(bytes)?;
     decode_all_ways::<DeadLetter>(bytes)?;
@@ -474,7 +474,9 @@ proptest! {
         round_trip(&MerkleResponse { node: node.clone(), summary: summary.clone() })?;
         round_trip(&BucketsRequest { for_node: node.clone(), buckets, cursor })?;
         round_trip(&BucketsResponse { node: node.clone(), records, next_cursor: cursor })?;
-        round_trip(&HeartbeatJob { scheduled_ms: stamp })?;
+        for task in PeriodicTask::ALL {
+            round_trip(&PeriodicJob { task, scheduled_ms: stamp })?;
+        }
         round_trip(&job)?;
         round_trip(&mail)?;
         round_trip(&record)?;

@@ -12,17 +12,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use apalis::prelude::{BackendExt, BoxDynError, Data, Monitor, WorkerBuilder, WorkerBuilderExt};
-use shared::core::jobs::Lenient;
-use shared::core::jobs::ReplicateJob;
+use shared::core::jobs::{Lenient, PeriodicJob, PeriodicTask, ReplicateJob};
 use shared::core::mail::MailJob;
-use shared::core::message::HeartbeatJob;
 use shared::mail::Mailer;
 use shared::node::Coordinator;
-use shared::queue::{EMAIL, HEARTBEAT, JobQueues, POLL_INTERVAL_MS, REPLICATE, retry_policy};
+use shared::queue::{EMAIL, JobQueues, PERIODIC, POLL_INTERVAL_MS, REPLICATE, retry_policy};
 use shared::storage::{RedisStore, Store, connect_redis};
-use shared::work::heartbeat::run_heartbeat_job;
 use shared::work::mail::mail_and_settle;
-use shared::work::periodic::{Periodic, spawn_counter_flush, spawn_periodic};
+use shared::work::periodic::{run_periodic_job, spawn_counter_flush};
 use shared::work::replicate::{JobOutcome, replicate_and_settle, retry_or_dead_letter};
 use tracing::{info, warn};
 
@@ -33,6 +30,10 @@ const JANITOR_INTERVAL_S: u64 = 5;
 
 /// E-mails one worker sends at once.
 const MAIL_CONCURRENCY: usize = 4;
+/// Periodic jobs one worker runs at once: one per task, so a long round of
+/// one task (anti-entropy) does not hold the others' jobs until they are
+/// stale; two runs of one task are kept apart by its lease.
+const PERIODIC_CONCURRENCY: usize = PeriodicTask::ALL.len();
 
 /// What the e-mail job function gets.
 #[derive(Clone)]
@@ -46,6 +47,8 @@ struct MailState {
 struct WorkerState {
     coord: Arc<Coordinator>,
     queues: JobQueues,
+    /// This process's name, as the holder of periodic leases.
+    name: Arc<str>,
 }
 
 /// mimalloc: the request path allocates many small, short-lived objects
@@ -89,21 +92,15 @@ async fn run() -> anyhow::Result<()> {
     let state = WorkerState {
         coord,
         queues: queues.clone(),
+        name: Arc::from(name.as_str()),
     };
 
     let janitor = tokio::spawn(janitor(queues.clone()));
-    // Hint delivery, anti-entropy and tombstone collection (one worker per
-    // node runs each round, through a Redis lease).
-    spawn_periodic(
-        Arc::clone(&state.coord),
-        Periodic { heartbeat: false },
-        name.clone(),
-    );
     info!(node = %cfg.node_id, worker = %name, concurrency = cfg.worker_concurrency, "worker started");
 
     let concurrency = cfg.worker_concurrency;
     let replicate_storage = queues.worker_storage::<ReplicateJob>(REPLICATE);
-    let heartbeat_storage = queues.worker_storage::<HeartbeatJob>(HEARTBEAT);
+    let periodic_storage = queues.worker_storage::<PeriodicJob>(PERIODIC);
     let email_storage = queues.worker_storage::<MailJob>(EMAIL);
     let mailer = match &cfg.email {
         Some(email) => Some(Arc::new(
@@ -116,8 +113,8 @@ async fn run() -> anyhow::Result<()> {
         queues: queues.clone(),
     };
     let mail_name = name.clone();
-    let heartbeat_state = state.clone();
-    let heartbeat_name = name.clone();
+    let periodic_state = state.clone();
+    let periodic_name = name.clone();
     let monitor = Monitor::new()
         .register(move |restart| {
             // A new name per restart: apalis-redis refuses to re-register a
@@ -133,15 +130,15 @@ async fn run() -> anyhow::Result<()> {
                 .build(replicate_job)
         })
         .register(move |restart| {
-            WorkerBuilder::new(format!("{heartbeat_name}-heartbeat-{restart}"))
+            WorkerBuilder::new(format!("{periodic_name}-periodic-{restart}"))
                 .backend(
-                    heartbeat_storage
+                    periodic_storage
                         .clone()
                         .poll_with_interval(Duration::from_millis(POLL_INTERVAL_MS)),
                 )
-                .data(heartbeat_state.clone())
-                .concurrency(1)
-                .build(heartbeat_job)
+                .data(periodic_state.clone())
+                .concurrency(PERIODIC_CONCURRENCY)
+                .build(periodic_job)
         })
         .register(move |restart| {
             WorkerBuilder::new(format!("{mail_name}-email-{restart}"))
@@ -196,18 +193,19 @@ async fn replicate_job(
     }
 }
 
-/// The heartbeat job function: check every node, record `node_status:*`.
-async fn heartbeat_job(
-    job: Lenient<HeartbeatJob>,
+/// The periodic job function: one round of the heartbeat, hint delivery,
+/// anti-entropy or GC (skipped when stale or already running elsewhere).
+async fn periodic_job(
+    job: Lenient<PeriodicJob>,
     state: Data<WorkerState>,
 ) -> Result<(), BoxDynError> {
     let job = match job {
         Lenient::Valid(job) => job,
         Lenient::Invalid(raw) => {
-            return Ok(state.queues.dead_letter_invalid(HEARTBEAT, raw).await?);
+            return Ok(state.queues.dead_letter_invalid(PERIODIC, raw).await?);
         }
     };
-    run_heartbeat_job(&state.coord, &job).await?;
+    run_periodic_job(&state.coord, &state.queues, &job, &state.name).await;
     Ok(())
 }
 
