@@ -8,8 +8,8 @@ cd "$(dirname "$0")/.."
 
 declare -A shared_rung=(
   [core]=0
-  [clock]=1 [keyspace]=1 [config]=1
-  [storage]=2 [peer]=2 [coalesce]=2 [queue]=2 [mail]=2 [process]=2
+  [clock]=1 [keyspace]=1 [config]=1 [coalesce]=1
+  [storage]=2 [peer]=2 [queue]=2 [mail]=2 [process]=2
   [node]=3
   [work]=4
   [lib]=5
