@@ -1,5 +1,5 @@
 # The two commands of the README: `make run` and `make test`.
-.PHONY: run build release test lint fmt clean-cluster compose-up compose-test bench chaos schemathesis fuzz
+.PHONY: run build release test lint fmt clean-cluster compose-up compose-test bench chaos schemathesis fuzz scale
 
 CARGO ?= cargo
 
@@ -68,3 +68,12 @@ chaos: release
 	$(CARGO) build --release -q -p kv-tests --bin chaos
 	SEED=$(SEED) DURATION=$(DURATION) RESTORE_KEYS=$(RESTORE_KEYS) \
 	  KV_BIN_DIR=$(CURDIR)/target/release $(CURDIR)/target/release/chaos
+
+# How repair costs grow with the data: anti-entropy between identical nodes
+# at each SCALE_RECORDS size, and a wiped node restoring RESTORE_RECORDS.
+SCALE_RECORDS ?= 100000,1000000
+RESTORE_RECORDS ?= 2000000
+scale: release
+	$(CARGO) build --release -q -p kv-tests --bin kvscale
+	SCALE_RECORDS=$(SCALE_RECORDS) RESTORE_RECORDS=$(RESTORE_RECORDS) \
+	  KV_BIN_DIR=$(CURDIR)/target/release $(CURDIR)/target/release/kvscale

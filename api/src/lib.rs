@@ -80,7 +80,7 @@ pub fn app(coord: Arc<Coordinator>) -> Router {
     let node = Router::new()
         .route("/internal/apply", post(internal::internal_apply))
         .route("/internal/read", post(internal::internal_read))
-        .route("/internal/scan", get(internal::internal_scan))
+        .route("/internal/collect", post(internal::internal_collect))
         .route("/internal/merkle", post(internal::internal_merkle))
         .route("/internal/buckets", post(internal::internal_buckets))
         .layer(DefaultBodyLimit::max(

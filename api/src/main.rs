@@ -55,8 +55,21 @@ async fn run() -> anyhow::Result<()> {
         }
         info!(host = %email.host, port = email.port, tls = ?email.tls, "e-mail notifications on");
     }
+    let moved = store
+        .migrate_legacy()
+        .await
+        .context("cannot move records of the earlier storage layout")?;
+    if moved > 0 {
+        info!(node = %cfg.node_id, moved, "records moved into the leaf layout");
+    }
     let coord = Coordinator::build(Arc::clone(&cfg), store, Some(queues.clone()), inline_mail)
         .context("cannot build the peer HTTP client")?;
+    let mark = coord
+        .resume_clock()
+        .await
+        .context("cannot read the persisted clock mark")?;
+    info!(node = %cfg.node_id, clock_mark_ms = mark, "clock resumed above its persisted mark");
+    coord.spawn_clock_persist();
     spawn_counter_flush(Arc::clone(&coord));
     // The node's one scheduler of periodic work (heartbeat, hint delivery,
     // anti-entropy, GC): it queues each due run for the workers, or, with

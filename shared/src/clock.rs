@@ -63,6 +63,17 @@ impl NodeClock {
         lock(&self.hlc).observe(remote, now_ms())
     }
 
+    /// The highest timestamp issued or observed, in ms (what is persisted).
+    pub fn high_water_ms(&self) -> u64 {
+        lock(&self.hlc).last().wall_ms
+    }
+
+    /// After a restart: every later stamp is above `wall_ms` (the persisted
+    /// high-water mark plus a margin), even if the wall clock is behind it.
+    pub fn resume_above(&self, wall_ms: u64) {
+        lock(&self.hlc).raise(Timestamp::new(wall_ms, 0));
+    }
+
     /// Observes each timestamp; returns how many were refused.
     pub fn observe_all(&self, remote: impl IntoIterator<Item = Timestamp>) -> Vec<bool> {
         let now = now_ms();

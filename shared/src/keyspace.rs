@@ -4,8 +4,51 @@
 //! one Redis without mixing data; `node_status:{node}` keeps the seed's name
 //! (`GET node_status:node1` → `up`).
 
-/// Hash of a node's records (key → encoded record).
-pub fn data_key(node: &str) -> String {
+use crate::core::merkle::leaf_field;
+
+/// Hash of a node's records of one hash-tree leaf (key → encoded record):
+/// the data is split by leaf (`core::merkle::leaf_of`), so one leaf's
+/// records are read without scanning the others.
+pub fn data_leaf_key(node: &str, leaf: u16) -> String {
+    format!("{}{}", data_leaf_prefix(node), leaf_field(leaf))
+}
+
+/// What every [`data_leaf_key`] of a node starts with.
+pub fn data_leaf_prefix(node: &str) -> String {
+    format!("kv:{node}:d:")
+}
+
+/// Hash of a node's hash-tree leaves (leaf as 4 hex digits → `count:digest`),
+/// kept current by every write in the same atomic step.
+pub fn tree_key(node: &str) -> String {
+    format!("kv:{node}:tree")
+}
+
+/// How many records a node holds (kept by every write and removal).
+pub fn count_key(node: &str) -> String {
+    format!("kv:{node}:count")
+}
+
+/// Sorted set of a node's tombstones (key, scored by the delete's wall time
+/// in ms): tombstone collection takes the oldest without a scan.
+pub fn tombstones_key(node: &str) -> String {
+    format!("kv:{node}:tombs")
+}
+
+/// Where the next tombstone-collection round resumes (`score:key`).
+pub fn gc_cursor_key(node: &str) -> String {
+    format!("kv:{node}:gc:cursor")
+}
+
+/// The highest clock reading this node issued or observed, persisted so
+/// its clock resumes above it after a restart.
+pub fn clock_key(node: &str) -> String {
+    format!("kv:{node}:hlc")
+}
+
+/// The single hash of records used before the data was split by leaf; a
+/// node moves what it finds there into the leaves at start.
+pub fn legacy_data_key(node: &str) -> String {
     format!("kv:{node}:data")
 }
 

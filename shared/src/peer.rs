@@ -25,10 +25,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use thiserror::Error;
 
-use crate::core::limits::PEER_POOL_IDLE_MS;
+use crate::core::limits::{PEER_POOL_IDLE_MS, SYNC_CALL_TIMEOUT_MS};
 use crate::core::message::{
-    ApplyRequest, ApplyResponse, BucketsRequest, BucketsResponse, KeyedRecord, MerkleRequest,
-    MerkleResponse, ReadRequest, ReadResponse, ScanResponse,
+    ApplyRequest, ApplyResponse, BucketsRequest, BucketsResponse, CollectRequest, CollectResponse,
+    KeyedRecord, MerkleRequest, MerkleResponse, ReadRequest, ReadResponse,
 };
 
 /// Header that carries the cluster secret on internal routes.
@@ -36,6 +36,9 @@ pub const SECRET_HEADER: &str = "x-kv-cluster-secret";
 
 /// Largest response body read from a peer (a scan page of big values).
 pub const PEER_RESPONSE_BYTES_MAX: usize = 256 * 1024 * 1024;
+
+/// A decoded answer and its size on the wire in bytes.
+pub type Sized<T> = (T, usize);
 
 /// Why a call to a peer failed. All of them mean "this replica did not answer".
 #[derive(Debug, Error)]
@@ -64,6 +67,7 @@ struct Endpoints {
     read: Uri,
     merkle: Uri,
     buckets: Uri,
+    collect: Uri,
     health: Uri,
 }
 
@@ -86,6 +90,7 @@ impl Endpoints {
             read: parse("/internal/read")?,
             merkle: parse("/internal/merkle")?,
             buckets: parse("/internal/buckets")?,
+            collect: parse("/internal/collect")?,
             health: parse("/health")?,
         })
     }
@@ -114,10 +119,11 @@ impl Outgoing<'_> {
 pub struct PeerClient {
     http: Client<HttpConnector, Full<Bytes>>,
     peers: BTreeMap<String, Endpoints>,
-    /// The cluster secret (and, for posts, the content type), built once.
-    headers: HeaderMap,
+    /// The cluster secret and the content type, built once.
     json_headers: HeaderMap,
     request_timeout: Duration,
+    /// Timeout of anti-entropy calls (a tree, a page of records).
+    sync_timeout: Duration,
     self_id: String,
 }
 
@@ -162,14 +168,14 @@ impl PeerClient {
         let mut secret = HeaderValue::from_str(secret).map_err(|_| PeerSetupError::Secret)?;
         secret.set_sensitive(true);
         headers.insert(SECRET_HEADER, secret);
-        let mut json_headers = headers.clone();
+        let mut json_headers = headers;
         json_headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         Ok(PeerClient {
             http,
             peers,
-            headers,
             json_headers,
             request_timeout,
+            sync_timeout: request_timeout.max(Duration::from_millis(SYNC_CALL_TIMEOUT_MS)),
             self_id: self_id.to_owned(),
         })
     }
@@ -196,55 +202,58 @@ impl PeerClient {
             records,
             hint_for,
         };
-        self.post(node, |e| &e.apply, &request).await
+        Ok(self.post(node, |e| &e.apply, &request).await?.0)
     }
 
-    pub async fn merkle(&self, node: &str) -> Result<MerkleResponse, PeerError> {
+    /// The hash tree shared with `node`: its middle nodes, or the leaves
+    /// under `mids`. Sized to a tree, not a one-key call: [`SYNC_CALL_TIMEOUT_MS`].
+    /// Returns the answer and its size in bytes.
+    pub async fn merkle(
+        &self,
+        node: &str,
+        mids: Option<Vec<u8>>,
+    ) -> Result<Sized<MerkleResponse>, PeerError> {
         let request = MerkleRequest {
             for_node: self.self_id.clone(),
+            mids,
         };
-        self.post(node, |e| &e.merkle, &request).await
+        self.post_within(node, |e| &e.merkle, &request, self.sync_timeout)
+            .await
     }
 
+    /// One page of `node`'s records of some leaves shared with this node,
+    /// and the answer's size in bytes.
     pub async fn buckets(
         &self,
         node: &str,
         buckets: Vec<u16>,
         cursor: u64,
-    ) -> Result<BucketsResponse, PeerError> {
+    ) -> Result<Sized<BucketsResponse>, PeerError> {
         let request = BucketsRequest {
             for_node: self.self_id.clone(),
             buckets,
             cursor,
         };
-        self.post(node, |e| &e.buckets, &request).await
+        self.post_within(node, |e| &e.buckets, &request, self.sync_timeout)
+            .await
     }
 
+    /// The records of `keys` on `node`. An answer may cover only a prefix of
+    /// the keys (it is bounded in bytes); the caller asks again for the rest.
     pub async fn read(&self, node: &str, keys: Vec<String>) -> Result<ReadResponse, PeerError> {
-        self.post(node, |e| &e.read, &ReadRequest { keys }).await
+        Ok(self.post(node, |e| &e.read, &ReadRequest { keys }).await?.0)
     }
 
-    pub async fn scan(
+    /// Removes tombstones on `node` that are still exactly as given.
+    pub async fn collect(
         &self,
         node: &str,
-        cursor: u64,
-        count: usize,
-    ) -> Result<ScanResponse, PeerError> {
-        let base = &self.endpoints(node)?.base;
-        let uri = parse_uri(&format!(
-            "{base}/internal/scan?cursor={cursor}&count={count}"
-        ))
-        .map_err(|reason| PeerError::Unreachable {
-            node: node.to_owned(),
-            reason,
-        })?;
-        let call = Outgoing {
-            method: Method::GET,
-            uri: &uri,
-            headers: &self.headers,
-            body: Bytes::new(),
-        };
-        self.send(node, call).await
+        records: Vec<KeyedRecord>,
+    ) -> Result<CollectResponse, PeerError> {
+        Ok(self
+            .post(node, |e| &e.collect, &CollectRequest { records })
+            .await?
+            .0)
     }
 
     /// `GET /health` of a peer: the cheapest liveness probe.
@@ -256,7 +265,7 @@ impl PeerClient {
             headers: &HeaderMap::new(),
             body: Bytes::new(),
         };
-        self.send(node, call).await
+        Ok(self.send(node, call, self.request_timeout).await?.0)
     }
 
     async fn post<B: Serialize, R: DeserializeOwned>(
@@ -264,7 +273,18 @@ impl PeerClient {
         node: &str,
         route: fn(&Endpoints) -> &Uri,
         body: &B,
-    ) -> Result<R, PeerError> {
+    ) -> Result<Sized<R>, PeerError> {
+        self.post_within(node, route, body, self.request_timeout)
+            .await
+    }
+
+    async fn post_within<B: Serialize, R: DeserializeOwned>(
+        &self,
+        node: &str,
+        route: fn(&Endpoints) -> &Uri,
+        body: &B,
+        timeout: Duration,
+    ) -> Result<Sized<R>, PeerError> {
         let uri = route(self.endpoints(node)?);
         let body = Bytes::from(serde_json::to_vec(body).map_err(|e| PeerError::Decode {
             node: node.to_owned(),
@@ -276,21 +296,22 @@ impl PeerClient {
             headers: &self.json_headers,
             body,
         };
-        self.send(node, call).await
+        self.send(node, call, timeout).await
     }
 
-    /// Sends one request and decodes the JSON answer, all within the
-    /// request timeout.
+    /// Sends one request and decodes the JSON answer, all within `timeout`;
+    /// returns it with the answer's size in bytes.
     async fn send<R: DeserializeOwned>(
         &self,
         node: &str,
         call: Outgoing<'_>,
-    ) -> Result<R, PeerError> {
-        let (status, bytes) = tokio::time::timeout(self.request_timeout, self.exchange(node, call))
+        timeout: Duration,
+    ) -> Result<Sized<R>, PeerError> {
+        let (status, bytes) = tokio::time::timeout(timeout, self.exchange(node, call))
             .await
             .map_err(|_| PeerError::Timeout {
                 node: node.to_owned(),
-                timeout_ms: self.request_timeout.as_millis(),
+                timeout_ms: timeout.as_millis(),
             })??;
         if !status.is_success() {
             return Err(PeerError::Status {
@@ -299,10 +320,11 @@ impl PeerClient {
                 body: String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned(),
             });
         }
-        serde_json::from_slice(&bytes).map_err(|e| PeerError::Decode {
+        let value = serde_json::from_slice(&bytes).map_err(|e| PeerError::Decode {
             node: node.to_owned(),
             reason: e.to_string(),
-        })
+        })?;
+        Ok((value, bytes.len()))
     }
 
     /// The request and its whole answer (status and body, bounded).

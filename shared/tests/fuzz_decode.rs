@@ -24,10 +24,10 @@ use shared::core::hlc::Timestamp;
 use shared::core::jobs::{DeadLetter, Lenient, PeriodicJob, PeriodicTask, ReplicateJob};
 use shared::core::limits::{QUERY_PARAMS_MAX, VALUE_DEPTH_MAX};
 use shared::core::mail::{MailJob, MailKind};
-use shared::core::merkle::{Leaf, Summary};
+use shared::core::merkle::{Leaf, Mid};
 use shared::core::message::{
-    ApplyRequest, ApplyResponse, ApplyStatus, BucketsRequest, BucketsResponse, KeyedRecord,
-    MerkleRequest, MerkleResponse, ReadRequest, ReadResponse, ScanResponse,
+    ApplyRequest, ApplyResponse, ApplyStatus, BucketsRequest, BucketsResponse, CollectRequest,
+    CollectResponse, KeyedRecord, MerkleRequest, MerkleResponse, ReadRequest, ReadResponse,
 };
 use shared::core::record::{Record, Version};
 use shared::core::request::{WriteLimits, encode_component, parse_query, parse_write_body};
@@ -115,13 +115,20 @@ fn records() -> impl Strategy<Value = Vec<KeyedRecord>> {
     prop::collection::vec(keyed_record(), 0..5)
 }
 
-fn summary() -> impl Strategy<Value = Summary> {
+fn leaves() -> impl Strategy<Value = BTreeMap<u16, Leaf>> {
     prop::collection::btree_map(
-        0u16..1024,
-        (any::<u32>(), any::<u64>()).prop_map(|(count, digest)| Leaf { count, digest }),
+        any::<u16>(),
+        (any::<u64>(), any::<u64>()).prop_map(|(count, digest)| Leaf { count, digest }),
         0..8,
     )
-    .prop_map(|leaves| Summary { leaves })
+}
+
+fn mids() -> impl Strategy<Value = BTreeMap<u8, Mid>> {
+    prop::collection::btree_map(
+        any::<u8>(),
+        (any::<u64>(), any::<u64>()).prop_map(|(count, hash)| Mid { count, hash }),
+        0..8,
+    )
 }
 
 fn mail_job() -> impl Strategy<Value = MailJob> {
@@ -279,7 +286,8 @@ fn decode_every_message(bytes: &[u8]) -> Result<(), TestCaseError> {
     decode_all_ways::<ApplyResponse>(bytes)?;
     decode_all_ways::<ReadRequest>(bytes)?;
     decode_all_ways::<ReadResponse>(bytes)?;
-    decode_all_ways::<ScanResponse>(bytes)?;
+    decode_all_ways::<CollectRequest>(bytes)?;
+    decode_all_ways::<CollectResponse>(bytes)?;
     decode_all_ways::<MerkleRequest>(bytes)?;
     decode_all_ways::<MerkleResponse>(bytes)?;
     decode_all_ways::<BucketsRequest>(bytes)?;
@@ -454,7 +462,9 @@ proptest! {
         record in record(),
         job in replicate_job(),
         mail in mail_job(),
-        summary in summary(),
+        leaves in leaves(),
+        mids in mids(),
+        asked in prop::option::of(prop::collection::vec(any::<u8>(), 0..5)),
         node in node_id(),
         hint_for in prop::option::of(node_id()),
         keys in prop::collection::vec(any::<String>(), 0..5),
@@ -469,9 +479,11 @@ proptest! {
         })?;
         round_trip(&ReadRequest { keys: keys.clone() })?;
         round_trip(&ReadResponse { node: node.clone(), records: vec![Some(record.clone()), None] })?;
-        round_trip(&ScanResponse { node: node.clone(), next_cursor: cursor, records: records.clone() })?;
-        round_trip(&MerkleRequest { for_node: node.clone() })?;
-        round_trip(&MerkleResponse { node: node.clone(), summary: summary.clone() })?;
+        round_trip(&CollectRequest { records: records.clone() })?;
+        round_trip(&CollectResponse { node: node.clone(), removed: cursor })?;
+        round_trip(&MerkleRequest { for_node: node.clone(), mids: asked })?;
+        let merkle = MerkleResponse { node: node.clone(), records: stamp, mids: mids.clone(), leaves: leaves.clone() };
+        round_trip(&merkle)?;
         round_trip(&BucketsRequest { for_node: node.clone(), buckets, cursor })?;
         round_trip(&BucketsResponse { node: node.clone(), records, next_cursor: cursor })?;
         for task in PeriodicTask::ALL {
@@ -486,8 +498,10 @@ proptest! {
         prop_assert_eq!(serde_json::from_str::<ReplicateJob>(&text).unwrap(), job);
         let text = serde_json::to_string(&mail).unwrap();
         prop_assert_eq!(serde_json::from_str::<MailJob>(&text).unwrap(), mail);
-        let text = serde_json::to_string(&summary).unwrap();
-        prop_assert_eq!(serde_json::from_str::<Summary>(&text).unwrap(), summary);
+        let text = serde_json::to_string(&merkle).unwrap();
+        let back = serde_json::from_str::<MerkleResponse>(&text).unwrap();
+        prop_assert_eq!(back.mids, mids);
+        prop_assert_eq!(back.leaves, leaves);
         // The storage encoding round-trips too.
         prop_assert_eq!(Record::decode(&record.encode()).unwrap(), record.clone());
         prop_assert_eq!(record.version.to_string().parse::<Version>().unwrap(), record.version);

@@ -353,7 +353,7 @@ async fn internal_routes_need_the_cluster_secret_and_refuse_future_versions() {
     // The cluster secret and the client token never leave the node: not in
     // /cluster/, /metrics or any error, nor in the log.
     let mut seen = String::new();
-    for path in ["/cluster/", "/metrics", "/kv/?key=x", "/internal/scan"] {
+    for path in ["/cluster/", "/metrics", "/kv/?key=x", "/internal/read"] {
         let resp = c
             .http
             .get(format!("{}{path}", c.url(0)))

@@ -9,6 +9,7 @@ use kv_tests::{Cluster, Options};
 use serde_json::value::RawValue;
 use shared::config::Config;
 use shared::core::hlc::Timestamp;
+use shared::core::merkle::{Tree, leaf_of};
 use shared::core::record::{Record, Version};
 use shared::storage::{MemoryStore, RedisStore, Space, Store, connect_redis};
 
@@ -246,9 +247,123 @@ async fn suite(store: Store) {
     );
 }
 
+/// Every record of the node's data, by a full scan.
+async fn scan_all(store: &Store) -> HashMap<String, Record> {
+    let mut seen = HashMap::new();
+    let mut cursor = 0;
+    loop {
+        let page = store.scan(cursor, 100).await.unwrap();
+        seen.extend(page.records);
+        if page.next_cursor == 0 {
+            return seen;
+        }
+        cursor = page.next_cursor;
+    }
+}
+
+/// What the store keeps beside the records — the hash tree, the count and
+/// the tombstone index — agrees with the records themselves.
+async fn check_derived(store: &Store) {
+    let all = scan_all(store).await;
+    let mut expected = Tree::default();
+    for (key, record) in &all {
+        expected.add(key, &record.version);
+    }
+    assert_eq!(
+        &store.tree().await.unwrap(),
+        expected.leaves(),
+        "the stored tree matches the records"
+    );
+    assert_eq!(store.record_count().await.unwrap(), all.len() as u64);
+    let mut tombs: Vec<(String, u64)> = all
+        .iter()
+        .filter(|(_, r)| r.is_tombstone())
+        .map(|(k, r)| (k.clone(), r.version.ts.wall_ms))
+        .collect();
+    tombs.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+    let indexed = store
+        .tombstones((0, 0), u64::MAX >> 12, 100_000)
+        .await
+        .unwrap();
+    assert_eq!(indexed, tombs, "the tombstone index matches the records");
+    // Whole leaves hold exactly their records.
+    let leaves: Vec<u16> = expected.leaves().keys().copied().take(20).collect();
+    for (leaf, records) in leaves
+        .iter()
+        .zip(store.leaf_records(&leaves).await.unwrap())
+    {
+        let want = all.keys().filter(|k| leaf_of(k) == *leaf).count();
+        assert_eq!(records.len(), want, "leaf {leaf}");
+        assert!(
+            records
+                .iter()
+                .all(|(k, r)| leaf_of(k) == *leaf && all[k] == *r)
+        );
+    }
+}
+
+/// The tree, count and tombstone index follow every kind of change.
+async fn derived_suite(store: Store) {
+    check_derived(&store).await;
+    // Replacing a value by a newer one, a value by a tombstone, a
+    // tombstone by a value, and removing a tombstone.
+    let pairs: Vec<(String, Record)> = (0..50)
+        .map(|i| (format!("d{i}"), rec(100, 0, "n1", Some("1"))))
+        .collect();
+    store.apply(&pairs).await.unwrap();
+    check_derived(&store).await;
+    let newer: Vec<(String, Record)> = (0..50)
+        .map(|i| {
+            let json = (i % 2 == 0).then_some("2");
+            (format!("d{i}"), rec(200 + i, 0, "n2", json))
+        })
+        .collect();
+    assert!(store.apply(&newer).await.unwrap().iter().all(|s| *s));
+    check_derived(&store).await;
+    let back: Vec<(String, Record)> = (0..10)
+        .map(|i| (format!("d{}", 2 * i + 1), rec(300, 0, "n1", Some("3"))))
+        .collect();
+    store.apply(&back).await.unwrap();
+    check_derived(&store).await;
+    let gone: Vec<(String, Record)> = (10..20)
+        .map(|i| (format!("d{}", 2 * i + 1), rec(201 + 2 * i, 0, "n2", None)))
+        .collect();
+    assert_eq!(store.remove_if_same(&Space::Data, &gone).await.unwrap(), 10);
+    // Not the same any more: nothing removed.
+    assert_eq!(
+        store
+            .remove_if_same(&Space::Data, &back[..2])
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        store
+            .remove_if_same(&Space::Data, &back[..2])
+            .await
+            .unwrap(),
+        0
+    );
+    check_derived(&store).await;
+    // The tombstone index pages from a time on, skipping some of that time.
+    let first = store.tombstones((0, 0), 1_000, 2).await.unwrap();
+    assert_eq!(first.len(), 2);
+    let rest = store.tombstones((first[1].1, 1), 1_000, 100).await.unwrap();
+    assert!(!rest.iter().any(|t| *t == first[0]));
+    assert!(
+        store
+            .tombstones((0, 0), 150, 100)
+            .await
+            .unwrap()
+            .iter()
+            .all(|(_, ms)| *ms < 150)
+    );
+}
+
 #[tokio::test]
 async fn memory_store() {
     suite(Store::Memory(MemoryStore::default())).await;
+    derived_suite(Store::Memory(MemoryStore::default())).await;
 }
 
 #[tokio::test]
@@ -264,6 +379,71 @@ async fn redis_store_and_namespacing() {
     let cfg = Config::from_lookup(|name| (name == "REDIS_URL").then(|| url.clone())).unwrap();
     let conn = connect_redis(&cfg).await.unwrap();
     suite(Store::Redis(RedisStore::new(conn.clone(), "suite-a"))).await;
+    check_derived(&Store::Redis(RedisStore::new(conn.clone(), "suite-a"))).await;
+    derived_suite(Store::Redis(RedisStore::new(conn.clone(), "suite-d"))).await;
+
+    // A corrupt stored record is skipped by reads and scans, and counted;
+    // the other keys of the same call are answered.
+    let store = Store::Redis(RedisStore::new(conn.clone(), "suite-c"));
+    store
+        .apply(&[("good".into(), rec(1, 0, "n1", Some("1")))])
+        .await
+        .unwrap();
+    // A key in the same leaf as "good", so a scan meets both.
+    let bad = (0..)
+        .map(|i| format!("bad{i}"))
+        .find(|k| leaf_of(k) == leaf_of("good"))
+        .unwrap();
+    let mut raw = conn.clone();
+    redis::cmd("HSET")
+        .arg(shared::keyspace::data_leaf_key("suite-c", leaf_of(&bad)))
+        .arg(&bad)
+        .arg("not a record")
+        .query_async::<()>(&mut raw)
+        .await
+        .unwrap();
+    let got = store.get_many(&[bad.clone(), "good".into()]).await.unwrap();
+    assert!(got[0].is_none() && got[1].is_some());
+    assert_eq!(scan_all(&store).await.len(), 1);
+    assert_eq!(store.corrupt_skipped(), 2);
+    // A write replaces it as if it were absent.
+    assert_eq!(
+        store
+            .apply(&[(bad.clone(), rec(2, 0, "n1", Some("2")))])
+            .await
+            .unwrap(),
+        vec![true]
+    );
+    check_derived(&store).await;
+
+    // Records of the single-hash layout of earlier versions move into the
+    // leaves at start, merged newer-wins with what is there.
+    let store = Store::Redis(RedisStore::new(conn.clone(), "suite-m"));
+    store
+        .apply(&[("m0".into(), rec(9, 0, "n1", Some("\"newer\"")))])
+        .await
+        .unwrap();
+    for i in 0..2_500u64 {
+        redis::cmd("HSET")
+            .arg(shared::keyspace::legacy_data_key("suite-m"))
+            .arg(format!("m{i}"))
+            .arg(rec(5, 0, "n1", Some(&i.to_string())).encode())
+            .query_async::<()>(&mut raw)
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.migrate_legacy().await.unwrap(), 2_500);
+    assert_eq!(store.migrate_legacy().await.unwrap(), 0);
+    assert_eq!(store.record_count().await.unwrap(), 2_500);
+    assert_eq!(
+        store.get("m0").await.unwrap(),
+        Some(rec(9, 0, "n1", Some("\"newer\"")))
+    );
+    assert_eq!(
+        store.get("m2499").await.unwrap(),
+        Some(rec(5, 0, "n1", Some("2499")))
+    );
+    check_derived(&store).await;
 
     // Two nodes sharing one Redis do not see each other's data.
     let b = Store::Redis(RedisStore::new(conn, "suite-b"));

@@ -131,10 +131,29 @@ fn restore_view(state: RestoreState) -> RestoreState {
         RestoreState::Ready { report } => RestoreState::Ready {
             report: without_error_text(report, false),
         },
-        RestoreState::Failed { error } => {
+        RestoreState::Partial {
+            report,
+            missing,
+            attempt,
+            retry_in_ms,
+        } => RestoreState::Partial {
+            report: without_error_text(report, false),
+            missing,
+            attempt,
+            retry_in_ms,
+        },
+        RestoreState::Failed {
+            error,
+            missing,
+            attempt,
+            retry_in_ms,
+        } => {
             debug!(%error, "start-up restore failed");
             RestoreState::Failed {
                 error: RESTORE_FAILED.to_owned(),
+                missing,
+                attempt,
+                retry_in_ms,
             }
         }
         other => other,
@@ -375,8 +394,14 @@ mod tests {
         );
         let failed = restore_view(RestoreState::Failed {
             error: DETAIL.to_owned(),
+            missing: vec!["node2".to_owned()],
+            attempt: 3,
+            retry_in_ms: 4000,
         });
         let shown = serde_json::to_string(&failed).unwrap();
-        assert_eq!(shown, r#"{"state":"failed","error":"restore_failed"}"#);
+        assert_eq!(
+            shown,
+            r#"{"state":"failed","error":"restore_failed","missing":["node2"],"attempt":3,"retry_in_ms":4000}"#
+        );
     }
 }

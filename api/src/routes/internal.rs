@@ -1,20 +1,23 @@
 //! The node-to-node routes under `/internal/`, guarded by the cluster
-//! secret: apply records, read keys, scan pages, and the hash-tree summaries
-//! of anti-entropy.
+//! secret: apply records, read keys, remove collected tombstones, and the
+//! hash trees and leaf pages of anti-entropy. Every request is bounded in
+//! count, every answer in bytes.
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{RawQuery, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use shared::core::limits::{APPLY_BATCH_LEN_MAX, READ_BATCH_LEN_MAX, RESTORE_BATCH_LEN_MAX};
-use shared::core::merkle::MERKLE_BUCKETS;
+use shared::core::limits::{
+    APPLY_BATCH_LEN_MAX, INTERNAL_ANSWER_BYTES_MAX, READ_BATCH_LEN_MAX, SYNC_LEAVES_PER_REQUEST_MAX,
+};
+use shared::core::merkle::MIDS;
 use shared::core::message::{
-    ApplyRequest, ApplyResponse, BucketsRequest, BucketsResponse, KeyedRecord, MerkleRequest,
-    MerkleResponse, ReadRequest, ReadResponse, ScanResponse,
+    ApplyRequest, ApplyResponse, BucketsRequest, BucketsResponse, CollectRequest, CollectResponse,
+    KeyedRecord, MerkleRequest, ReadRequest, ReadResponse,
 };
 
-use super::{checked_key, number, params, read_body};
+use super::{checked_key, read_body};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -64,7 +67,8 @@ pub async fn internal_apply(
     .into_response())
 }
 
-/// `POST /internal/merkle`: the hash tree of the records shared with the asker.
+/// `POST /internal/merkle`: the hash tree of the records shared with the
+/// asker (its middle nodes, or the leaves under the middle nodes named).
 pub async fn internal_merkle(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -72,15 +76,21 @@ pub async fn internal_merkle(
 ) -> Result<Response, ApiError> {
     let request: MerkleRequest = internal_json(&state, &headers, body).await?;
     known_node(&state, &request.for_node)?;
-    let summary = state.coord.summary_for(&request.for_node).await?;
-    Ok(Json(MerkleResponse {
-        node: state.coord.node_id().to_owned(),
-        summary,
-    })
-    .into_response())
+    if request.mids.as_ref().is_some_and(|m| m.len() > MIDS) {
+        return Err(ApiError::bad_request(
+            "batch_too_large",
+            format!("at most {MIDS} middle nodes per request"),
+        ));
+    }
+    let answer = state
+        .coord
+        .merkle_for(&request.for_node, request.mids.as_deref())
+        .await?;
+    Ok(Json(answer).into_response())
 }
 
-/// `POST /internal/buckets`: the records of some leaves shared with the asker.
+/// `POST /internal/buckets`: one page of the records of some leaves shared
+/// with the asker.
 pub async fn internal_buckets(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -88,26 +98,51 @@ pub async fn internal_buckets(
 ) -> Result<Response, ApiError> {
     let request: BucketsRequest = internal_json(&state, &headers, body).await?;
     known_node(&state, &request.for_node)?;
-    if request.buckets.len() > MERKLE_BUCKETS
-        || request
-            .buckets
-            .iter()
-            .any(|b| usize::from(*b) >= MERKLE_BUCKETS)
-    {
+    if request.buckets.len() > SYNC_LEAVES_PER_REQUEST_MAX {
         return Err(ApiError::bad_request(
-            "bad_buckets",
-            format!("at most {MERKLE_BUCKETS} buckets, each below {MERKLE_BUCKETS}"),
+            "batch_too_large",
+            format!("at most {SYNC_LEAVES_PER_REQUEST_MAX} leaves per request"),
         ));
     }
-    let records = state
+    let (records, next_cursor) = state
         .coord
         .bucket_records_for(&request.for_node, &request.buckets, request.cursor)
         .await?;
-    let (records, next_cursor) = records;
     Ok(Json(BucketsResponse {
         node: state.coord.node_id().to_owned(),
         records,
         next_cursor,
+    })
+    .into_response())
+}
+
+/// `POST /internal/collect`: remove tombstones another replica collected,
+/// where they are still exactly as sent.
+pub async fn internal_collect(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let request: CollectRequest = internal_json(&state, &headers, body).await?;
+    if request.records.len() > APPLY_BATCH_LEN_MAX {
+        return Err(ApiError::bad_request(
+            "batch_too_large",
+            format!("at most {APPLY_BATCH_LEN_MAX} records per collect"),
+        ));
+    }
+    if request.records.iter().any(|kr| !kr.record.is_tombstone()) {
+        return Err(ApiError::bad_request(
+            "not_a_tombstone",
+            "only tombstones are collected",
+        ));
+    }
+    for KeyedRecord { key, .. } in &request.records {
+        checked_key(&state, key)?;
+    }
+    let removed = state.coord.collect_local(request.records).await?;
+    Ok(Json(CollectResponse {
+        node: state.coord.node_id().to_owned(),
+        removed,
     })
     .into_response())
 }
@@ -136,32 +171,25 @@ pub async fn internal_read(
             format!("at most {READ_BATCH_LEN_MAX} keys per read"),
         ));
     }
-    let records = state.coord.store().get_many(&request.keys).await?;
+    let mut records = state.coord.store().get_many(&request.keys).await?;
+    // Bounded in bytes: the asker asks again for the keys left out (at
+    // least one record always goes, whatever its size).
+    let mut bytes = 0usize;
+    let mut keep = records.len();
+    for (i, (key, record)) in request.keys.iter().zip(&records).enumerate() {
+        bytes += key.len()
+            + record
+                .as_ref()
+                .map_or(0, |r| 32 + r.value.as_ref().map_or(0, |v| v.get().len()));
+        if bytes > INTERNAL_ANSWER_BYTES_MAX && i > 0 {
+            keep = i;
+            break;
+        }
+    }
+    records.truncate(keep);
     Ok(Json(ReadResponse {
         node: state.coord.node_id().to_owned(),
         records,
-    })
-    .into_response())
-}
-
-/// `GET /internal/scan?cursor=C&count=N`: one page of local records, tombstones included.
-pub async fn internal_scan(
-    State(state): State<AppState>,
-    q: RawQuery,
-) -> Result<Response, ApiError> {
-    let params = params(q)?;
-    let cursor: u64 = number(&params, "cursor", 0)?;
-    let count: usize = number(&params, "count", RESTORE_BATCH_LEN_MAX)?;
-    let count = count.clamp(1, RESTORE_BATCH_LEN_MAX);
-    let page = state.coord.scan_local(cursor, count).await?;
-    Ok(Json(ScanResponse {
-        node: state.coord.node_id().to_owned(),
-        next_cursor: page.next_cursor,
-        records: page
-            .records
-            .into_iter()
-            .map(|(key, record)| KeyedRecord { key, record })
-            .collect(),
     })
     .into_response())
 }

@@ -110,6 +110,14 @@ impl HybridClock {
         Ok(())
     }
 
+    /// Moves the clock up to at least `floor` without any check (a restart
+    /// resuming above its persisted high-water mark).
+    pub fn raise(&mut self, floor: Timestamp) {
+        if floor > self.last {
+            self.last = floor;
+        }
+    }
+
     /// Learns of a remote timestamp so the next `tick` is above it.
     /// Refuses (and ignores) one too far in the future.
     pub fn observe(&mut self, remote: Timestamp, now_ms: u64) -> Result<(), ClockError> {

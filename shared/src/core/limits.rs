@@ -50,8 +50,6 @@ pub const CLOCK_DRIFT_MS_MAX_DEFAULT: u64 = 60_000;
 pub const SNAPSHOT_PAGE_LEN_DEFAULT: usize = 1000;
 /// Largest snapshot page a client may ask for.
 pub const SNAPSHOT_PAGE_LEN_MAX: usize = 10_000;
-/// Records per batch when a node pulls data from a peer during restore.
-pub const RESTORE_BATCH_LEN_MAX: usize = 500;
 /// Records accepted in one internal apply request.
 pub const APPLY_BATCH_LEN_MAX: usize = 1000;
 /// Keys accepted in one internal read request.
@@ -70,14 +68,22 @@ pub const REQUESTS_IN_FLIGHT_MAX_DEFAULT: usize = 1024;
 /// Background read-repair tasks in flight at once; further repairs are dropped
 /// (anti-entropy catches them later) rather than queued without bound.
 pub const READ_REPAIRS_IN_FLIGHT_MAX: usize = 256;
-/// Records fetched from a peer per anti-entropy request (whole leaves, so
-/// one request may exceed it by the size of one leaf).
-pub const SYNC_BATCH_RECORDS_MAX: usize = 2000;
-/// Tombstones examined per garbage-collection pass.
+/// Bytes of records in one internal answer (`/internal/read`,
+/// `/internal/buckets`), keys and values; an answer carries at least one
+/// record (or leaf) whatever its size, so the asker always progresses.
+pub const INTERNAL_ANSWER_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// Records in one page of an anti-entropy exchange (whole leaves, so one
+/// page may exceed it by the size of one leaf).
+pub const SYNC_PAGE_RECORDS_MAX: usize = 5000;
+/// Leaves named in one `/internal/buckets` request.
+pub const SYNC_LEAVES_PER_REQUEST_MAX: usize = 4096;
+/// Timeout of one anti-entropy call (hash tree or one page of records):
+/// sized to the work of a bounded page on a loaded node, not to a one-key call.
+pub const SYNC_CALL_TIMEOUT_MS: u64 = 30_000;
+/// Tombstones examined per garbage-collection round.
 pub const GC_BATCH_LEN_MAX: usize = 5000;
-/// Records one tombstone-collection round scans at most; the next round
-/// resumes where it stopped, so a round's cost does not grow with the store.
-pub const GC_SCAN_RECORDS_MAX: usize = 200_000;
+/// Records one local page of a snapshot or scan holds at most in bytes.
+pub const SCAN_PAGE_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// Hints kept per owner when the operator sets none.
 pub const HINTS_PER_NODE_MAX_DEFAULT: u64 = 100_000;
 /// How long hints are kept for an owner that stays down (Cassandra's `max_hint_window`).

@@ -3,9 +3,11 @@
 //! Plain serde data, no I/O. Every list carries a named bound, checked by the
 //! receiver before it does any work.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
-use super::merkle::Summary;
+use super::merkle::{Leaf, Mid};
 use super::record::Record;
 
 /// A record with its key.
@@ -59,40 +61,45 @@ pub struct ReadRequest {
     pub keys: Vec<String>,
 }
 
-/// Answer to [`ReadRequest`], one entry per key in order (`None` = never seen).
+/// Answer to [`ReadRequest`], one entry per key in order (`None` = never
+/// seen). An answer is bounded in bytes
+/// ([`crate::core::limits::INTERNAL_ANSWER_BYTES_MAX`]): it may hold fewer
+/// entries than keys asked (never none), and the asker asks again for the rest.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReadResponse {
     pub node: String,
     pub records: Vec<Option<Record>>,
 }
 
-/// `GET /internal/scan?cursor=C&count=N`: one page of the local records.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ScanResponse {
-    pub node: String,
-    /// 0 when the scan is complete.
-    pub next_cursor: u64,
-    pub records: Vec<KeyedRecord>,
-}
-
-/// `POST /internal/merkle`: the summary of records shared with `for_node`.
+/// `POST /internal/merkle`: the hash tree of the records shared with
+/// `for_node`. Without `mids`: its middle nodes. With `mids` (at most
+/// [`crate::core::merkle::MIDS`]): the leaves under those middle nodes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MerkleRequest {
     pub for_node: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mids: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MerkleResponse {
     pub node: String,
-    pub summary: Summary,
+    /// Records shared with the asker, in the whole tree.
+    pub records: u64,
+    #[serde(default)]
+    pub mids: BTreeMap<u8, Mid>,
+    #[serde(default)]
+    pub leaves: BTreeMap<u16, Leaf>,
 }
 
-/// `POST /internal/buckets`: the records of some leaves shared with `for_node`.
+/// `POST /internal/buckets`: the records of some leaves shared with
+/// `for_node`, whole leaves at a time, a page bounded in bytes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BucketsRequest {
     pub for_node: String,
+    /// At most [`crate::core::limits::SYNC_LEAVES_PER_REQUEST_MAX`].
     pub buckets: Vec<u16>,
-    /// Where the sender's scan continues (0 to start).
+    /// Index in `buckets` of the first leaf to send (0 to start).
     #[serde(default)]
     pub cursor: u64,
 }
@@ -101,9 +108,22 @@ pub struct BucketsRequest {
 pub struct BucketsResponse {
     pub node: String,
     pub records: Vec<KeyedRecord>,
-    /// Cursor for the next request; 0 when the scan is complete.
+    /// Index of the next leaf to ask for; 0 when every leaf was sent.
     #[serde(default)]
     pub next_cursor: u64,
+}
+
+/// `POST /internal/collect`: remove these tombstones where they are still
+/// exactly as given (the second phase of tombstone collection).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CollectRequest {
+    pub records: Vec<KeyedRecord>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CollectResponse {
+    pub node: String,
+    pub removed: u64,
 }
 
 #[cfg(test)]

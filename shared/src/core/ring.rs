@@ -106,6 +106,25 @@ impl Ring {
         self.walk_from(key_position(key)).collect()
     }
 
+    /// The first `n` distinct nodes clockwise from a ring position (the
+    /// preference list of every key at that position).
+    pub fn preference_list_at(&self, position: u64, n: usize) -> Vec<&str> {
+        self.walk_from(position)
+            .take(n.min(self.nodes.len()))
+            .collect()
+    }
+
+    /// Positions of the tokens in `lo..hi` (ascending). Every key position in
+    /// `lo..=hi` maps to the same first token unless such a token lies
+    /// between: keys up to it map to it, keys after it to the next one.
+    pub fn token_positions_in(&self, lo: u64, hi: u64) -> impl Iterator<Item = u64> + '_ {
+        let start = self.tokens.partition_point(|t| t.position < lo);
+        self.tokens[start..]
+            .iter()
+            .map(|t| t.position)
+            .take_while(move |p| *p < hi)
+    }
+
     fn walk_from(&self, position: u64) -> impl Iterator<Item = &str> {
         let start = self.tokens.partition_point(|t| t.position < position);
         let len = self.tokens.len();

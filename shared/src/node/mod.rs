@@ -40,7 +40,7 @@ use crate::core::membership::{Health, PeerState};
 use crate::core::message::{ApplyStatus, KeyedRecord};
 use crate::core::plan::ReplicaFailure;
 use crate::core::ring::Ring;
-use crate::keyspace::counters_key;
+use crate::keyspace::{clock_key, counters_key};
 use crate::peer::{PeerClient, PeerSetupError};
 use crate::queue::{JobQueues, ReplicationBatcher};
 use crate::storage::{ScanPage, Store, StoreError};
@@ -56,6 +56,14 @@ pub use write::{HintPlacement, WRITE_ATTEMPTS_MAX, WriteReport};
 /// Notifications waiting for the in-process sender (background sync off);
 /// beyond it a notification is logged and counted as not queued.
 pub const MAIL_INLINE_IN_FLIGHT_MAX: usize = 64;
+
+/// How often the clock's high-water mark is persisted.
+pub const CLOCK_PERSIST_INTERVAL_MS: u64 = 100;
+/// How far above the persisted mark a restarted clock resumes: more than
+/// the clock can advance between two persists. A mark adopted from a peer
+/// in the last interval before a crash may be missed; the write path's
+/// re-stamp (see [`write`]) still orders a write above what a replica holds.
+pub const CLOCK_RESUME_MARGIN_MS: u64 = 1_000;
 
 /// The sending end of the in-process mail channel (background sync off).
 pub type MailSender = mpsc::Sender<MailJob>;
@@ -114,8 +122,8 @@ pub struct Coordinator {
     inline_mail: Option<MailSender>,
     repair_permits: Arc<Semaphore>,
     restore_state: Mutex<RestoreState>,
-    /// Where the next tombstone-collection round resumes its scan.
-    gc_cursor: Mutex<u64>,
+    /// Which hash-tree leaves each peer shares with this node.
+    sharing: sync::SharingCache,
     pub stats: Arc<Stats>,
 }
 
@@ -158,7 +166,7 @@ impl Coordinator {
             inline_mail,
             repair_permits: Arc::new(Semaphore::new(READ_REPAIRS_IN_FLIGHT_MAX)),
             restore_state: Mutex::new(RestoreState::Idle),
-            gc_cursor: Mutex::new(0),
+            sharing: sync::SharingCache::default(),
             stats,
             cfg,
         }))
@@ -250,6 +258,19 @@ impl Coordinator {
         self.store().scan(cursor, count).await
     }
 
+    /// Removes local records that are still exactly as given (tombstones
+    /// another replica collected); returns how many.
+    pub async fn collect_local(&self, records: Vec<KeyedRecord>) -> Result<u64, StoreError> {
+        let pairs: Vec<(String, crate::core::record::Record)> =
+            records.into_iter().map(|kr| (kr.key, kr.record)).collect();
+        let removed = self
+            .store()
+            .remove_if_same(&crate::storage::Space::Data, &pairs)
+            .await?;
+        Stats::add(&self.stats.tombstones_collected, removed);
+        Ok(removed)
+    }
+
     /// The retry policy of background jobs.
     pub fn retry_policy(&self) -> RetryPolicy {
         crate::queue::retry_policy(&self.cfg)
@@ -260,6 +281,49 @@ impl Coordinator {
         self.stats
             .node_wide(self.store(), &counters_key(&self.cfg.node_id))
             .await
+    }
+
+    /// Resumes the clock above its persisted high-water mark plus
+    /// [`CLOCK_RESUME_MARGIN_MS`] (a restart with a wall clock behind it must
+    /// not stamp below what this node issued before). Returns the mark.
+    pub async fn resume_clock(&self) -> Result<u64, StoreError> {
+        let mark = self
+            .store()
+            .get_plain(&clock_key(&self.cfg.node_id))
+            .await?
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(0);
+        if mark > 0 {
+            self.replicas
+                .io
+                .clock
+                .resume_above(mark.saturating_add(CLOCK_RESUME_MARGIN_MS));
+        }
+        Ok(mark)
+    }
+
+    /// Persists the clock's high-water mark every
+    /// [`CLOCK_PERSIST_INTERVAL_MS`] (set-if-greater, so several processes
+    /// of a node can share the key). Runs until the process ends.
+    pub fn spawn_clock_persist(self: &Arc<Self>) {
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let key = clock_key(&this.cfg.node_id);
+            let mut ticker =
+                tokio::time::interval(std::time::Duration::from_millis(CLOCK_PERSIST_INTERVAL_MS));
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut persisted = 0;
+            loop {
+                ticker.tick().await;
+                let mark = this.replicas.io.clock.high_water_ms();
+                if mark > persisted {
+                    match this.store().raise(&key, mark).await {
+                        Ok(()) => persisted = mark,
+                        Err(error) => tracing::debug!(%error, "cannot persist the clock mark"),
+                    }
+                }
+            }
+        });
     }
 
     /// Adds this process's new counts to the node's counters in Redis.

@@ -196,10 +196,48 @@ impl ReplicaIo {
                 .await
                 .map_err(|e| ReplicaError::from_store(node, &e));
         }
+        // An answer is bounded in bytes and may cover a prefix of the keys:
+        // ask again for the rest until every key is answered.
+        let mut out: Vec<Option<Record>> = Vec::with_capacity(keys.len());
+        while out.len() < keys.len() {
+            let rest = keys[out.len()..].to_vec();
+            let asked = rest.len();
+            let records = self
+                .tracked(node, self.peers.read(node, rest))
+                .await?
+                .records;
+            if records.is_empty() || records.len() > asked {
+                return Err(ReplicaError::new(
+                    node,
+                    FailureKind::BadAnswer,
+                    format!("{} records for {asked} keys", records.len()),
+                ));
+            }
+            out.extend(records);
+        }
+        Ok(out)
+    }
+
+    /// Removes records on one replica that are still exactly as given
+    /// (collected tombstones); returns how many were removed.
+    pub async fn collect_on(
+        &self,
+        node: &str,
+        records: Vec<KeyedRecord>,
+    ) -> Result<u64, ReplicaError> {
+        if node == self.me() {
+            let pairs: Vec<(String, Record)> =
+                records.into_iter().map(|kr| (kr.key, kr.record)).collect();
+            return self
+                .store
+                .remove_if_same(&crate::storage::Space::Data, &pairs)
+                .await
+                .map_err(|e| ReplicaError::from_store(node, &e));
+        }
         Ok(self
-            .tracked(node, self.peers.read(node, keys))
+            .tracked(node, self.peers.collect(node, records))
             .await?
-            .records)
+            .removed)
     }
 
     /// Stores records that are newer than the local copies. Records whose
@@ -249,8 +287,22 @@ impl ReplicaIo {
                 Ok(value)
             }
             Err(error) => {
+                let refused = matches!(
+                    error,
+                    PeerError::Status {
+                        status: 400 | 413 | 422,
+                        ..
+                    }
+                );
                 let error = ReplicaError::from_peer(node, &error);
-                self.note_failure(node, &error.detail);
+                if refused {
+                    // The peer answered and refused what was sent (a bound,
+                    // a bad message): a fault of the request, not of the
+                    // peer's health.
+                    self.note_success(node);
+                } else {
+                    self.note_failure(node, &error.detail);
+                }
                 Err(error)
             }
         }

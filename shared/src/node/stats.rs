@@ -60,6 +60,8 @@ counters! {
     tombstones_collected: "tombstones collected",
     gc_runs: "tombstone collection rounds",
     periodic_skipped: "periodic jobs skipped: stale, or their task still running elsewhere",
+    corrupt_records_skipped: "stored records skipped by reads and scans: they did not decode",
+    restore_attempts: "start-up restore attempts (retried until every peer synced)",
     mail_enqueued: "notifications queued",
     mail_not_queued: "notifications that could not be queued",
 }
@@ -69,8 +71,15 @@ impl Stats {
         counter.fetch_add(by, Ordering::Relaxed);
     }
 
+    /// Copies what the store counts itself (corrupt records skipped).
+    fn observe_store(&self, store: &Store) {
+        self.corrupt_records_skipped
+            .store(store.corrupt_skipped(), Ordering::Relaxed);
+    }
+
     /// Adds to Redis what this process counted since its last flush.
     pub async fn flush(&self, store: &Store, key: &str) -> Result<(), StoreError> {
+        self.observe_store(store);
         let local = self.local();
         let deltas: Vec<(&str, u64)> = {
             let flushed = lock(&self.flushed);
@@ -92,6 +101,7 @@ impl Stats {
     /// what this process has not flushed yet. Redis unreachable: this
     /// process's own counts.
     pub async fn node_wide(&self, store: &Store, key: &str) -> Vec<(&'static str, u64)> {
+        self.observe_store(store);
         let local = self.local();
         let Ok(stored) = store.counters(key).await else {
             return local;

@@ -1,0 +1,350 @@
+//! Local storage of records: Redis in production, memory in tests.
+//!
+//! A node's records live in one hash per hash-tree leaf (`kv:{node}:d:{leaf}`,
+//! see `core::merkle`), so several nodes can share one Redis without mixing
+//! their data (the seed's single-`redis1` topology), and one leaf's records
+//! are read without scanning the others.
+//!
+//! A write is one atomic step, a Lua script (see [`scripts`]): for each
+//! (key, record) pair it compares versions and stores the record only if it
+//! is newer than what is there, and in the same step updates the record's
+//! hash-tree leaf, the record count and the tombstone index. Because the
+//! decision is last-writer-wins on the version, applying the same record
+//! twice, or two records in either order, ends in the same state. Reads and
+//! scans skip a record that does not decode (logged and counted in
+//! [`Store::corrupt_skipped`]), so one bad record never fails unrelated keys
+//! or halts a scan.
+
+mod memory;
+mod redis_store;
+mod scripts;
+
+use std::collections::BTreeMap;
+
+use redis::IntoConnectionInfo;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::io::tcp::TcpSettings;
+use thiserror::Error;
+
+use crate::config::Config;
+use crate::core::merkle::Leaf;
+use crate::core::record::{DecodeError, Record};
+
+pub use self::memory::MemoryStore;
+pub use self::redis_store::RedisStore;
+
+/// Storage failures. The caller can only retry later or report unavailability.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("record of key {key:?} is corrupt: {source}")]
+    Corrupt { key: String, source: DecodeError },
+    #[error("redis returned {got} results for {expected} records")]
+    ShortReply { expected: usize, got: usize },
+}
+
+/// Which map of a node's records an operation is about.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Space {
+    /// The records this node holds as a replica.
+    Data,
+    /// Hints: records kept for another node that was down when written.
+    Hints(String),
+}
+
+/// One page of a scan: the cursor to continue from (0 = done) and records.
+#[derive(Debug, Default)]
+pub struct ScanPage {
+    pub next_cursor: u64,
+    pub records: Vec<(String, Record)>,
+}
+
+/// The store of one node.
+#[derive(Clone)]
+pub enum Store {
+    Redis(RedisStore),
+    Memory(MemoryStore),
+}
+
+impl Store {
+    /// Applies each record to the node's data if it is newer than the local
+    /// one; returns, per record, whether it was stored.
+    pub async fn apply(&self, records: &[(String, Record)]) -> Result<Vec<bool>, StoreError> {
+        self.apply_in(&Space::Data, records).await
+    }
+
+    /// [`Store::apply`] in any space (data or a target's hints).
+    pub async fn apply_in(
+        &self,
+        space: &Space,
+        records: &[(String, Record)],
+    ) -> Result<Vec<bool>, StoreError> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self {
+            Store::Redis(s) => s.apply(space, records).await,
+            Store::Memory(s) => Ok(s.apply(space, records).await),
+        }
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Option<Record>, StoreError> {
+        Ok(self.get_many(&[key.to_owned()]).await?.pop().flatten())
+    }
+
+    /// The node's records of these keys (`None`: none, or corrupt).
+    pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Record>>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self {
+            Store::Redis(s) => s.get_many(keys).await,
+            Store::Memory(s) => Ok(s.get_many(keys).await),
+        }
+    }
+
+    /// Scans the node's data from `cursor` (0 to start). `count` is a hint,
+    /// as in Redis `HSCAN`: a page may hold somewhat more or fewer records,
+    /// and stops early past [`crate::core::limits::SCAN_PAGE_BYTES_MAX`].
+    pub async fn scan(&self, cursor: u64, count: usize) -> Result<ScanPage, StoreError> {
+        self.scan_in(&Space::Data, cursor, count).await
+    }
+
+    pub async fn scan_in(
+        &self,
+        space: &Space,
+        cursor: u64,
+        count: usize,
+    ) -> Result<ScanPage, StoreError> {
+        match self {
+            Store::Redis(s) => s.scan(space, cursor, count).await,
+            Store::Memory(s) => Ok(s.scan(space, cursor, count).await),
+        }
+    }
+
+    /// Deletes records that are still exactly as given; returns how many.
+    pub async fn remove_if_same(
+        &self,
+        space: &Space,
+        records: &[(String, Record)],
+    ) -> Result<u64, StoreError> {
+        if records.is_empty() {
+            return Ok(0);
+        }
+        match self {
+            Store::Redis(s) => s.remove_if_same(space, records).await,
+            Store::Memory(s) => Ok(s.remove_if_same(space, records).await),
+        }
+    }
+
+    /// Number of records held, tombstones included.
+    pub async fn record_count(&self) -> Result<u64, StoreError> {
+        self.count_in(&Space::Data).await
+    }
+
+    pub async fn count_in(&self, space: &Space) -> Result<u64, StoreError> {
+        match self {
+            Store::Redis(s) => s.count(space).await,
+            Store::Memory(s) => Ok(s.count(space).await),
+        }
+    }
+
+    /// Every non-empty leaf of the hash tree of the node's data.
+    pub async fn tree(&self) -> Result<BTreeMap<u16, Leaf>, StoreError> {
+        match self {
+            Store::Redis(s) => s.tree().await,
+            Store::Memory(s) => Ok(s.tree().await),
+        }
+    }
+
+    /// The records of whole leaves, one list per leaf asked, in order.
+    pub async fn leaf_records(
+        &self,
+        leaves: &[u16],
+    ) -> Result<Vec<Vec<(String, Record)>>, StoreError> {
+        match self {
+            Store::Redis(s) => s.leaf_records(leaves).await,
+            Store::Memory(s) => Ok(s.leaf_records(leaves).await),
+        }
+    }
+
+    /// Up to `limit` tombstones deleted before `horizon_ms`, oldest first,
+    /// starting at `from.0` ms and skipping the first `from.1` of those:
+    /// (key, delete wall time in ms).
+    pub async fn tombstones(
+        &self,
+        from: (u64, usize),
+        horizon_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        match self {
+            Store::Redis(s) => s.tombstones(from, horizon_ms, limit).await,
+            Store::Memory(s) => Ok(s.tombstones(from, horizon_ms, limit).await),
+        }
+    }
+
+    /// Sets the number under plain key `key` to `value` unless it is larger.
+    pub async fn raise(&self, key: &str, value: u64) -> Result<(), StoreError> {
+        match self {
+            Store::Redis(s) => s.raise(key, value).await,
+            Store::Memory(s) => {
+                s.raise(key, value).await;
+                Ok(())
+            }
+        }
+    }
+
+    /// Moves the records of an earlier version's single-hash layout into
+    /// the leaves; returns how many (0 when there were none).
+    pub async fn migrate_legacy(&self) -> Result<u64, StoreError> {
+        match self {
+            Store::Redis(s) => s.migrate_legacy().await,
+            Store::Memory(_) => Ok(0),
+        }
+    }
+
+    /// Stored records (or tree leaves) skipped because they did not decode,
+    /// since this process started.
+    pub fn corrupt_skipped(&self) -> u64 {
+        match self {
+            Store::Redis(s) => s.corrupt_skipped(),
+            Store::Memory(_) => 0,
+        }
+    }
+
+    /// Checks that the store answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Redis(s) => s.ping().await,
+            Store::Memory(_) => Ok(()),
+        }
+    }
+
+    /// Writes plain strings under global (not namespaced) keys, such as the
+    /// seed's `node_status:node1`. The memory store keeps them in a side map.
+    pub async fn set_plain(&self, pairs: &[(String, String)]) -> Result<(), StoreError> {
+        match self {
+            Store::Redis(s) => {
+                let mut conn = s.connection();
+                let mut cmd = redis::cmd("MSET");
+                for (k, v) in pairs {
+                    cmd.arg(k).arg(v);
+                }
+                cmd.query_async::<()>(&mut conn).await?;
+                Ok(())
+            }
+            Store::Memory(s) => {
+                let mut plain = s.plain.lock().await;
+                for (k, v) in pairs {
+                    plain.insert(k.clone(), v.clone());
+                }
+                Ok(())
+            }
+        }
+    }
+
+    pub async fn get_plain(&self, key: &str) -> Result<Option<String>, StoreError> {
+        match self {
+            Store::Redis(s) => {
+                let mut conn = s.connection();
+                Ok(redis::cmd("GET").arg(key).query_async(&mut conn).await?)
+            }
+            Store::Memory(s) => Ok(s.plain.lock().await.get(key).cloned()),
+        }
+    }
+
+    /// Adds each delta to its field of the counter hash `key` (HINCRBY).
+    pub async fn add_counters(&self, key: &str, deltas: &[(&str, u64)]) -> Result<(), StoreError> {
+        if deltas.is_empty() {
+            return Ok(());
+        }
+        match self {
+            Store::Redis(s) => {
+                let mut conn = s.connection();
+                let mut pipe = redis::pipe();
+                for (field, delta) in deltas {
+                    pipe.cmd("HINCRBY")
+                        .arg(key)
+                        .arg(*field)
+                        .arg(*delta)
+                        .ignore();
+                }
+                pipe.query_async::<()>(&mut conn).await?;
+                Ok(())
+            }
+            Store::Memory(s) => {
+                let mut plain = s.plain.lock().await;
+                for (field, delta) in deltas {
+                    let slot = plain.entry(format!("{key}\n{field}")).or_default();
+                    let now = slot.parse::<u64>().unwrap_or(0).saturating_add(*delta);
+                    *slot = now.to_string();
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The counter hash `key` (HGETALL); fields that are not numbers are skipped.
+    pub async fn counters(&self, key: &str) -> Result<BTreeMap<String, u64>, StoreError> {
+        match self {
+            Store::Redis(s) => {
+                let mut conn = s.connection();
+                let all: BTreeMap<String, String> = redis::cmd("HGETALL")
+                    .arg(key)
+                    .query_async(&mut conn)
+                    .await?;
+                Ok(all
+                    .into_iter()
+                    .filter_map(|(k, v)| v.parse().ok().map(|v| (k, v)))
+                    .collect())
+            }
+            Store::Memory(s) => {
+                let prefix = format!("{key}\n");
+                Ok(s.plain
+                    .lock()
+                    .await
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        let field = k.strip_prefix(&prefix)?;
+                        Some((field.to_owned(), v.parse().ok()?))
+                    })
+                    .collect())
+            }
+        }
+    }
+
+    pub async fn delete_plain(&self, key: &str) -> Result<(), StoreError> {
+        match self {
+            Store::Redis(s) => {
+                let mut conn = s.connection();
+                redis::cmd("DEL")
+                    .arg(key)
+                    .query_async::<()>(&mut conn)
+                    .await?;
+                Ok(())
+            }
+            Store::Memory(s) => {
+                s.plain.lock().await.remove(key);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Opens a managed, auto-reconnecting Redis connection with explicit
+/// timeouts and `TCP_NODELAY`.
+pub async fn connect_redis(cfg: &Config) -> Result<ConnectionManager, redis::RedisError> {
+    let info = cfg
+        .redis_url
+        .as_str()
+        .into_connection_info()?
+        .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+    let client = redis::Client::open(info)?;
+    let manager_cfg = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(cfg.redis_connect_timeout))
+        .set_response_timeout(Some(cfg.redis_response_timeout))
+        .set_number_of_retries(2)
+        .set_max_delay(std::time::Duration::from_millis(500));
+    client.get_connection_manager_with_config(manager_cfg).await
+}

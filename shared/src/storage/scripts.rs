@@ -1,0 +1,199 @@
+//! The Lua scripts of the Redis store. Each runs atomically in Redis.
+//!
+//! A write to a node's data is one step, as Garage's `update_entry_with`:
+//! compare versions, store the record if newer, update its hash-tree leaf
+//! (`core::merkle`), the record count and the tombstone index. The leaf
+//! digest is the first 52 bits of `SHA-1(key \0 version)` (`redis.sha1hex`),
+//! summed modulo 2^52 — exactly `core::merkle::record_digest` and
+//! `Leaf::add`; 52-bit numbers keep Lua's double arithmetic exact.
+
+/// Version order, shared by the apply scripts: numerically on `wall_ms` and
+/// `logical`, then byte by byte on the rest (`node\npayload`), which is the
+/// order of `Record::cmp` in Rust. Redis' Lua `<` on strings uses the
+/// locale's collation, hence the explicit byte loop. Only the two numbers
+/// are captured; the rest is compared in place. A stored record that does
+/// not parse (corrupt) is older than anything.
+const NEWER: &str = r#"
+local function rest_gt(a, i, b, j)
+  local na, nb = #a - i + 1, #b - j + 1
+  for k = 0, math.min(na, nb) - 1 do
+    local x, y = string.byte(a, i + k), string.byte(b, j + k)
+    if x ~= y then return x > y end
+  end
+  return na > nb
+end
+local function newer(a, b)
+  if a == b then return false end
+  local wa, la, ra = string.match(a, "^(%d+):(%d+):()")
+  local wb, lb, rb = string.match(b, "^(%d+):(%d+):()")
+  if not wb then return true end
+  if not wa then return false end
+  wa, la, wb, lb = tonumber(wa), tonumber(la), tonumber(wb), tonumber(lb)
+  if wa ~= wb then return wa > wb end
+  if la ~= lb then return la > lb end
+  return rest_gt(a, ra, b, rb)
+end
+"#;
+
+/// Leaf arithmetic and the tombstone test, shared by the data scripts.
+const TREE: &str = r#"
+local M = 4503599627370496
+local function digest(key, rec)
+  local version = string.match(rec, "^(%d+:%d+:[^\n]*)\n")
+  if not version then return nil end
+  return tonumber(string.sub(redis.sha1hex(key .. "\0" .. version), 1, 13), 16)
+end
+local function tomb_wall(rec)
+  return string.match(rec, "^(%d+):%d+:[^\n]*\nT$")
+end
+local function leaf_add(tree, field, dcount, ddigest)
+  local cur = redis.call('HGET', tree, field)
+  local count, dig = 0, 0
+  if cur then
+    local c, d = string.match(cur, "^(%d+):(%d+)$")
+    if c then count, dig = tonumber(c), tonumber(d) end
+  end
+  count = count + dcount
+  dig = (dig + ddigest) % M
+  if count <= 0 then
+    redis.call('HDEL', tree, field)
+  else
+    redis.call('HSET', tree, field, string.format('%d:%.0f', count, dig))
+  end
+end
+"#;
+
+/// Apply records to a node's data if newer.
+/// KEYS = tree, count, tombstones, then one leaf hash per record;
+/// ARGV = key, record, leaf field per record. Returns 1 (stored) or 0
+/// (unchanged: the local copy is as new or newer) per record, in order; a
+/// key repeated in one call is decided against the newest so far.
+const APPLY_DATA: &str = r#"
+local out = {}
+for i = 1, #ARGV / 3 do
+  local hash = KEYS[3 + i]
+  local key, rec, field = ARGV[3 * i - 2], ARGV[3 * i - 1], ARGV[3 * i]
+  local cur = redis.call('HGET', hash, key)
+  if (not cur) or newer(rec, cur) then
+    redis.call('HSET', hash, key, rec)
+    local new = digest(key, rec) or 0
+    local old = cur and digest(key, cur)
+    if old then
+      leaf_add(KEYS[1], field, 0, new - old)
+    else
+      leaf_add(KEYS[1], field, 1, new)
+      redis.call('INCR', KEYS[2])
+    end
+    local wall = tomb_wall(rec)
+    if wall then
+      redis.call('ZADD', KEYS[3], wall, key)
+    elseif cur and tomb_wall(cur) then
+      redis.call('ZREM', KEYS[3], key)
+    end
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+return out
+"#;
+
+/// Remove records from a node's data only if still exactly as given.
+/// KEYS and ARGV as [`APPLY_DATA`]. Returns how many were removed.
+const REMOVE_DATA: &str = r#"
+local removed = 0
+for i = 1, #ARGV / 3 do
+  local hash = KEYS[3 + i]
+  local key, rec, field = ARGV[3 * i - 2], ARGV[3 * i - 1], ARGV[3 * i]
+  if redis.call('HGET', hash, key) == rec then
+    redis.call('HDEL', hash, key)
+    leaf_add(KEYS[1], field, -1, -(digest(key, rec) or 0))
+    redis.call('DECR', KEYS[2])
+    redis.call('ZREM', KEYS[3], key)
+    removed = removed + 1
+  end
+end
+return removed
+"#;
+
+/// Apply records to a plain hash (a node's hints for one owner) if newer.
+/// KEYS[1] = the hash; ARGV = key1, rec1, key2, rec2, ...
+const APPLY_PLAIN: &str = r#"
+local out = {}
+for i = 1, #ARGV, 2 do
+  local key, rec = ARGV[i], ARGV[i + 1]
+  local cur = redis.call('HGET', KEYS[1], key)
+  if (not cur) or newer(rec, cur) then
+    redis.call('HSET', KEYS[1], key, rec)
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+return out
+"#;
+
+/// Remove records from a plain hash only if still exactly as given.
+/// KEYS[1] = the hash; ARGV = key1, rec1, ... Returns how many were removed.
+pub const REMOVE_PLAIN: &str = r#"
+local removed = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+    removed = removed + 1
+  end
+end
+return removed
+"#;
+
+/// One page of a node's data, leaf after leaf (empty leaves are skipped
+/// through the tree, without a call per leaf's hash).
+/// KEYS[1] = tree; ARGV = data-leaf prefix, first leaf, cursor inside it,
+/// records wanted, bytes wanted. Returns {next leaf (65536 = done), cursor
+/// inside it, {key1, rec1, ...}}. A page stops at the first HSCAN batch
+/// that reaches either bound.
+pub const SCAN_DATA: &str = r#"
+local leaf, cursor = tonumber(ARGV[2]), ARGV[3]
+local want, budget = tonumber(ARGV[4]), tonumber(ARGV[5])
+local out = {}
+local n, bytes = 0, 0
+while leaf < 65536 do
+  local field = string.format('%04x', leaf)
+  if cursor ~= '0' or redis.call('HEXISTS', KEYS[1], field) == 1 then
+    local r = redis.call('HSCAN', ARGV[1] .. field, cursor, 'COUNT', 16)
+    cursor = r[1]
+    local items = r[2]
+    for j = 1, #items, 2 do
+      out[#out + 1] = items[j]
+      out[#out + 1] = items[j + 1]
+      n = n + 1
+      bytes = bytes + #items[j] + #items[j + 1]
+    end
+  end
+  if cursor == '0' then leaf = leaf + 1 end
+  if n >= want or bytes >= budget then break end
+end
+return {leaf, cursor, out}
+"#;
+
+/// Set a number key to `ARGV[1]` unless it already holds a larger one.
+pub const RAISE: &str = r#"
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+if tonumber(ARGV[1]) > cur then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+"#;
+
+pub fn apply_data() -> String {
+    format!("{NEWER}{TREE}{APPLY_DATA}")
+}
+
+pub fn remove_data() -> String {
+    format!("{TREE}{REMOVE_DATA}")
+}
+
+pub fn apply_plain() -> String {
+    format!("{NEWER}{APPLY_PLAIN}")
+}
