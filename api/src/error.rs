@@ -7,9 +7,8 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use shared::core::quorum::Consistency;
 use shared::core::request::RequestError;
-use shared::node::{CoordError, HintPlacement, NodeFailure};
+use shared::node::{CoordError, Shadowed, Unavailable};
 use tracing::error;
 
 #[derive(Debug)]
@@ -30,12 +29,13 @@ pub enum ApiError {
     PayloadTooLarge { limit_bytes: usize },
     /// 415: body is not JSON.
     UnsupportedMediaType(String),
-    /// 503: the consistency level could not be reached (boxed: the other
-    /// variants are small, and every handler returns this type).
+    /// 503 `consistency_unreachable`: the consistency level could not be
+    /// reached (the node's own details, boxed: the other variants are
+    /// small, and every handler returns this type).
     Unavailable(Box<Unavailable>),
     /// 503: this node's clock is beyond the drift bound from its peers'.
     ClockSkew { offset_ms: i64, drift_max_ms: u64 },
-    /// 503: a newer version on a replica shadows the write.
+    /// 503 `write_shadowed`: a newer version on a replica shadows the write.
     Shadowed(Box<Shadowed>),
     /// 503: too many requests in flight.
     Overloaded,
@@ -43,29 +43,6 @@ pub enum ApiError {
     StorageUnavailable,
     /// 500: a bug; details are in the log.
     Internal,
-}
-
-/// Details of a 503 `consistency_unreachable`.
-#[derive(Debug)]
-pub struct Unavailable {
-    operation: &'static str,
-    consistency: Consistency,
-    required: usize,
-    replicas: Vec<String>,
-    answered: Vec<String>,
-    failed: Vec<NodeFailure>,
-    /// A write: where its value was nevertheless stored, queued or hinted.
-    stored_on: Vec<String>,
-    queued_for: Vec<String>,
-    hinted_for: Vec<HintPlacement>,
-}
-
-/// Details of a 503 `write_shadowed`.
-#[derive(Debug)]
-pub struct Shadowed {
-    version: String,
-    holder: String,
-    stored_on: Vec<String>,
 }
 
 impl ApiError {
@@ -239,27 +216,7 @@ impl IntoResponse for ApiError {
 impl From<CoordError> for ApiError {
     fn from(e: CoordError) -> Self {
         match e {
-            CoordError::Unavailable {
-                operation,
-                consistency,
-                required,
-                replicas,
-                answered,
-                failed,
-                stored_on,
-                queued_for,
-                hinted_for,
-            } => ApiError::Unavailable(Box::new(Unavailable {
-                operation,
-                consistency,
-                required,
-                replicas,
-                answered,
-                failed,
-                stored_on,
-                queued_for,
-                hinted_for,
-            })),
+            CoordError::Unavailable(details) => ApiError::Unavailable(details),
             CoordError::ClockSkew {
                 offset_ms,
                 drift_max_ms,
@@ -267,15 +224,7 @@ impl From<CoordError> for ApiError {
                 offset_ms,
                 drift_max_ms,
             },
-            CoordError::Shadowed {
-                version,
-                holder,
-                stored_on,
-            } => ApiError::Shadowed(Box::new(Shadowed {
-                version,
-                holder,
-                stored_on,
-            })),
+            CoordError::Shadowed(details) => ApiError::Shadowed(details),
             CoordError::Storage(source) => {
                 error!(error = %source, "local storage failed");
                 ApiError::StorageUnavailable
@@ -296,5 +245,92 @@ impl From<RequestError> for ApiError {
 impl From<shared::storage::StoreError> for ApiError {
     fn from(e: shared::storage::StoreError) -> Self {
         ApiError::from(CoordError::Storage(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::core::quorum::Consistency;
+    use shared::node::{HintPlacement, NodeFailure};
+
+    fn body_of(e: CoordError) -> (StatusCode, Value) {
+        ApiError::from(e).status_and_body()
+    }
+
+    /// The 503 bodies, field by field: the node's error details are
+    /// rendered as they are, and only a write names where its value went.
+    #[test]
+    fn unavailable_and_shadowed_bodies() {
+        let unavailable = |operation| Unavailable {
+            operation,
+            consistency: Consistency::All,
+            required: 3,
+            replicas: vec!["n1".into(), "n2".into(), "n3".into()],
+            answered: vec!["n1".into()],
+            failed: vec![NodeFailure {
+                node: "n2".into(),
+                code: "timeout",
+                error: "the replica did not answer in time",
+            }],
+            stored_on: vec!["n1".into()],
+            queued_for: vec!["n3".into()],
+            hinted_for: vec![HintPlacement {
+                owner: "n2".into(),
+                holder: "n1".into(),
+            }],
+        };
+        let (status, body) = body_of(CoordError::Unavailable(Box::new(unavailable("write"))));
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            body,
+            json!({
+                "code": "consistency_unreachable",
+                "message": "write at consistency all needs 3 of 3 replicas; 1 answered: [n1]",
+                "consistency": "all",
+                "required": 3,
+                "replicas": ["n1", "n2", "n3"],
+                "answered": ["n1"],
+                "failed": [{"node": "n2", "code": "timeout", "error": "the replica did not answer in time"}],
+                "stored_on": ["n1"],
+                "queued_for": ["n3"],
+                "hinted_for": [{"owner": "n2", "holder": "n1"}],
+            })
+        );
+        let (_, body) = body_of(CoordError::Unavailable(Box::new(unavailable("read"))));
+        let fields: Vec<&str> = body
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "answered",
+                "code",
+                "consistency",
+                "failed",
+                "message",
+                "replicas",
+                "required"
+            ]
+        );
+        let (status, body) = body_of(CoordError::Shadowed(Box::new(Shadowed {
+            version: "5:0:n1".into(),
+            holder: "n2".into(),
+            stored_on: vec!["n1".into()],
+        })));
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            body,
+            json!({
+                "code": "write_shadowed",
+                "message": "version 5:0:n1 is below a newer version on n2 after every re-stamp; retry",
+                "version": "5:0:n1",
+                "holder": "n2",
+                "stored_on": ["n1"],
+            })
+        );
     }
 }

@@ -3,15 +3,13 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use shared::clock::now_ms;
 use shared::config::Config;
-use shared::core::message::HeartbeatJob;
 use shared::mail::Mailer;
 use shared::node::{Coordinator, MAIL_INLINE_IN_FLIGHT_MAX};
 use shared::queue::{JobQueues, retry_policy};
 use shared::storage::{RedisStore, Store, connect_redis};
 use shared::work::mail::run_inline;
-use shared::work::periodic::{Periodic, spawn_counter_flush, spawn_periodic};
+use shared::work::periodic::{Dispatch, spawn_counter_flush, spawn_scheduler};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
@@ -73,17 +71,15 @@ async fn run() -> anyhow::Result<()> {
     info!(node = %cfg.node_id, clock_mark_ms = mark, "clock resumed above its persisted mark");
     coord.spawn_clock_persist();
     spawn_counter_flush(Arc::clone(&coord));
-    if cfg.background_sync {
-        // Workers run the periodic tasks; this process schedules the heartbeat job.
-        tokio::spawn(schedule_heartbeats(queues, cfg.heartbeat_interval));
+    // The node's one scheduler of periodic work (heartbeat, hint delivery,
+    // anti-entropy, GC): it queues each due run for the workers, or, with
+    // background sync off, runs it here.
+    let dispatch = if cfg.background_sync {
+        Dispatch::Queue(Box::new(queues))
     } else {
-        // No workers: run hint delivery, anti-entropy, GC and the heartbeat here.
-        spawn_periodic(
-            Arc::clone(&coord),
-            Periodic { heartbeat: true },
-            format!("{}-api-{}", cfg.node_id, std::process::id()),
-        );
-    }
+        Dispatch::InProcess
+    };
+    spawn_scheduler(Arc::clone(&coord), dispatch);
 
     let listener = TcpListener::bind(cfg.listen)
         .await
@@ -160,22 +156,6 @@ fn healthcheck() -> i32 {
         0
     } else {
         1
-    }
-}
-
-/// Pushes a heartbeat job every interval (the seed's 30 s by default); a
-/// worker runs it and records `node_status:*` in this node's Redis.
-async fn schedule_heartbeats(queues: JobQueues, interval: std::time::Duration) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticker.tick().await;
-        let job = HeartbeatJob {
-            scheduled_ms: now_ms(),
-        };
-        if let Err(error) = queues.push_heartbeat(job).await {
-            warn!(%error, "cannot push the heartbeat job");
-        }
     }
 }
 

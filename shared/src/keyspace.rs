@@ -103,7 +103,7 @@ pub fn mail_digest_count_key(node: &str) -> String {
     format!("kv:{node}:mail:digest_count")
 }
 
-/// Lease of a periodic task, so one process of a node runs each round.
+/// Lease of a periodic task, so two runs of one task never overlap.
 pub fn lease_key(node: &str, task: &str) -> String {
     format!("kv:{node}:lease:{task}")
 }

@@ -21,14 +21,13 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use serde_json::value::RawValue;
 use shared::core::hlc::Timestamp;
-use shared::core::jobs::{DeadLetter, Lenient, ReplicateJob};
+use shared::core::jobs::{DeadLetter, Lenient, PeriodicJob, PeriodicTask, ReplicateJob};
 use shared::core::limits::{QUERY_PARAMS_MAX, VALUE_DEPTH_MAX};
 use shared::core::mail::{MailJob, MailKind};
 use shared::core::merkle::{Leaf, Mid};
 use shared::core::message::{
     ApplyRequest, ApplyResponse, ApplyStatus, BucketsRequest, BucketsResponse, CollectRequest,
-    CollectResponse, HeartbeatJob, KeyedRecord, MerkleRequest, MerkleResponse, ReadRequest,
-    ReadResponse,
+    CollectResponse, KeyedRecord, MerkleRequest, MerkleResponse, ReadRequest, ReadResponse,
 };
 use shared::core::record::{Record, Version};
 use shared::core::request::{WriteLimits, encode_component, parse_query, parse_write_body};
@@ -293,7 +292,7 @@ fn decode_every_message(bytes: &[u8]) -> Result<(), TestCaseError> {
     decode_all_ways::<MerkleResponse>(bytes)?;
     decode_all_ways::<BucketsRequest>(bytes)?;
     decode_all_ways::<BucketsResponse>(bytes)?;
-    decode_all_ways::<HeartbeatJob>(bytes)?;
+    decode_all_ways::<PeriodicJob>(bytes)?;
     decode_all_ways::<ReplicateJob>(bytes)?;
     decode_all_ways::<MailJob>(bytes)?;
     decode_all_ways::<DeadLetter>(bytes)?;
@@ -487,7 +486,9 @@ proptest! {
         round_trip(&merkle)?;
         round_trip(&BucketsRequest { for_node: node.clone(), buckets, cursor })?;
         round_trip(&BucketsResponse { node: node.clone(), records, next_cursor: cursor })?;
-        round_trip(&HeartbeatJob { scheduled_ms: stamp })?;
+        for task in PeriodicTask::ALL {
+            round_trip(&PeriodicJob { task, scheduled_ms: stamp })?;
+        }
         round_trip(&job)?;
         round_trip(&mail)?;
         round_trip(&record)?;

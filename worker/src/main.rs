@@ -11,28 +11,85 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use apalis::prelude::{BackendExt, BoxDynError, Data, Monitor, WorkerBuilder, WorkerBuilderExt};
-use shared::core::jobs::Lenient;
-use shared::core::jobs::ReplicateJob;
+use apalis::prelude::{
+    BackendExt, BoxDynError, Data, WorkerBuilder, WorkerBuilderExt, WorkerError,
+};
+use shared::core::jobs::{Lenient, PeriodicJob, PeriodicTask, ReplicateJob};
 use shared::core::mail::MailJob;
-use shared::core::message::HeartbeatJob;
 use shared::mail::Mailer;
 use shared::node::Coordinator;
-use shared::queue::{EMAIL, HEARTBEAT, JobQueues, POLL_INTERVAL_MS, REPLICATE, retry_policy};
+use shared::queue::{EMAIL, JobQueues, PERIODIC, POLL_INTERVAL_MS, REPLICATE, retry_policy};
 use shared::storage::{RedisStore, Store, connect_redis};
-use shared::work::heartbeat::run_heartbeat_job;
 use shared::work::mail::mail_and_settle;
-use shared::work::periodic::{Periodic, spawn_counter_flush, spawn_periodic};
+use shared::work::periodic::{run_periodic_job, spawn_counter_flush};
 use shared::work::replicate::{JobOutcome, replicate_and_settle, retry_or_dead_letter};
+use tokio::sync::watch;
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 /// How long jobs in progress may run after a shutdown signal.
 const SHUTDOWN_DEADLINE_S: u64 = 10;
+/// Pause before a queue's worker that stopped on an error (a Redis stall
+/// ends an apalis worker) is started again; it doubles with each restart
+/// in a row, up to [`RESTART_DELAY_MS_MAX`].
+const RESTART_DELAY_MS_MIN: u64 = 500;
+const RESTART_DELAY_MS_MAX: u64 = 10_000;
+/// A worker that ran at least this long before it stopped restarts after
+/// the shortest pause again.
+const RESTART_HEALTHY_RUN_S: u64 = 60;
 /// How often the janitor trims finished job records.
 const JANITOR_INTERVAL_S: u64 = 5;
 
 /// E-mails one worker sends at once.
 const MAIL_CONCURRENCY: usize = 4;
+/// Periodic jobs one worker runs at once: one per task, so a long round of
+/// one task (anti-entropy) does not hold the others' jobs until they are
+/// stale; two runs of one task are kept apart by its lease.
+const PERIODIC_CONCURRENCY: usize = PeriodicTask::ALL.len();
+
+/// Runs one queue's apalis worker until shutdown, and starts a new one
+/// after an async pause whenever it stops on an error, so a Redis outage
+/// never ends the process for good. The pause doubles with each restart in
+/// a row ([`RESTART_DELAY_MS_MIN`] to [`RESTART_DELAY_MS_MAX`]): a Redis
+/// that stays down costs a few attempts a minute, not a spinning loop.
+/// `run(restart, stop)` builds the worker and runs it until `stop`.
+async fn supervise<F, Fut>(queue: &'static str, mut stop: watch::Receiver<bool>, mut run: F)
+where
+    F: FnMut(usize, StopSignal) -> Fut,
+    Fut: Future<Output = Result<(), WorkerError>>,
+{
+    let mut delay_ms = RESTART_DELAY_MS_MIN;
+    for restart in 0usize.. {
+        let started = Instant::now();
+        let result = run(restart, stop_signal(stop.clone())).await;
+        if *stop.borrow() {
+            return;
+        }
+        match result {
+            Ok(()) => warn!(queue, restart, "job worker ended; restarting"),
+            Err(error) => warn!(queue, restart, %error, "job worker stopped; restarting"),
+        }
+        if started.elapsed() >= Duration::from_secs(RESTART_HEALTHY_RUN_S) {
+            delay_ms = RESTART_DELAY_MS_MIN;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(delay_ms)) => {}
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        }
+        delay_ms = delay_ms.saturating_mul(2).min(RESTART_DELAY_MS_MAX);
+    }
+}
+
+/// Resolves when the process is told to stop (what `run_until` waits for).
+type StopSignal = std::pin::Pin<Box<dyn Future<Output = Result<(), WorkerError>> + Send>>;
+
+fn stop_signal(mut stop: watch::Receiver<bool>) -> StopSignal {
+    Box::pin(async move {
+        // A dropped sender also means stop.
+        let _ = stop.wait_for(|stopped| *stopped).await;
+        Ok(())
+    })
+}
 
 /// What the e-mail job function gets.
 #[derive(Clone)]
@@ -46,6 +103,8 @@ struct MailState {
 struct WorkerState {
     coord: Arc<Coordinator>,
     queues: JobQueues,
+    /// This process's name, as the holder of periodic leases.
+    name: Arc<str>,
 }
 
 /// mimalloc: the request path allocates many small, short-lived objects
@@ -89,21 +148,15 @@ async fn run() -> anyhow::Result<()> {
     let state = WorkerState {
         coord,
         queues: queues.clone(),
+        name: Arc::from(name.as_str()),
     };
 
     let janitor = tokio::spawn(janitor(queues.clone()));
-    // Hint delivery, anti-entropy and tombstone collection (one worker per
-    // node runs each round, through a Redis lease).
-    spawn_periodic(
-        Arc::clone(&state.coord),
-        Periodic { heartbeat: false },
-        name.clone(),
-    );
     info!(node = %cfg.node_id, worker = %name, concurrency = cfg.worker_concurrency, "worker started");
 
     let concurrency = cfg.worker_concurrency;
     let replicate_storage = queues.worker_storage::<ReplicateJob>(REPLICATE);
-    let heartbeat_storage = queues.worker_storage::<HeartbeatJob>(HEARTBEAT);
+    let periodic_storage = queues.worker_storage::<PeriodicJob>(PERIODIC);
     let email_storage = queues.worker_storage::<MailJob>(EMAIL);
     let mailer = match &cfg.email {
         Some(email) => Some(Arc::new(
@@ -115,65 +168,63 @@ async fn run() -> anyhow::Result<()> {
         mailer: mailer.clone(),
         queues: queues.clone(),
     };
-    let mail_name = name.clone();
-    let heartbeat_state = state.clone();
-    let heartbeat_name = name.clone();
-    let monitor = Monitor::new()
-        .register(move |restart| {
-            // A new name per restart: apalis-redis refuses to re-register a
-            // name whose last beat is recent, which would spin a restart loop.
-            WorkerBuilder::new(format!("{name}-replicate-{restart}"))
-                .backend(
-                    replicate_storage
-                        .clone()
-                        .poll_with_interval(Duration::from_millis(POLL_INTERVAL_MS)),
-                )
-                .data(state.clone())
-                .concurrency(concurrency)
-                .build(replicate_job)
-        })
-        .register(move |restart| {
-            WorkerBuilder::new(format!("{heartbeat_name}-heartbeat-{restart}"))
-                .backend(
-                    heartbeat_storage
-                        .clone()
-                        .poll_with_interval(Duration::from_millis(POLL_INTERVAL_MS)),
-                )
-                .data(heartbeat_state.clone())
-                .concurrency(1)
-                .build(heartbeat_job)
-        })
-        .register(move |restart| {
-            WorkerBuilder::new(format!("{mail_name}-email-{restart}"))
-                .backend(
-                    email_storage
-                        .clone()
-                        .poll_with_interval(Duration::from_millis(POLL_INTERVAL_MS)),
-                )
-                .data(mail_state.clone())
-                .concurrency(MAIL_CONCURRENCY)
-                .build(mail_job)
-        })
-        // A Redis stall ends an apalis worker with a backend error; restart it
-        // after a pause instead of giving up.
-        // apalis calls this synchronously inside its poll and restarts at
-        // once, so a pause here is the only throttle of a restart loop while
-        // Redis is down; `block_in_place` hands this thread's other tasks to
-        // the runtime's other threads for the pause instead of stalling them.
-        .should_restart(|_ctx, error| {
-            warn!(%error, "job worker stopped; restarting");
-            tokio::task::block_in_place(|| std::thread::sleep(Duration::from_millis(500)));
-            true
-        })
-        .shutdown_timeout(Duration::from_secs(SHUTDOWN_DEADLINE_S));
-    let result = monitor
-        .run_with_signal(async {
-            shared::process::shutdown_signal().await;
-            Ok(())
-        })
-        .await;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // Each queue's apalis worker, started again after a pause when it stops
+    // on an error. A new name per start: apalis-redis refuses to register a
+    // name whose last beat is recent.
+    let replicate = supervise(REPLICATE, stop_rx.clone(), |restart, stop| {
+        WorkerBuilder::new(format!("{name}-replicate-{restart}"))
+            .backend(
+                replicate_storage
+                    .clone()
+                    .poll_with_interval(Duration::from_millis(POLL_INTERVAL_MS)),
+            )
+            .data(state.clone())
+            .concurrency(concurrency)
+            .build(replicate_job)
+            .run_until(stop)
+    });
+    let periodic = supervise(PERIODIC, stop_rx.clone(), |restart, stop| {
+        WorkerBuilder::new(format!("{name}-periodic-{restart}"))
+            .backend(
+                periodic_storage
+                    .clone()
+                    .poll_with_interval(Duration::from_millis(POLL_INTERVAL_MS)),
+            )
+            .data(state.clone())
+            .concurrency(PERIODIC_CONCURRENCY)
+            .build(periodic_job)
+            .run_until(stop)
+    });
+    let email = supervise(EMAIL, stop_rx, |restart, stop| {
+        WorkerBuilder::new(format!("{name}-email-{restart}"))
+            .backend(
+                email_storage
+                    .clone()
+                    .poll_with_interval(Duration::from_millis(POLL_INTERVAL_MS)),
+            )
+            .data(mail_state.clone())
+            .concurrency(MAIL_CONCURRENCY)
+            .build(mail_job)
+            .run_until(stop)
+    });
+    let workers = async {
+        tokio::join!(replicate, periodic, email);
+    };
+    tokio::pin!(workers);
+    tokio::select! {
+        () = &mut workers => warn!("every job worker ended"),
+        () = shared::process::shutdown_signal() => {
+            info!(deadline_s = SHUTDOWN_DEADLINE_S, "stopping: jobs in progress may finish");
+            // No receiver left only if every worker loop ended already.
+            let _ = stop_tx.send(true);
+            let deadline = Duration::from_secs(SHUTDOWN_DEADLINE_S);
+            if tokio::time::timeout(deadline, &mut workers).await.is_err() {
+                warn!("jobs still running at the shutdown deadline; they go back to the queue");
+            }
+        }
+    }
     janitor.abort();
-    result.context("worker monitor failed")?;
     info!("worker stopped");
     Ok(())
 }
@@ -196,18 +247,19 @@ async fn replicate_job(
     }
 }
 
-/// The heartbeat job function: check every node, record `node_status:*`.
-async fn heartbeat_job(
-    job: Lenient<HeartbeatJob>,
+/// The periodic job function: one round of the heartbeat, hint delivery,
+/// anti-entropy or GC (skipped when stale or already running elsewhere).
+async fn periodic_job(
+    job: Lenient<PeriodicJob>,
     state: Data<WorkerState>,
 ) -> Result<(), BoxDynError> {
     let job = match job {
         Lenient::Valid(job) => job,
         Lenient::Invalid(raw) => {
-            return Ok(state.queues.dead_letter_invalid(HEARTBEAT, raw).await?);
+            return Ok(state.queues.dead_letter_invalid(PERIODIC, raw).await?);
         }
     };
-    run_heartbeat_job(&state.coord, &job).await?;
+    run_periodic_job(&state.coord, &state.queues, &job, &state.name).await;
     Ok(())
 }
 

@@ -5,8 +5,11 @@
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
+use std::time::Duration;
+
 use super::ConfigError;
 use crate::core::limits::CLUSTER_NODES_MAX;
+use crate::core::schedule::Schedule;
 use crate::core::validate::validate_node_id;
 
 pub(super) fn err(var: &'static str, message: impl Into<String>) -> ConfigError {
@@ -44,6 +47,21 @@ pub(super) fn parse_bool(
             "0" | "false" | "off" | "no" => Ok(false),
             _ => Err(err(var, format!("must be on or off, got {v:?}"))),
         },
+    }
+}
+
+/// A periodic task's schedule: the cron expression in `var` when it is set
+/// (it replaces the interval), else `interval` (`None`: the task is off).
+pub(super) fn parse_schedule(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    interval: Option<Duration>,
+) -> Result<Option<Schedule>, ConfigError> {
+    match get(var) {
+        Some(expression) => Schedule::cron(&expression)
+            .map(Some)
+            .map_err(|e| err(var, e.to_string())),
+        None => Ok(interval.map(Schedule::every)),
     }
 }
 

@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+use crate::core::jobs::PeriodicTask;
 use crate::core::limits::{
     BODY_ENVELOPE_BYTES, CLOCK_DRIFT_MS_MAX_DEFAULT, HINT_WINDOW_S_DEFAULT,
     HINTS_PER_NODE_MAX_DEFAULT, KEY_BYTES_MAX_DEFAULT, PEER_CONNECT_TIMEOUT_MS_DEFAULT,
@@ -36,8 +37,9 @@ use crate::core::limits::{
     VNODES_PER_NODE_DEFAULT,
 };
 use crate::core::quorum::Consistency;
+use crate::core::schedule::Schedules;
 use crate::core::validate::validate_node_id;
-use env::{err, parse_bool, parse_or, percent_encode, redact_url};
+use env::{err, parse_bool, parse_or, parse_schedule, percent_encode, redact_url};
 
 /// A configuration problem, naming the variable at fault.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -87,7 +89,9 @@ pub struct Config {
     pub redis_connect_timeout: Duration,
     /// `KV_REDIS_TIMEOUT_MS` (default 2000): one Redis command.
     pub redis_response_timeout: Duration,
-    /// `KV_HEARTBEAT_INTERVAL_S` (default 30, as in the seed).
+    /// `KV_HEARTBEAT_INTERVAL_S` (default 30, as in the seed). Like the
+    /// other `*_INTERVAL_*` fields, the variable as given: what runs is
+    /// [`Config::schedules`], where a `KV_*_SCHEDULE` replaces it.
     pub heartbeat_interval: Duration,
     /// `KV_PROBE_INTERVAL_MS` (default 1000): how often the API probes every
     /// peer, so routing learns of a dead or recovered peer within about that.
@@ -114,6 +118,10 @@ pub struct Config {
     pub tombstone_grace: Duration,
     /// `KV_GC_INTERVAL_S` (default 300; 0 = off): how often tombstones are collected.
     pub gc_interval: Option<Duration>,
+    /// When each periodic task runs: its interval above, or the cron
+    /// expression of `KV_HEARTBEAT_SCHEDULE`, `KV_HINT_DELIVERY_SCHEDULE`,
+    /// `KV_ANTI_ENTROPY_SCHEDULE`, `KV_GC_SCHEDULE` when set.
+    pub schedules: Schedules,
     /// SMTP notifications; `None` when `EMAIL_HOST` is not set.
     pub email: Option<EmailConfig>,
     /// `KV_RESTORE_ON_START` (default on): pull missing data from peers at start.
@@ -300,6 +308,28 @@ impl Config {
             };
         let anti_entropy_interval = seconds_or_off("KV_ANTI_ENTROPY_INTERVAL_S", 60.0)?;
         let gc_interval = seconds_or_off("KV_GC_INTERVAL_S", 300.0)?;
+        let heartbeat_interval = Duration::from_secs_f64(heartbeat_s);
+        let schedules = Schedules::default()
+            .with(
+                PeriodicTask::Heartbeat,
+                parse_schedule(&get, "KV_HEARTBEAT_SCHEDULE", Some(heartbeat_interval))?,
+            )
+            .with(
+                PeriodicTask::HintDelivery,
+                parse_schedule(
+                    &get,
+                    "KV_HINT_DELIVERY_SCHEDULE",
+                    Some(hint_delivery_interval),
+                )?,
+            )
+            .with(
+                PeriodicTask::AntiEntropy,
+                parse_schedule(&get, "KV_ANTI_ENTROPY_SCHEDULE", anti_entropy_interval)?,
+            )
+            .with(
+                PeriodicTask::Gc,
+                parse_schedule(&get, "KV_GC_SCHEDULE", gc_interval)?,
+            );
         let grace_s: f64 = parse_or(
             &get,
             "KV_TOMBSTONE_GRACE_S",
@@ -371,7 +401,7 @@ impl Config {
             peer_request_timeout,
             redis_connect_timeout,
             redis_response_timeout,
-            heartbeat_interval: Duration::from_secs_f64(heartbeat_s),
+            heartbeat_interval,
             probe_interval,
             background_sync,
             job_attempts_max,
@@ -384,6 +414,7 @@ impl Config {
             anti_entropy_interval,
             tombstone_grace: Duration::from_secs_f64(grace_s),
             gc_interval,
+            schedules,
             email,
             restore_on_start,
             requests_in_flight_max,

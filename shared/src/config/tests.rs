@@ -120,3 +120,49 @@ fn grace_must_outlast_the_hint_window() {
     assert!(config(&[("KV_TOMBSTONE_GRACE_S", "2")]).is_err());
     assert!(config(&[("KV_TOMBSTONE_GRACE_S", "2"), ("KV_HINT_WINDOW_S", "1")]).is_ok());
 }
+
+#[test]
+fn periodic_work_follows_intervals_or_cron_schedules() {
+    use crate::core::jobs::PeriodicTask;
+    use crate::core::schedule::Schedule;
+    let c = config(&[]).unwrap();
+    let every = |s: u64| Some(Schedule::every(Duration::from_secs(s)));
+    assert_eq!(c.schedules.get(PeriodicTask::Heartbeat).cloned(), every(30));
+    assert_eq!(
+        c.schedules.get(PeriodicTask::HintDelivery).cloned(),
+        every(1)
+    );
+    assert_eq!(
+        c.schedules.get(PeriodicTask::AntiEntropy).cloned(),
+        every(60)
+    );
+    assert_eq!(c.schedules.get(PeriodicTask::Gc).cloned(), every(300));
+    // 0 switches an interval task off; a cron expression replaces the interval.
+    let c = config(&[
+        ("KV_GC_INTERVAL_S", "0"),
+        ("KV_ANTI_ENTROPY_INTERVAL_S", "0"),
+        ("KV_ANTI_ENTROPY_SCHEDULE", "0 0 3 * * *"),
+        ("KV_HEARTBEAT_SCHEDULE", "*/10 * * * * *"),
+    ])
+    .unwrap();
+    assert!(c.schedules.get(PeriodicTask::Gc).is_none());
+    assert_eq!(
+        c.schedules.get(PeriodicTask::AntiEntropy).cloned(),
+        Schedule::cron("0 0 3 * * *").ok()
+    );
+    assert_eq!(
+        c.schedules.get(PeriodicTask::Heartbeat).cloned(),
+        Schedule::cron("*/10 * * * * *").ok()
+    );
+    // A bad expression names its variable.
+    for var in [
+        "KV_HEARTBEAT_SCHEDULE",
+        "KV_HINT_DELIVERY_SCHEDULE",
+        "KV_ANTI_ENTROPY_SCHEDULE",
+        "KV_GC_SCHEDULE",
+    ] {
+        let e = config(&[(var, "*/5 * * * *")]).unwrap_err();
+        assert_eq!(e.var, var);
+        assert!(e.to_string().starts_with(var), "{e}");
+    }
+}

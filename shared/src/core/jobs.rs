@@ -102,6 +102,61 @@ pub fn group_into_jobs(items: &[PendingReplication]) -> (Vec<ReplicateJob>, Vec<
     (jobs, placement)
 }
 
+/// The periodic work of a node, each run as a [`PeriodicJob`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeriodicTask {
+    /// Probe every node, record `node_status:<node>` (seed IV).
+    Heartbeat,
+    /// Offer kept hints to their owners.
+    HintDelivery,
+    /// Compare hash trees with every peer and pull what differs.
+    AntiEntropy,
+    /// Collect tombstones every replica holds past the grace.
+    Gc,
+}
+
+impl PeriodicTask {
+    pub const ALL: [PeriodicTask; 4] = [
+        PeriodicTask::Heartbeat,
+        PeriodicTask::HintDelivery,
+        PeriodicTask::AntiEntropy,
+        PeriodicTask::Gc,
+    ];
+
+    /// The task's name in jobs, leases and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeriodicTask::Heartbeat => "heartbeat",
+            PeriodicTask::HintDelivery => "hint_delivery",
+            PeriodicTask::AntiEntropy => "anti_entropy",
+            PeriodicTask::Gc => "gc",
+        }
+    }
+
+    /// Whether an interval schedule runs the task at start. Anti-entropy
+    /// waits one interval: a starting node restores itself anyway.
+    pub fn runs_at_start(self) -> bool {
+        !matches!(self, PeriodicTask::AntiEntropy)
+    }
+}
+
+impl std::fmt::Display for PeriodicTask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One run of a periodic task, pushed by the node's scheduler when due.
+/// Replaying it is safe: every periodic task is idempotent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeriodicJob {
+    pub task: PeriodicTask,
+    /// When the run was due (ms since the epoch); a worker skips a job that
+    /// is stale by then (see `core::schedule::Schedule::is_stale`).
+    pub scheduled_ms: u64,
+}
+
 /// A job that ran out of attempts, kept in the node's dead-letter list.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeadLetter {
@@ -207,6 +262,27 @@ mod tests {
             }
             prop_assert!(jobs.iter().all(|j| j.records.len() <= REPLICATE_BATCH_RECORDS_MAX));
         }
+    }
+
+    #[test]
+    fn periodic_jobs_name_their_task() {
+        let job = PeriodicJob {
+            task: PeriodicTask::HintDelivery,
+            scheduled_ms: 7,
+        };
+        let json = serde_json::to_string(&job).unwrap();
+        assert_eq!(json, r#"{"task":"hint_delivery","scheduled_ms":7}"#);
+        assert_eq!(serde_json::from_str::<PeriodicJob>(&json).unwrap(), job);
+        for task in PeriodicTask::ALL {
+            assert_eq!(
+                serde_json::to_value(task).unwrap(),
+                serde_json::Value::String(task.as_str().to_owned())
+            );
+        }
+        assert!(matches!(
+            serde_json::from_str::<Lenient<PeriodicJob>>(r#"{"task":"nap","scheduled_ms":1}"#),
+            Ok(Lenient::Invalid(_))
+        ));
     }
 
     #[test]

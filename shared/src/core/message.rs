@@ -1,4 +1,4 @@
-//! Messages between nodes (`/internal/*`) and the payloads of background jobs.
+//! Messages between nodes (`/internal/*`); job payloads are in [`super::jobs`].
 //!
 //! Plain serde data, no I/O. Every list carries a named bound, checked by the
 //! receiver before it does any work.
@@ -124,13 +124,6 @@ pub struct CollectRequest {
 pub struct CollectResponse {
     pub node: String,
     pub removed: u64,
-}
-
-/// The heartbeat job: check every node and record its status.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct HeartbeatJob {
-    /// When the beat was scheduled; a beat older than two intervals is skipped.
-    pub scheduled_ms: u64,
 }
 
 #[cfg(test)]

@@ -11,6 +11,8 @@
 //! - [`record`]: versioned values and tombstones, and their last-writer-wins merge.
 //! - [`quorum`]: consistency levels and the tally that decides a quorum call.
 //! - [`plan`]: the decisions of a coordinated write and read (calls, fallbacks, outcomes).
+//! - [`jobs`]: background job payloads (replication, periodic) and the retry policy.
+//! - [`schedule`]: when periodic work is due (interval or cron), and when a job is stale.
 //! - [`limits`]: every bound the store enforces, with units in the names.
 //! - [`validate`]: key and node-id checks shared by the API and the peers.
 //! - [`request`]: strict parsing of client query strings and write bodies.
@@ -27,4 +29,5 @@ pub mod quorum;
 pub mod record;
 pub mod request;
 pub mod ring;
+pub mod schedule;
 pub mod validate;

@@ -14,6 +14,7 @@
 //! Any node coordinates any request. Handlers (axum) and job functions
 //! (`crate::work`) are thin wrappers over this.
 
+mod errors;
 pub mod gc;
 pub mod hints;
 pub mod notify;
@@ -39,13 +40,13 @@ use crate::core::mail::MailJob;
 use crate::core::membership::{Health, PeerState};
 use crate::core::message::{ApplyStatus, KeyedRecord};
 use crate::core::plan::ReplicaFailure;
-use crate::core::quorum::Consistency;
 use crate::core::ring::Ring;
 use crate::keyspace::{clock_key, counters_key};
 use crate::peer::{PeerClient, PeerSetupError};
 use crate::queue::{JobQueues, ReplicationBatcher};
 use crate::storage::{ScanPage, Store, StoreError};
 
+pub use errors::{Shadowed, Unavailable};
 pub use hints::SCAN_PAGE_LEN;
 pub use read::ReadReport;
 pub use replicas::{ReplicaError, ReplicaIo, Replicas};
@@ -91,36 +92,17 @@ impl From<&ReplicaFailure> for NodeFailure {
 #[derive(Debug, Error)]
 pub enum CoordError {
     /// Not enough replicas answered: retry later or lower the consistency.
-    #[error(
-        "{operation} at consistency {consistency} needs {required} of {replicas:?}; only {answered:?} answered"
-    )]
-    Unavailable {
-        operation: &'static str,
-        consistency: Consistency,
-        required: usize,
-        replicas: Vec<String>,
-        answered: Vec<String>,
-        failed: Vec<NodeFailure>,
-        /// A write only: where the value was nevertheless stored, queued or
-        /// hinted (there is no rollback), so it may still appear.
-        stored_on: Vec<String>,
-        queued_for: Vec<String>,
-        hinted_for: Vec<HintPlacement>,
-    },
+    #[error("{0}")]
+    Unavailable(Box<Unavailable>),
     /// This node's clock is further from its peers' than the drift bound:
     /// it refuses to coordinate writes until it is back within the bound.
     #[error(
         "this node's clock is {offset_ms} ms from its peers' (bound {drift_max_ms} ms); it does not coordinate writes"
     )]
     ClockSkew { offset_ms: i64, drift_max_ms: u64 },
-    /// A replica kept a newer version after every re-stamp: acknowledging
-    /// would report a write that reads will not return.
-    #[error("write {version} is shadowed by a newer version on {holder}")]
-    Shadowed {
-        version: String,
-        holder: String,
-        stored_on: Vec<String>,
-    },
+    /// A replica kept a newer version after every re-stamp.
+    #[error("{0}")]
+    Shadowed(Box<Shadowed>),
     /// This node's own storage failed: the node is unhealthy.
     #[error("local storage: {0}")]
     Storage(#[from] StoreError),

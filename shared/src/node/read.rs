@@ -7,7 +7,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
 use super::stats::Stats;
-use super::{CoordError, Coordinator, NodeFailure};
+use super::{CoordError, Coordinator, NodeFailure, Unavailable};
 use crate::core::message::KeyedRecord;
 use crate::core::plan::{ReadPlan, read_repairs};
 use crate::core::quorum::Consistency;
@@ -70,7 +70,7 @@ impl Coordinator {
         }
         if !plan.reached() {
             Stats::add(&self.stats.unavailable, 1);
-            return Err(CoordError::Unavailable {
+            return Err(CoordError::Unavailable(Box::new(Unavailable {
                 operation: "read",
                 consistency,
                 required,
@@ -80,7 +80,7 @@ impl Coordinator {
                 stored_on: Vec::new(),
                 queued_for: Vec::new(),
                 hinted_for: Vec::new(),
-            });
+            })));
         }
         // A version beyond the drift bound of this node's clock (a node with
         // a fast clock stored it) is one the other replicas refuse: it is

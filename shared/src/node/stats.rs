@@ -2,7 +2,7 @@
 //! summed over every process of the node in its Redis.
 //!
 //! Work happens in the API process and in any number of workers (hint
-//! delivery, GC and anti-entropy run where the periodic lease lands). Each
+//! delivery, GC and anti-entropy run in whichever worker takes the job). Each
 //! process counts locally and [`Stats::flush`] adds what it counted since its
 //! last flush to the node's counter hash (`kv:{node}:counters`); the API's
 //! `/metrics` and `/cluster/` read [`Stats::node_wide`], the hash plus what
@@ -60,6 +60,7 @@ counters! {
     anti_entropy_stored: "records stored by anti-entropy",
     tombstones_collected: "tombstones collected",
     gc_runs: "tombstone collection rounds",
+    periodic_skipped: "periodic jobs skipped: stale, or their task still running elsewhere",
     corrupt_records_skipped: "stored records skipped by reads and scans: they did not decode",
     restore_attempts: "start-up restore attempts (retried until every peer synced)",
     mail_enqueued: "notifications queued",

@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 use tracing::{debug, warn};
 
 use super::stats::Stats;
-use super::{CoordError, Coordinator, NodeFailure};
+use super::{CoordError, Coordinator, NodeFailure, Unavailable};
 use crate::clock::now_ms;
 use crate::core::jobs::PendingReplication;
 use crate::core::message::{ApplyStatus, KeyedRecord};
@@ -233,7 +233,7 @@ impl Coordinator {
         let failed: Vec<NodeFailure> = outcome.failed.iter().map(NodeFailure::from).collect();
         if !outcome.reached {
             Stats::add(&self.stats.unavailable, 1);
-            return Err(CoordError::Unavailable {
+            return Err(CoordError::Unavailable(Box::new(Unavailable {
                 operation: "write",
                 consistency,
                 required: outcome.required,
@@ -243,7 +243,7 @@ impl Coordinator {
                 failed,
                 queued_for: early,
                 hinted_for: hints,
-            });
+            })));
         }
         let report = WriteReport {
             key,

@@ -1,12 +1,15 @@
 //! Background jobs: Redis-backed queues (apalis-redis), dead letters, queue
-//! statistics, the janitor that bounds finished records, and group commit of
-//! replication jobs ([`batcher`]). The job functions are in [`crate::work`].
+//! statistics, the janitor that bounds finished records, group commit of
+//! replication jobs ([`batcher`]) and the leases that keep two runs of one
+//! periodic task apart ([`lease`]). The job functions are in [`crate::work`].
 //!
 //! Each node has its own queues in its own Redis, named `kv:{node}:q:{kind}`.
-//! API processes push; worker processes (any number) run the jobs. With
-//! background sync off there is no queue: the API process contacts every
-//! replica itself and runs the periodic tasks (hints, heartbeat,
-//! anti-entropy, GC) in-process through the same functions.
+//! API processes push; worker processes (any number) run the jobs. The
+//! `periodic` queue carries the runs of the periodic tasks (heartbeat, hint
+//! delivery, anti-entropy, GC) that the API's one scheduler pushes when due.
+//! With background sync off there is no queue: the API process contacts
+//! every replica itself and its scheduler runs the periodic tasks in-process
+//! through the same functions.
 //!
 //! apalis-redis 1.0 is used with these choices, each working around a
 //! behaviour of its source (see README, "Background sync"):
@@ -22,6 +25,7 @@
 //!   deletes them.
 
 pub mod batcher;
+pub mod lease;
 
 use std::time::Duration;
 
@@ -33,9 +37,10 @@ use thiserror::Error;
 use tracing::warn;
 
 use crate::clock::now_ms;
-use crate::core::jobs::{DeadLetter, Lenient, ReplicateJob, RetryDecision, RetryPolicy};
+use crate::core::jobs::{
+    DeadLetter, Lenient, PeriodicJob, ReplicateJob, RetryDecision, RetryPolicy,
+};
 use crate::core::mail::MailJob;
-use crate::core::message::HeartbeatJob;
 
 /// How often an idle worker looks for new jobs.
 pub const POLL_INTERVAL_MS: u64 = 50;
@@ -51,9 +56,9 @@ pub const JANITOR_BATCH_LEN: usize = 1000;
 
 /// Queue kinds, one apalis queue each.
 pub const REPLICATE: &str = "replicate";
-pub const HEARTBEAT: &str = "heartbeat";
+pub const PERIODIC: &str = "periodic";
 pub const EMAIL: &str = "email";
-pub const QUEUE_KINDS: [&str; 3] = [REPLICATE, HEARTBEAT, EMAIL];
+pub const QUEUE_KINDS: [&str; 3] = [REPLICATE, PERIODIC, EMAIL];
 
 pub use crate::keyspace::{dead_key, job_stats_key, queue_name};
 
@@ -68,20 +73,24 @@ pub enum QueueError {
 }
 
 /// Jobs a queue may hold (ready plus scheduled) before new ones are refused:
-/// `jobs_max` (`KV_QUEUE_JOBS_MAX`) for replication and e-mail, at most 100
-/// heartbeats. The check reads the depth before pushing, so concurrent
+/// `jobs_max` (`KV_QUEUE_JOBS_MAX`) for replication and e-mail, at most
+/// [`PERIODIC_JOBS_MAX`] periodic runs. The check reads the depth before pushing, so concurrent
 /// pushers may pass it by a few jobs; retries are not checked, since each
 /// replaces the job that failed. A refused replication falls back to a
-/// (bounded) hint, a refused mail is logged and counted.
-/// Default of `KV_QUEUE_JOBS_MAX`.
-pub const QUEUE_JOBS_MAX_DEFAULT: u64 = 100_000;
-
+/// (bounded) hint, a refused mail is logged and counted, a refused periodic
+/// run is skipped (the next one comes).
 pub fn queue_jobs_max(kind: &str, jobs_max: u64) -> u64 {
     match kind {
-        HEARTBEAT => jobs_max.min(100),
+        PERIODIC => jobs_max.min(PERIODIC_JOBS_MAX),
         _ => jobs_max,
     }
 }
+
+/// Default of `KV_QUEUE_JOBS_MAX`.
+pub const QUEUE_JOBS_MAX_DEFAULT: u64 = 100_000;
+/// Periodic runs the `periodic` queue holds: a backlog while no worker
+/// runs stops growing there (its jobs are stale by the time one starts).
+pub const PERIODIC_JOBS_MAX: u64 = 100;
 
 /// The apalis-redis configuration of one queue.
 pub fn queue_config(node: &str, kind: &str) -> QueueConfig {
@@ -139,7 +148,7 @@ pub struct JobQueues {
     node: String,
     conn: ConnectionManager,
     replicate: RedisStorage<ReplicateJob>,
-    heartbeat: RedisStorage<HeartbeatJob>,
+    periodic: RedisStorage<PeriodicJob>,
     email: RedisStorage<MailJob>,
     pub policy: RetryPolicy,
     jobs_max: u64,
@@ -148,13 +157,13 @@ pub struct JobQueues {
 impl JobQueues {
     pub fn new(conn: ConnectionManager, node: &str, policy: RetryPolicy) -> Self {
         let replicate = RedisStorage::new(conn.clone()).with_config(queue_config(node, REPLICATE));
-        let heartbeat = RedisStorage::new(conn.clone()).with_config(queue_config(node, HEARTBEAT));
+        let periodic = RedisStorage::new(conn.clone()).with_config(queue_config(node, PERIODIC));
         let email = RedisStorage::new(conn.clone()).with_config(queue_config(node, EMAIL));
         JobQueues {
             node: node.to_owned(),
             conn,
             replicate,
-            heartbeat,
+            periodic,
             email,
             policy,
             jobs_max: QUEUE_JOBS_MAX_DEFAULT,
@@ -191,12 +200,14 @@ impl JobQueues {
             .map_err(|e| QueueError::Push(e.to_string()))
     }
 
-    /// Pushes a heartbeat job.
-    pub async fn push_heartbeat(&self, job: HeartbeatJob) -> Result<(), QueueError> {
-        self.ensure_room(HEARTBEAT).await?;
-        let mut storage = self.heartbeat.clone();
+    /// Pushes a periodic run. Its task id names the task and the time it
+    /// is due, so pushing the same run twice enqueues it once.
+    pub async fn push_periodic(&self, job: PeriodicJob) -> Result<(), QueueError> {
+        self.ensure_room(PERIODIC).await?;
+        let id = TaskId::from_string(format!("{}-{}", job.task, job.scheduled_ms));
+        let mut storage = self.periodic.clone();
         storage
-            .push_task(TaskBuilder::new(job).build())
+            .push_task(TaskBuilder::new(job).task_id(id).build())
             .await
             .map_err(|e| QueueError::Push(e.to_string()))
     }

@@ -9,7 +9,6 @@ use tracing::{debug, info, warn};
 
 use crate::clock::now_ms;
 use crate::core::mail::{MailJob, MailKind};
-use crate::core::message::HeartbeatJob;
 use crate::keyspace::{status_checked_key, status_last_seen_key};
 use crate::node::Coordinator;
 use crate::storage::StoreError;
@@ -110,19 +109,4 @@ async fn send_alerts(
         };
         coord.notify(job).await;
     }
-}
-
-/// Runs a heartbeat job, unless it is stale (scheduled more than two
-/// intervals ago, e.g. a backlog left while no worker ran).
-pub async fn run_heartbeat_job(
-    coord: &Arc<Coordinator>,
-    job: &HeartbeatJob,
-) -> Result<(), StoreError> {
-    let interval_ms =
-        u64::try_from(coord.config().heartbeat_interval.as_millis()).unwrap_or(u64::MAX);
-    if now_ms().saturating_sub(job.scheduled_ms) > interval_ms.saturating_mul(2) {
-        debug!("skipping a stale heartbeat job");
-        return Ok(());
-    }
-    heartbeat(coord).await.map(|_| ())
 }

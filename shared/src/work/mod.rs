@@ -4,7 +4,8 @@
 //! - [`replicate`]: deliver records to a replica; retry or dead-letter.
 //! - [`mail`]: send a notification (deduplicated, rate-bound into digests).
 //! - [`heartbeat`]: probe every node, record `node_status:*` (seed IV).
-//! - [`periodic`]: hint delivery, anti-entropy and tombstone GC rounds.
+//! - [`periodic`]: the node's scheduler of periodic work (heartbeat, hint
+//!   delivery, anti-entropy, GC) and the job function that runs one round.
 
 pub mod heartbeat;
 pub mod mail;
