@@ -194,3 +194,47 @@ async fn a_corrupt_record_is_skipped_counted_and_repaired() {
         "{view}"
     );
 }
+
+/// A replica holding a version from beyond the drift bound (a timestamp
+/// bomb written straight into its Redis): a write of that key cannot be
+/// stamped above it, so it answers 503 `write_shadowed` naming where it was
+/// stored — not 200 for a write that the bomb would hide once real time
+/// passes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_below_a_timestamp_bomb_answers_write_shadowed() {
+    use serde_json::value::RawValue;
+    use shared::config::Config;
+    use shared::core::hlc::Timestamp;
+    use shared::core::record::Record;
+    use shared::storage::{RedisStore, Store, connect_redis};
+
+    let c = Cluster::start(Options::default().env("KV_BACKGROUND_SYNC", "off")).await;
+    let url = c.redis_url(1);
+    let cfg = Config::from_lookup(|name| (name == "REDIS_URL").then(|| url.clone())).unwrap();
+    let store = Store::Redis(RedisStore::new(connect_redis(&cfg).await.unwrap(), "node2"));
+    let ahead_ms = shared::clock::now_ms() + 600_000;
+    let bomb = Record::value(
+        Version::new(Timestamp::new(ahead_ms, 0), "node2"),
+        RawValue::from_string("\"bomb\"".to_owned()).unwrap(),
+    );
+    store.apply(&[("bombed".to_owned(), bomb)]).await.unwrap();
+    let (status, body) = c.put(0, "bombed", json!("mine")).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "write_shadowed", "{body}");
+    assert!(
+        body["error"]["stored_on"]
+            .as_array()
+            .is_some_and(|s| s.contains(&json!("node1"))),
+        "{body}"
+    );
+    let view = c.cluster_view(0).await;
+    assert!(
+        view["stats"]["writes_restamped"].as_u64().unwrap_or(0) >= 2,
+        "{view}"
+    );
+    // The bomb itself is never returned by a read.
+    for i in 0..3 {
+        let (_, body) = c.get(i, "bombed").await;
+        assert_ne!(body["value"], "bomb", "via node{}: {body}", i + 1);
+    }
+}

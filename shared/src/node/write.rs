@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 use tracing::{debug, warn};
 
 use super::stats::Stats;
-use super::{CoordError, Coordinator, NodeFailure, Unavailable};
+use super::{CoordError, Coordinator, NodeFailure, Shadowed, Unavailable};
 use crate::clock::now_ms;
 use crate::core::jobs::PendingReplication;
 use crate::core::message::{ApplyStatus, KeyedRecord};
@@ -81,7 +81,19 @@ impl Coordinator {
             let (report, shadowed_by) = self
                 .write_once(key.clone(), record.clone(), consistency)
                 .await?;
-            if let Some(holder) = shadowed_by.filter(|_| attempt < WRITE_ATTEMPTS_MAX) {
+            if let Some(holder) = shadowed_by {
+                if attempt >= WRITE_ATTEMPTS_MAX {
+                    // Still below a newer version after every re-stamp:
+                    // acknowledging would report a write that reads will
+                    // not return. Say so, and where it was stored anyway.
+                    Stats::add(&self.stats.unavailable, 1);
+                    warn!(%key, version = %record.version, %holder, "write still shadowed after every re-stamp");
+                    return Err(CoordError::Shadowed(Box::new(Shadowed {
+                        version: record.version.to_string(),
+                        holder,
+                        stored_on: report.acks,
+                    })));
+                }
                 // A replica already holds a newer version than the one this
                 // node stamped (its clock is behind another's). Acknowledging
                 // would let the older-in-real-time write win, so learn the
