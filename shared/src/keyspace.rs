@@ -24,6 +24,12 @@ pub fn tree_key(node: &str) -> String {
     format!("kv:{node}:tree")
 }
 
+/// Sorted set of a node's non-empty leaves (member: the leaf's 4 hex
+/// digits, score: its number), so a scan skips empty leaves at no cost.
+pub fn leaves_key(node: &str) -> String {
+    format!("kv:{node}:leaves")
+}
+
 /// How many records a node holds (kept by every write and removal).
 pub fn count_key(node: &str) -> String {
     format!("kv:{node}:count")

@@ -381,6 +381,26 @@ async fn redis_store_and_namespacing() {
     suite(Store::Redis(RedisStore::new(conn.clone(), "suite-a"))).await;
     check_derived(&Store::Redis(RedisStore::new(conn.clone(), "suite-a"))).await;
     derived_suite(Store::Redis(RedisStore::new(conn.clone(), "suite-d"))).await;
+    // The set of non-empty leaves that scans walk matches the tree.
+    for node in ["suite-a", "suite-d"] {
+        let store = Store::Redis(RedisStore::new(conn.clone(), node));
+        let mut raw = conn.clone();
+        let leaves: Vec<String> = redis::cmd("ZRANGE")
+            .arg(shared::keyspace::leaves_key(node))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        let tree: Vec<String> = store
+            .tree()
+            .await
+            .unwrap()
+            .keys()
+            .map(|l| shared::core::merkle::leaf_field(*l))
+            .collect();
+        assert_eq!(leaves, tree, "{node}");
+    }
 
     // A corrupt stored record is skipped by reads and scans, and counted;
     // the other keys of the same call are answered.

@@ -18,8 +18,8 @@ use crate::core::limits::SCAN_PAGE_BYTES_MAX;
 use crate::core::merkle::{LEAVES, Leaf, leaf_field, leaf_of, parse_leaf_field};
 use crate::core::record::Record;
 use crate::keyspace::{
-    count_key, data_leaf_key, data_leaf_prefix, hints_key, legacy_data_key, tombstones_key,
-    tree_key,
+    count_key, data_leaf_key, data_leaf_prefix, hints_key, leaves_key, legacy_data_key,
+    tombstones_key, tree_key,
 };
 
 /// Leaves read per Redis round trip when whole leaves are fetched.
@@ -100,7 +100,8 @@ impl RedisStore {
             Space::Data => {
                 let mut call = self.apply_data.key(tree_key(&self.node));
                 call.key(count_key(&self.node))
-                    .key(tombstones_key(&self.node));
+                    .key(tombstones_key(&self.node))
+                    .key(leaves_key(&self.node));
                 for (key, record) in records {
                     let leaf = leaf_of(key);
                     call.key(data_leaf_key(&self.node, leaf))
@@ -165,7 +166,7 @@ impl RedisStore {
                 let inner = cursor & ((1 << INNER_CURSOR_BITS) - 1);
                 let (next_leaf, next_inner, flat): (u64, u64, Vec<String>) = self
                     .scan_data
-                    .key(tree_key(&self.node))
+                    .key(leaves_key(&self.node))
                     .arg(data_leaf_prefix(&self.node))
                     .arg(leaf)
                     .arg(inner)
@@ -228,7 +229,8 @@ impl RedisStore {
             Space::Data => {
                 let mut call = self.remove_data.key(tree_key(&self.node));
                 call.key(count_key(&self.node))
-                    .key(tombstones_key(&self.node));
+                    .key(tombstones_key(&self.node))
+                    .key(leaves_key(&self.node));
                 for (key, record) in records {
                     let leaf = leaf_of(key);
                     call.key(data_leaf_key(&self.node, leaf))

@@ -46,32 +46,35 @@ end
 local function tomb_wall(rec)
   return string.match(rec, "^(%d+):%d+:[^\n]*\nT$")
 end
-local function leaf_add(tree, field, dcount, ddigest)
+local function leaf_add(tree, leaves, field, dcount, ddigest)
   local cur = redis.call('HGET', tree, field)
   local count, dig = 0, 0
   if cur then
     local c, d = string.match(cur, "^(%d+):(%d+)$")
     if c then count, dig = tonumber(c), tonumber(d) end
   end
+  local was = count
   count = count + dcount
   dig = (dig + ddigest) % M
   if count <= 0 then
     redis.call('HDEL', tree, field)
+    if was > 0 then redis.call('ZREM', leaves, field) end
   else
     redis.call('HSET', tree, field, string.format('%d:%.0f', count, dig))
+    if was <= 0 then redis.call('ZADD', leaves, tonumber(field, 16), field) end
   end
 end
 "#;
 
 /// Apply records to a node's data if newer.
-/// KEYS = tree, count, tombstones, then one leaf hash per record;
+/// KEYS = tree, count, tombstones, non-empty leaves, then one leaf hash per record;
 /// ARGV = key, record, leaf field per record. Returns 1 (stored) or 0
 /// (unchanged: the local copy is as new or newer) per record, in order; a
 /// key repeated in one call is decided against the newest so far.
 const APPLY_DATA: &str = r#"
 local out = {}
 for i = 1, #ARGV / 3 do
-  local hash = KEYS[3 + i]
+  local hash = KEYS[4 + i]
   local key, rec, field = ARGV[3 * i - 2], ARGV[3 * i - 1], ARGV[3 * i]
   local cur = redis.call('HGET', hash, key)
   if (not cur) or newer(rec, cur) then
@@ -79,9 +82,9 @@ for i = 1, #ARGV / 3 do
     local new = digest(key, rec) or 0
     local old = cur and digest(key, cur)
     if old then
-      leaf_add(KEYS[1], field, 0, new - old)
+      leaf_add(KEYS[1], KEYS[4], field, 0, new - old)
     else
-      leaf_add(KEYS[1], field, 1, new)
+      leaf_add(KEYS[1], KEYS[4], field, 1, new)
       redis.call('INCR', KEYS[2])
     end
     local wall = tomb_wall(rec)
@@ -103,11 +106,11 @@ return out
 const REMOVE_DATA: &str = r#"
 local removed = 0
 for i = 1, #ARGV / 3 do
-  local hash = KEYS[3 + i]
+  local hash = KEYS[4 + i]
   local key, rec, field = ARGV[3 * i - 2], ARGV[3 * i - 1], ARGV[3 * i]
   if redis.call('HGET', hash, key) == rec then
     redis.call('HDEL', hash, key)
-    leaf_add(KEYS[1], field, -1, -(digest(key, rec) or 0))
+    leaf_add(KEYS[1], KEYS[4], field, -1, -(digest(key, rec) or 0))
     redis.call('DECR', KEYS[2])
     redis.call('ZREM', KEYS[3], key)
     removed = removed + 1
@@ -146,29 +149,34 @@ end
 return removed
 "#;
 
-/// One page of a node's data, leaf after leaf (empty leaves are skipped
-/// through the tree, without a call per leaf's hash).
-/// KEYS[1] = tree; ARGV = data-leaf prefix, first leaf, cursor inside it,
-/// records wanted, bytes wanted. Returns {next leaf (65536 = done), cursor
-/// inside it, {key1, rec1, ...}}. A page stops at the first HSCAN batch
-/// that reaches either bound.
+/// One page of a node's data, leaf after leaf; the next non-empty leaf is
+/// found in the sorted set of non-empty leaves, so empty ones cost nothing.
+/// KEYS[1] = non-empty leaves; ARGV = data-leaf prefix, first leaf, cursor
+/// inside it, records wanted, bytes wanted. Returns {next leaf (65536 =
+/// done), cursor inside it, {key1, rec1, ...}}. A page stops at the first
+/// HSCAN batch that reaches either bound.
 pub const SCAN_DATA: &str = r#"
 local leaf, cursor = tonumber(ARGV[2]), ARGV[3]
 local want, budget = tonumber(ARGV[4]), tonumber(ARGV[5])
 local out = {}
 local n, bytes = 0, 0
 while leaf < 65536 do
-  local field = string.format('%04x', leaf)
-  if cursor ~= '0' or redis.call('HEXISTS', KEYS[1], field) == 1 then
-    local r = redis.call('HSCAN', ARGV[1] .. field, cursor, 'COUNT', 16)
-    cursor = r[1]
-    local items = r[2]
-    for j = 1, #items, 2 do
-      out[#out + 1] = items[j]
-      out[#out + 1] = items[j + 1]
-      n = n + 1
-      bytes = bytes + #items[j] + #items[j + 1]
+  if cursor == '0' then
+    local nxt = redis.call('ZRANGEBYSCORE', KEYS[1], leaf, '+inf', 'LIMIT', 0, 1)
+    if #nxt == 0 then
+      leaf = 65536
+      break
     end
+    leaf = tonumber(nxt[1], 16)
+  end
+  local r = redis.call('HSCAN', ARGV[1] .. string.format('%04x', leaf), cursor, 'COUNT', 16)
+  cursor = r[1]
+  local items = r[2]
+  for j = 1, #items, 2 do
+    out[#out + 1] = items[j]
+    out[#out + 1] = items[j + 1]
+    n = n + 1
+    bytes = bytes + #items[j] + #items[j + 1]
   end
   if cursor == '0' then leaf = leaf + 1 end
   if n >= want or bytes >= budget then break end
