@@ -69,8 +69,8 @@ async fn run() -> anyhow::Result<()> {
         .await
         .context("cannot read the persisted clock mark")?;
     info!(node = %cfg.node_id, clock_mark_ms = mark, "clock resumed above its persisted mark");
-    coord.spawn_clock_persist();
-    spawn_counter_flush(Arc::clone(&coord));
+    coord.node().spawn_clock_persist();
+    spawn_counter_flush(Arc::clone(coord.node()));
     // The node's one scheduler of periodic work (heartbeat, hint delivery,
     // anti-entropy, GC): it queues each due run for the workers, or, with
     // background sync off, runs it here.
@@ -79,7 +79,7 @@ async fn run() -> anyhow::Result<()> {
     } else {
         Dispatch::InProcess
     };
-    spawn_scheduler(Arc::clone(&coord), dispatch);
+    spawn_scheduler(Arc::clone(coord.node()), dispatch);
 
     let listener = TcpListener::bind(cfg.listen)
         .await

@@ -17,7 +17,7 @@ use apalis::prelude::{
 use shared::core::jobs::{Lenient, PeriodicJob, PeriodicTask, ReplicateJob};
 use shared::core::mail::MailJob;
 use shared::mail::Mailer;
-use shared::node::Coordinator;
+use shared::node::Node;
 use shared::queue::{EMAIL, JobQueues, PERIODIC, POLL_INTERVAL_MS, REPLICATE, retry_policy};
 use shared::storage::{RedisStore, Store, connect_redis};
 use shared::work::mail::mail_and_settle;
@@ -101,7 +101,8 @@ struct MailState {
 /// What every job function gets.
 #[derive(Clone)]
 struct WorkerState {
-    coord: Arc<Coordinator>,
+    /// The node's shared handle: transport, hints, sync, GC, counters.
+    node: Arc<Node>,
     queues: JobQueues,
     /// This process's name, as the holder of periodic leases.
     name: Arc<str>,
@@ -142,11 +143,11 @@ async fn run() -> anyhow::Result<()> {
     let queues =
         JobQueues::new(conn, &cfg.node_id, retry_policy(&cfg)).with_jobs_max(cfg.queue_jobs_max);
     // Jobs that raise notifications (heartbeat alerts) push them on the queues.
-    let coord = Coordinator::build(Arc::clone(&cfg), store, Some(queues.clone()), None)
+    let node = Node::build(Arc::clone(&cfg), store, Some(queues.clone()), None)
         .context("cannot build the peer HTTP client")?;
-    spawn_counter_flush(Arc::clone(&coord));
+    spawn_counter_flush(Arc::clone(&node));
     let state = WorkerState {
-        coord,
+        node,
         queues: queues.clone(),
         name: Arc::from(name.as_str()),
     };
@@ -242,7 +243,7 @@ async fn replicate_job(
             return Ok(state.queues.dead_letter_invalid(REPLICATE, raw).await?);
         }
     };
-    match replicate_and_settle(&state.coord, &state.queues, job).await? {
+    match replicate_and_settle(&state.node, &state.queues, job).await? {
         JobOutcome::Delivered | JobOutcome::Retrying | JobOutcome::Dead => Ok(()),
     }
 }
@@ -259,7 +260,7 @@ async fn periodic_job(
             return Ok(state.queues.dead_letter_invalid(PERIODIC, raw).await?);
         }
     };
-    run_periodic_job(&state.coord, &state.queues, &job, &state.name).await;
+    run_periodic_job(&state.node, &state.queues, &job, &state.name).await;
     Ok(())
 }
 

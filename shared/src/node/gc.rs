@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 
 use tracing::debug;
 
-use super::Coordinator;
+use super::Node;
 use super::stats::Stats;
 use crate::clock::now_ms;
 use crate::core::limits::{APPLY_BATCH_LEN_MAX, GC_BATCH_LEN_MAX};
@@ -60,7 +60,7 @@ fn next_cursor(from: GcCursor, found: &[(String, u64)], limit: usize) -> GcCurso
     }
 }
 
-impl Coordinator {
+impl Node {
     /// One collection round; returns how many tombstones were removed here.
     pub async fn collect_tombstones(&self) -> Result<u64, StoreError> {
         let grace_ms = u64::try_from(self.cfg.tombstone_grace.as_millis()).unwrap_or(u64::MAX);

@@ -3,7 +3,7 @@
 
 use tracing::{info, warn};
 
-use super::Coordinator;
+use super::Node;
 use super::replicas::ReplicaIo;
 use super::stats::Stats;
 use crate::clock::now_ms;
@@ -97,7 +97,7 @@ impl ReplicaIo {
     }
 }
 
-impl Coordinator {
+impl Node {
     /// Delivers one page of hints to `owner` (`None`: it did not answer).
     /// Hints older than the tombstone grace are dropped, not delivered: GC
     /// may have collected a delete they would undo. Hints the owner refused

@@ -1,20 +1,24 @@
-//! The node handle: one node's ring, replica transport, queues and
-//! counters, wired once in [`Coordinator::build`], and the coordinated
-//! operations over them, one concern per file:
+//! One node: [`Node`], what every process of a node shares (API and
+//! workers), and [`Coordinator`], the API's handle over it, which adds what
+//! only client requests need. Both are wired once, in [`Node::build`] and
+//! [`Coordinator::build`]. The operations, one concern per file:
 //!
 //! - [`replicas`]: apply / read on one replica (local or remote), group
 //!   commit per replica, the failure detector and probes;
-//! - [`write`] and [`read`]: drive the pure plans of `core::plan`;
+//! - [`write`] and [`read`] (the Coordinator's): drive the pure plans of
+//!   `core::plan`;
 //! - [`hints`]: hinted handoff, kept and delivered;
-//! - [`sync`]: anti-entropy and the start-up restore (`try_restore`);
+//! - [`sync`]: anti-entropy, and the start-up restore (`try_restore`);
 //! - [`gc`]: tombstone collection;
+//! - `fence`: the clock fence and the persisted clock mark;
 //! - [`notify`]: notification e-mails, queued or handed to the in-process sender;
 //! - [`stats`]: the counter table, summed over the node's processes in Redis.
 //!
 //! Any node coordinates any request. Handlers (axum) and job functions
-//! (`crate::work`) are thin wrappers over this.
+//! (`crate::work`, which take a [`Node`]) are thin wrappers over this.
 
 mod errors;
+mod fence;
 pub mod gc;
 pub mod hints;
 pub mod notify;
@@ -25,7 +29,7 @@ pub mod sync;
 pub mod write;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
@@ -41,7 +45,7 @@ use crate::core::membership::{Health, PeerState};
 use crate::core::message::{ApplyStatus, KeyedRecord};
 use crate::core::plan::ReplicaFailure;
 use crate::core::ring::Ring;
-use crate::keyspace::{clock_key, counters_key};
+use crate::keyspace::counters_key;
 use crate::peer::{PeerClient, PeerSetupError};
 use crate::queue::{JobQueues, ReplicationBatcher};
 use crate::storage::{ScanPage, Store, StoreError};
@@ -111,23 +115,43 @@ pub enum CoordError {
     UnknownNode(String),
 }
 
-/// The node handle.
-pub struct Coordinator {
+/// What every process of a node shares — API and workers alike: its
+/// configuration, ring, replica transport (with the failure detector and
+/// the clock), queues and counters, and the operations jobs need (hints,
+/// anti-entropy, GC, heartbeat probes, notifications). A worker holds only
+/// this. Wired once in [`Node::build`].
+pub struct Node {
     cfg: Arc<Config>,
     ring: Ring,
     replicas: Replicas,
     queues: Option<JobQueues>,
-    /// Group commit of replication jobs (background sync on).
-    batcher: Option<ReplicationBatcher>,
     /// In-process notifications (background sync off).
     inline_mail: Option<MailSender>,
-    repair_permits: Arc<Semaphore>,
-    restore_state: Mutex<RestoreState>,
     /// Which hash-tree leaves each peer shares with this node.
     sharing: sync::SharingCache,
+    pub stats: Arc<Stats>,
+}
+
+/// The API process's handle: its [`Node`] (reached through `Deref`) plus
+/// what only the coordination of client requests needs — group commit of
+/// replication jobs, the bound on read repairs in flight, the start-up
+/// restore's state and the clock fence's last state.
+pub struct Coordinator {
+    node: Arc<Node>,
+    /// Group commit of replication jobs (background sync on).
+    batcher: Option<ReplicationBatcher>,
+    repair_permits: Arc<Semaphore>,
+    restore_state: Mutex<RestoreState>,
     /// Whether the last probe round found this node's clock fenced.
     was_fenced: AtomicBool,
-    pub stats: Arc<Stats>,
+}
+
+impl std::ops::Deref for Coordinator {
+    type Target = Node;
+
+    fn deref(&self) -> &Node {
+        &self.node
+    }
 }
 
 impl Coordinator {
@@ -136,6 +160,39 @@ impl Coordinator {
         Self::build(cfg, store, None, None)
     }
 
+    /// Wires the API's handle over a new [`Node`]; see [`Node::build`].
+    pub fn build(
+        cfg: Arc<Config>,
+        store: Store,
+        queues: Option<JobQueues>,
+        inline_mail: Option<MailSender>,
+    ) -> Result<Arc<Self>, PeerSetupError> {
+        let node = Node::build(cfg, store, queues, inline_mail)?;
+        let batcher = node
+            .queues
+            .as_ref()
+            .filter(|_| node.cfg.background_sync)
+            .map(|q| ReplicationBatcher::start(q.clone()));
+        Ok(Arc::new(Coordinator {
+            node,
+            batcher,
+            repair_permits: Arc::new(Semaphore::new(READ_REPAIRS_IN_FLIGHT_MAX)),
+            restore_state: Mutex::new(RestoreState::Idle),
+            was_fenced: AtomicBool::new(false),
+        }))
+    }
+
+    /// The node under this handle (what job functions take).
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    pub fn restore_state(&self) -> RestoreState {
+        lock(&self.restore_state).clone()
+    }
+}
+
+impl Node {
     /// Wires a node: its queues (`None`: jobs are neither pushed nor run)
     /// and, with background sync off, the in-process mail sender. Must be
     /// called inside a tokio runtime when queues are given.
@@ -157,20 +214,12 @@ impl Coordinator {
         )?;
         let stats = Arc::new(Stats::default());
         let io = ReplicaIo::new(Arc::clone(&cfg), store, peers, Arc::clone(&stats));
-        let batcher = queues
-            .as_ref()
-            .filter(|_| cfg.background_sync)
-            .map(|q| ReplicationBatcher::start(q.clone()));
-        Ok(Arc::new(Coordinator {
+        Ok(Arc::new(Node {
             ring,
             replicas: Replicas::new(io),
             queues,
-            batcher,
             inline_mail,
-            repair_permits: Arc::new(Semaphore::new(READ_REPAIRS_IN_FLIGHT_MAX)),
-            restore_state: Mutex::new(RestoreState::Idle),
             sharing: sync::SharingCache::default(),
-            was_fenced: AtomicBool::new(false),
             stats,
             cfg,
         }))
@@ -210,10 +259,6 @@ impl Coordinator {
             .collect()
     }
 
-    pub fn restore_state(&self) -> RestoreState {
-        lock(&self.restore_state).clone()
-    }
-
     /// This node's clock against its peers' (fenced or not).
     pub fn clock_view(&self) -> replicas::ClockView {
         self.replicas.io.clock_view()
@@ -229,45 +274,6 @@ impl Coordinator {
 
     pub async fn probe(&self, node: &str) -> bool {
         self.replicas.io.probe(node).await
-    }
-
-    /// Probes the peers (measuring their clocks too), then reports a
-    /// change of this node's clock fence: logged, and an alert e-mail.
-    pub async fn probe_peers(&self, only_unhealthy: bool) {
-        self.replicas.probe_peers(only_unhealthy).await;
-        let view = self.clock_view();
-        if self.was_fenced.swap(view.fenced, Ordering::Relaxed) == view.fenced {
-            return;
-        }
-        let status = if view.fenced {
-            tracing::error!(
-                offset_ms = -view.median_offset_ms,
-                drift_max_ms = view.drift_max_ms,
-                "this node's clock is beyond the drift bound from its peers': it refuses to coordinate writes"
-            );
-            "clock_skew"
-        } else {
-            tracing::info!(
-                "this node's clock is back within the drift bound: coordinating writes again"
-            );
-            "clock_ok"
-        };
-        if let Some(email) = &self.cfg.email
-            && email.alerts
-        {
-            let now = crate::clock::now_ms();
-            self.notify(MailJob {
-                id: format!("alert-{}-{status}-{}", self.cfg.node_id, now / 1000),
-                node: self.cfg.node_id.clone(),
-                time_ms: now,
-                kind: crate::core::mail::MailKind::Alert {
-                    about: self.cfg.node_id.clone(),
-                    status: status.to_owned(),
-                },
-                attempt: 0,
-            })
-            .await;
-        }
     }
 
     /// Stores records newer than the local copies (see [`ReplicaIo::apply_local`]).
@@ -320,49 +326,6 @@ impl Coordinator {
         self.stats
             .node_wide(self.store(), &counters_key(&self.cfg.node_id))
             .await
-    }
-
-    /// Resumes the clock above its persisted high-water mark plus
-    /// [`CLOCK_RESUME_MARGIN_MS`] (a restart with a wall clock behind it must
-    /// not stamp below what this node issued before). Returns the mark.
-    pub async fn resume_clock(&self) -> Result<u64, StoreError> {
-        let mark = self
-            .store()
-            .get_plain(&clock_key(&self.cfg.node_id))
-            .await?
-            .and_then(|s| s.parse::<u64>().ok())
-            .unwrap_or(0);
-        if mark > 0 {
-            self.replicas
-                .io
-                .clock
-                .resume_above(mark.saturating_add(CLOCK_RESUME_MARGIN_MS));
-        }
-        Ok(mark)
-    }
-
-    /// Persists the clock's high-water mark every
-    /// [`CLOCK_PERSIST_INTERVAL_MS`] (set-if-greater, so several processes
-    /// of a node can share the key). Runs until the process ends.
-    pub fn spawn_clock_persist(self: &Arc<Self>) {
-        let this = Arc::clone(self);
-        tokio::spawn(async move {
-            let key = clock_key(&this.cfg.node_id);
-            let mut ticker =
-                tokio::time::interval(std::time::Duration::from_millis(CLOCK_PERSIST_INTERVAL_MS));
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut persisted = 0;
-            loop {
-                ticker.tick().await;
-                let mark = this.replicas.io.clock.high_water_ms();
-                if mark > persisted {
-                    match this.store().raise(&key, mark).await {
-                        Ok(()) => persisted = mark,
-                        Err(error) => tracing::debug!(%error, "cannot persist the clock mark"),
-                    }
-                }
-            }
-        });
     }
 
     /// Adds this process's new counts to the node's counters in Redis.

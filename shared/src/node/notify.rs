@@ -4,12 +4,12 @@
 
 use tracing::warn;
 
-use super::Coordinator;
+use super::Node;
 use super::stats::Stats;
 use crate::core::mail::{MailJob, MailKind, PREVIEW_CHARS_MAX, key_notifies, preview};
 use crate::core::record::Record;
 
-impl Coordinator {
+impl Node {
     /// Queues (or, background sync off, sends in-process) one notification.
     /// Never waits for SMTP; a failure to queue is logged and counted.
     pub async fn notify(&self, job: MailJob) {

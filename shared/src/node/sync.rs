@@ -17,7 +17,7 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use super::stats::Stats;
-use super::{CoordError, Coordinator};
+use super::{CoordError, Coordinator, Node};
 use crate::clock::{lock, now_ms};
 use crate::core::limits::{
     INTERNAL_ANSWER_BYTES_MAX, SYNC_LEAVES_PER_REQUEST_MAX, SYNC_PAGE_RECORDS_MAX,
@@ -129,13 +129,10 @@ fn record_bytes(kr: &KeyedRecord) -> usize {
     kr.key.len() + 32 + kr.record.value.as_ref().map_or(0, |v| v.get().len())
 }
 
-impl Coordinator {
+impl Node {
     /// Pulls, from every peer (or only `from`), the records this node should
     /// hold and that differ, by comparing hash trees (anti-entropy).
-    pub async fn restore(
-        self: &Arc<Self>,
-        from: Option<String>,
-    ) -> Result<RestoreReport, CoordError> {
+    pub async fn restore(&self, from: Option<String>) -> Result<RestoreReport, CoordError> {
         let sources: Vec<String> = match from {
             Some(node) if node != self.cfg.node_id && self.cfg.nodes.contains_key(&node) => {
                 vec![node]
@@ -146,7 +143,7 @@ impl Coordinator {
         self.restore_from(&sources).await
     }
 
-    fn peer_ids(&self) -> Vec<String> {
+    pub(super) fn peer_ids(&self) -> Vec<String> {
         self.cfg
             .nodes
             .keys()
@@ -361,7 +358,9 @@ impl Coordinator {
         }
         Ok(report)
     }
+}
 
+impl Coordinator {
     /// The start-up restore (`try_restore`): pull what this node should hold
     /// from every peer, recording progress for `/cluster/` and the logs.
     /// Peers that could not be synced are tried again with backoff until

@@ -10,7 +10,7 @@ use tracing::{debug, info, warn};
 use crate::clock::now_ms;
 use crate::core::mail::{MailJob, MailKind};
 use crate::keyspace::{status_checked_key, status_last_seen_key};
-use crate::node::Coordinator;
+use crate::node::Node;
 use crate::storage::StoreError;
 
 pub use crate::keyspace::status_key;
@@ -27,12 +27,12 @@ pub struct HeartbeatReport {
 /// `node_status:<node>` = `up` / `down` into this node's Redis, with
 /// `node_status:<node>:checked_ms` and, when up, `node_status:<node>:last_seen_ms`.
 /// Status changes are logged and counted.
-pub async fn heartbeat(coord: &Arc<Coordinator>) -> Result<HeartbeatReport, StoreError> {
+pub async fn heartbeat(local: &Arc<Node>) -> Result<HeartbeatReport, StoreError> {
     let mut probes = JoinSet::new();
-    for node in coord.config().nodes.keys().cloned() {
-        let coord = Arc::clone(coord);
+    for node in local.config().nodes.keys().cloned() {
+        let local = Arc::clone(local);
         probes.spawn(async move {
-            let up = coord.probe(&node).await;
+            let up = local.probe(&node).await;
             (node, up)
         });
     }
@@ -43,7 +43,7 @@ pub async fn heartbeat(coord: &Arc<Coordinator>) -> Result<HeartbeatReport, Stor
     while let Some(joined) = probes.join_next().await {
         let Ok((node, up)) = joined else { continue };
         let status = if up { "up" } else { "down" };
-        let previous = coord.store().get_plain(&status_key(&node)).await?;
+        let previous = local.store().get_plain(&status_key(&node)).await?;
         if previous.as_deref() != Some(status) {
             match previous {
                 Some(previous) => {
@@ -63,10 +63,10 @@ pub async fn heartbeat(coord: &Arc<Coordinator>) -> Result<HeartbeatReport, Stor
             report.down.push(node);
         }
     }
-    coord.store().set_plain(&pairs).await?;
-    send_alerts(coord, &report, &transitions).await;
+    local.store().set_plain(&pairs).await?;
+    send_alerts(local, &report, &transitions).await;
     if !report.changed.is_empty()
-        && let Some(queues) = coord.queues()
+        && let Some(queues) = local.queues()
         && let Err(error) = queues
             .count("status_changes", report.changed.len() as u64)
             .await
@@ -80,18 +80,18 @@ pub async fn heartbeat(coord: &Arc<Coordinator>) -> Result<HeartbeatReport, Stor
 /// same event, only the first node (by id) that this heartbeat found up
 /// sends alerts; every node computes the same choice when views agree.
 async fn send_alerts(
-    coord: &Arc<Coordinator>,
+    local: &Arc<Node>,
     report: &HeartbeatReport,
     transitions: &[(String, &'static str)],
 ) {
-    let Some(email) = &coord.config().email else {
+    let Some(email) = &local.config().email else {
         return;
     };
     let mut up = report.up.clone();
     up.sort();
     if !email.alerts
         || transitions.is_empty()
-        || up.first().map(String::as_str) != Some(coord.node_id())
+        || up.first().map(String::as_str) != Some(local.node_id())
     {
         return;
     }
@@ -99,7 +99,7 @@ async fn send_alerts(
     for (node, status) in transitions {
         let job = MailJob {
             id: format!("alert-{node}-{status}-{}", now / 1000),
-            node: coord.node_id().to_owned(),
+            node: local.node_id().to_owned(),
             time_ms: now,
             kind: MailKind::Alert {
                 about: node.clone(),
@@ -107,6 +107,6 @@ async fn send_alerts(
             },
             attempt: 0,
         };
-        coord.notify(job).await;
+        local.notify(job).await;
     }
 }

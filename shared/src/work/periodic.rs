@@ -22,7 +22,7 @@ use super::heartbeat::heartbeat;
 use crate::clock::now_ms;
 use crate::core::jobs::{PeriodicJob, PeriodicTask};
 use crate::core::schedule::Schedule;
-use crate::node::{Coordinator, Stats};
+use crate::node::{Node, Stats};
 use crate::queue::JobQueues;
 
 /// How long a periodic lease lasts unless renewed: how long a task stays
@@ -46,11 +46,11 @@ pub enum Dispatch {
 
 /// Starts the node's scheduler: one task per periodic task that is on.
 /// Call it once per node, in the API process.
-pub fn spawn_scheduler(coord: Arc<Coordinator>, dispatch: Dispatch) {
-    for (task, schedule) in coord.config().schedules.iter() {
+pub fn spawn_scheduler(node: Arc<Node>, dispatch: Dispatch) {
+    for (task, schedule) in node.config().schedules.iter() {
         info!(%task, %schedule, "periodic task scheduled");
         tokio::spawn(schedule_task(
-            Arc::clone(&coord),
+            Arc::clone(&node),
             task,
             schedule.clone(),
             dispatch.clone(),
@@ -60,7 +60,7 @@ pub fn spawn_scheduler(coord: Arc<Coordinator>, dispatch: Dispatch) {
 
 /// Sends each due run of `task` to `dispatch`, until the schedule ends.
 async fn schedule_task(
-    coord: Arc<Coordinator>,
+    node: Arc<Node>,
     task: PeriodicTask,
     schedule: Schedule,
     dispatch: Dispatch,
@@ -74,7 +74,7 @@ async fn schedule_task(
     loop {
         sleep_until_ms(due_ms).await;
         match &dispatch {
-            Dispatch::InProcess => run_task(&coord, task).await,
+            Dispatch::InProcess => run_task(&node, task).await,
             Dispatch::Queue(queues) => {
                 let job = PeriodicJob {
                     task,
@@ -127,7 +127,7 @@ pub enum PeriodicOutcome {
 /// process in the task's lease. A skipped or failed run is logged and
 /// counted, never retried: the next scheduled run comes anyway.
 pub async fn run_periodic_job(
-    coord: &Arc<Coordinator>,
+    node: &Arc<Node>,
     queues: &JobQueues,
     job: &PeriodicJob,
     holder: &str,
@@ -137,14 +137,14 @@ pub async fn run_periodic_job(
     // The worker judges staleness by its own copy of the schedule (API and
     // workers of a node share their variables); a task this process thinks
     // is off still runs: the scheduler decided.
-    let stale = coord
+    let stale = node
         .config()
         .schedules
         .get(task)
         .is_some_and(|schedule| schedule.is_stale(job.scheduled_ms, now));
     if stale {
         debug!(%task, age_ms = now.saturating_sub(job.scheduled_ms), "skipping a stale periodic job");
-        Stats::add(&coord.stats.periodic_skipped, 1);
+        Stats::add(&node.stats.periodic_skipped, 1);
         return PeriodicOutcome::Stale;
     }
     let ttl = Duration::from_millis(LEASE_TTL_MS);
@@ -152,12 +152,12 @@ pub async fn run_periodic_job(
         Ok(true) => {}
         Ok(false) => {
             debug!(%task, "skipping a periodic job: the task is still running elsewhere");
-            Stats::add(&coord.stats.periodic_skipped, 1);
+            Stats::add(&node.stats.periodic_skipped, 1);
             return PeriodicOutcome::Busy;
         }
         Err(error) => {
             warn!(%task, %error, "cannot take the periodic lease; skipping this run");
-            Stats::add(&coord.stats.periodic_skipped, 1);
+            Stats::add(&node.stats.periodic_skipped, 1);
             return PeriodicOutcome::LeaseUnavailable;
         }
     }
@@ -173,7 +173,7 @@ pub async fn run_periodic_job(
         }
     };
     tokio::select! {
-        () = run_task(coord, task) => {}
+        () = run_task(node, task) => {}
         () = renew => {}
     }
     if let Err(error) = queues.release_lease(task.as_str(), holder).await {
@@ -184,19 +184,19 @@ pub async fn run_periodic_job(
 }
 
 /// One run of a periodic task; failures are logged (the next run retries).
-pub async fn run_task(coord: &Arc<Coordinator>, task: PeriodicTask) {
+pub async fn run_task(node: &Arc<Node>, task: PeriodicTask) {
     match task {
         PeriodicTask::Heartbeat => {
-            if let Err(error) = heartbeat(coord).await {
+            if let Err(error) = heartbeat(node).await {
                 warn!(%error, "heartbeat failed");
             }
         }
-        PeriodicTask::HintDelivery => match coord.deliver_hints().await {
+        PeriodicTask::HintDelivery => match node.deliver_hints().await {
             Ok(0) => {}
             Ok(n) => info!(delivered = n, "hints delivered"),
             Err(error) => warn!(%error, "hint delivery failed"),
         },
-        PeriodicTask::AntiEntropy => match coord.restore(None).await {
+        PeriodicTask::AntiEntropy => match node.restore(None).await {
             Ok(report) if report.stored > 0 => info!(
                 stored = report.stored,
                 leaves_differing = report.leaves_differing,
@@ -205,7 +205,7 @@ pub async fn run_task(coord: &Arc<Coordinator>, task: PeriodicTask) {
             Ok(_) => debug!("anti-entropy: in sync"),
             Err(error) => warn!(%error, "anti-entropy failed"),
         },
-        PeriodicTask::Gc => match coord.collect_tombstones().await {
+        PeriodicTask::Gc => match node.collect_tombstones().await {
             Ok(0) => {}
             Ok(n) => info!(collected = n, "tombstones collected"),
             Err(error) => warn!(%error, "tombstone collection failed"),
@@ -219,13 +219,13 @@ pub const COUNTER_FLUSH_INTERVAL_MS: u64 = 1_000;
 /// Flushes this process's counters to the node's Redis every
 /// [`COUNTER_FLUSH_INTERVAL_MS`], so `/metrics` and `/cluster/` show work
 /// done by any process of the node.
-pub fn spawn_counter_flush(coord: Arc<Coordinator>) {
+pub fn spawn_counter_flush(node: Arc<Node>) {
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(Duration::from_millis(COUNTER_FLUSH_INTERVAL_MS));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
-            if let Err(error) = coord.flush_counters().await {
+            if let Err(error) = node.flush_counters().await {
                 debug!(%error, "cannot flush counters");
             }
         }

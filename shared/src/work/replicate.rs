@@ -10,7 +10,7 @@ use tracing::{debug, warn};
 use crate::clock::now_ms;
 use crate::core::jobs::{ReplicateJob, RetryDecision};
 use crate::core::message::ApplyStatus;
-use crate::node::{Coordinator, Stats};
+use crate::node::{Node, Stats};
 use crate::queue::{JobQueues, QueueError, REPLICATE};
 /// Why a job run failed (it will be retried or dead-lettered).
 #[derive(Debug, Error)]
@@ -35,8 +35,8 @@ impl JobFailure {
 /// replica. Shared by workers and the inline runner. Safe to replay.
 /// Jobs a worker runs at the same time for the same target share one call
 /// (see [`crate::coalesce`]); each still gets its own statuses.
-pub async fn run_replicate(coord: &Coordinator, job: &ReplicateJob) -> Result<(), JobFailure> {
-    let statuses = coord
+pub async fn run_replicate(node: &Node, job: &ReplicateJob) -> Result<(), JobFailure> {
+    let statuses = node
         .transport()
         .apply(&job.target, job.records.clone())
         .await
@@ -109,11 +109,11 @@ pub async fn retry_or_dead_letter<J: Serialize>(
 /// queue or dead-letters it (keeping the records as a hint). Used by the
 /// worker's job function.
 pub async fn replicate_and_settle(
-    coord: &Coordinator,
+    node: &Node,
     queues: &JobQueues,
     job: ReplicateJob,
 ) -> Result<JobOutcome, QueueError> {
-    let grace_ms = u64::try_from(coord.config().tombstone_grace.as_millis()).unwrap_or(u64::MAX);
+    let grace_ms = u64::try_from(node.config().tombstone_grace.as_millis()).unwrap_or(u64::MAX);
     let age_ms = now_ms().saturating_sub(job.created_ms);
     if age_ms > grace_ms {
         // Older than the tombstone grace: its records may be deletes that GC
@@ -121,10 +121,10 @@ pub async fn replicate_and_settle(
         // replaying it could bring a deleted key back (Cassandra's rule: a
         // hint older than gc_grace is never replayed). Anti-entropy repairs.
         warn!(target = %job.target, age_ms, records = job.records.len(), "dropping a replication job older than the tombstone grace");
-        Stats::add(&coord.stats.jobs_expired, 1);
+        Stats::add(&node.stats.jobs_expired, 1);
         return Ok(JobOutcome::Dead);
     }
-    let failure = match run_replicate(coord, &job).await {
+    let failure = match run_replicate(node, &job).await {
         Ok(()) => {
             queues
                 .record_delivery(now_ms().saturating_sub(job.created_ms))
@@ -148,7 +148,7 @@ pub async fn replicate_and_settle(
             .filter(|(i, _)| !failure.refused.contains(i))
             .map(|(_, r)| r.clone())
             .collect();
-        let kept = !keep.is_empty() && coord.keep_hint(&job.target, keep).await;
+        let kept = !keep.is_empty() && node.keep_hint(&job.target, keep).await;
         reason = if kept {
             format!("{reason}; gave up after {runs} runs, records not refused kept as a hint")
         } else {

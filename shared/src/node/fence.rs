@@ -1,0 +1,97 @@
+//! The clock's safety around a node: the fence (probes measure the peers'
+//! clocks; a change of the fence is logged and alerted) and the high-water
+//! mark persisted so a restarted clock resumes above its own stamps.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::{CLOCK_PERSIST_INTERVAL_MS, CLOCK_RESUME_MARGIN_MS, Coordinator, Node};
+use crate::core::mail::{MailJob, MailKind};
+use crate::keyspace::clock_key;
+use crate::storage::StoreError;
+
+impl Coordinator {
+    /// Probes the peers (measuring their clocks too), then reports a
+    /// change of this node's clock fence: logged, and an alert e-mail.
+    pub async fn probe_peers(&self, only_unhealthy: bool) {
+        self.replicas.probe_peers(only_unhealthy).await;
+        let view = self.clock_view();
+        if self.was_fenced.swap(view.fenced, Ordering::Relaxed) == view.fenced {
+            return;
+        }
+        let status = if view.fenced {
+            tracing::error!(
+                offset_ms = -view.median_offset_ms,
+                drift_max_ms = view.drift_max_ms,
+                "this node's clock is beyond the drift bound from its peers': it refuses to coordinate writes"
+            );
+            "clock_skew"
+        } else {
+            tracing::info!(
+                "this node's clock is back within the drift bound: coordinating writes again"
+            );
+            "clock_ok"
+        };
+        if let Some(email) = &self.cfg.email
+            && email.alerts
+        {
+            let now = crate::clock::now_ms();
+            self.notify(MailJob {
+                id: format!("alert-{}-{status}-{}", self.cfg.node_id, now / 1000),
+                node: self.cfg.node_id.clone(),
+                time_ms: now,
+                kind: MailKind::Alert {
+                    about: self.cfg.node_id.clone(),
+                    status: status.to_owned(),
+                },
+                attempt: 0,
+            })
+            .await;
+        }
+    }
+}
+
+impl Node {
+    /// Resumes the clock above its persisted high-water mark plus
+    /// [`CLOCK_RESUME_MARGIN_MS`] (a restart with a wall clock behind it must
+    /// not stamp below what this node issued before). Returns the mark.
+    pub async fn resume_clock(&self) -> Result<u64, StoreError> {
+        let mark = self
+            .store()
+            .get_plain(&clock_key(&self.cfg.node_id))
+            .await?
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(0);
+        if mark > 0 {
+            self.replicas
+                .io
+                .clock
+                .resume_above(mark.saturating_add(CLOCK_RESUME_MARGIN_MS));
+        }
+        Ok(mark)
+    }
+
+    /// Persists the clock's high-water mark every
+    /// [`CLOCK_PERSIST_INTERVAL_MS`] (set-if-greater, so several processes
+    /// of a node can share the key). Runs until the process ends.
+    pub fn spawn_clock_persist(self: &Arc<Self>) {
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let key = clock_key(&this.cfg.node_id);
+            let mut ticker =
+                tokio::time::interval(std::time::Duration::from_millis(CLOCK_PERSIST_INTERVAL_MS));
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut persisted = 0;
+            loop {
+                ticker.tick().await;
+                let mark = this.replicas.io.clock.high_water_ms();
+                if mark > persisted {
+                    match this.store().raise(&key, mark).await {
+                        Ok(()) => persisted = mark,
+                        Err(error) => tracing::debug!(%error, "cannot persist the clock mark"),
+                    }
+                }
+            }
+        });
+    }
+}
