@@ -64,6 +64,8 @@ pub fn app(coord: Arc<Coordinator>) -> Router {
         )
         .route("/kv/route/", get(kv::route))
         .route("/kv/route", get(kv::route))
+        .route("/kv/explain/", get(kv::explain))
+        .route("/kv/explain", get(kv::explain))
         .route(
             "/kv/{key}",
             get(kv::get_path).put(kv::put_path).delete(kv::delete_path),
@@ -81,6 +83,7 @@ pub fn app(coord: Arc<Coordinator>) -> Router {
         .route("/internal/apply", post(internal::internal_apply))
         .route("/internal/read", post(internal::internal_read))
         .route("/internal/collect", post(internal::internal_collect))
+        .route("/internal/explain", post(internal::internal_explain))
         .route("/internal/merkle", post(internal::internal_merkle))
         .route("/internal/buckets", post(internal::internal_buckets))
         .layer(DefaultBodyLimit::max(

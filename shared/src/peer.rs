@@ -28,7 +28,8 @@ use thiserror::Error;
 use crate::core::limits::{PEER_POOL_IDLE_MS, SYNC_CALL_TIMEOUT_MS};
 use crate::core::message::{
     ApplyRequest, ApplyResponse, BucketsRequest, BucketsResponse, CollectRequest, CollectResponse,
-    KeyedRecord, MerkleRequest, MerkleResponse, ReadRequest, ReadResponse,
+    ExplainRequest, KeyedRecord, LocalView, MerkleRequest, MerkleResponse, ReadRequest,
+    ReadResponse,
 };
 
 /// Header that carries the cluster secret on internal routes.
@@ -68,6 +69,7 @@ struct Endpoints {
     merkle: Uri,
     buckets: Uri,
     collect: Uri,
+    explain: Uri,
     health: Uri,
 }
 
@@ -91,6 +93,7 @@ impl Endpoints {
             merkle: parse("/internal/merkle")?,
             buckets: parse("/internal/buckets")?,
             collect: parse("/internal/collect")?,
+            explain: parse("/internal/explain")?,
             health: parse("/health")?,
         })
     }
@@ -242,6 +245,14 @@ impl PeerClient {
     /// the keys (it is bounded in bytes); the caller asks again for the rest.
     pub async fn read(&self, node: &str, keys: Vec<String>) -> Result<ReadResponse, PeerError> {
         Ok(self.post(node, |e| &e.read, &ReadRequest { keys }).await?.0)
+    }
+
+    /// What `node` holds about one key (record, hints, queued jobs).
+    pub async fn explain(&self, node: &str, key: &str) -> Result<LocalView, PeerError> {
+        let request = ExplainRequest {
+            key: key.to_owned(),
+        };
+        Ok(self.post(node, |e| &e.explain, &request).await?.0)
     }
 
     /// Removes tombstones on `node` that are still exactly as given.

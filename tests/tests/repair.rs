@@ -238,3 +238,91 @@ async fn a_write_below_a_timestamp_bomb_answers_write_shadowed() {
         assert_ne!(body["value"], "bomb", "via node{}: {body}", i + 1);
     }
 }
+
+/// `GET /kv/explain/` shows each node's own view of a key — the replica
+/// that lacks it, the job queued for it, the hint kept for a node that is
+/// down — and `repair=true` repairs that key there and then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_shows_every_replica_job_and_hint_and_repairs_one_key() {
+    // No worker: the replication job for the third replica stays queued.
+    let mut c = Cluster::start(Options::default()).await;
+    let (status, body) = c.put(0, "why", json!("v1")).await;
+    assert_eq!(status, 200, "{body}");
+    let pending = body["pending"][0].as_str().unwrap().to_owned();
+    let (status, view) = c
+        .request(Method::GET, 1, "/kv/explain/?key=why", None)
+        .await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["agree"], false, "{view}");
+    assert_eq!(view["stale"], json!([pending]), "{view}");
+    assert_eq!(view["newest"]["value"], "v1", "{view}");
+    let node1 = view["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node"] == "node1")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        node1["view"]["jobs"][0]["target"],
+        pending.as_str(),
+        "{view}"
+    );
+    let state = &node1["view"]["jobs"][0]["state"];
+    assert!(state == "ready" || state == "scheduled", "{view}");
+    // Repair it now.
+    let (status, view) = c
+        .request(Method::GET, 1, "/kv/explain/?key=why&repair=true", None)
+        .await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(
+        view["repaired"],
+        json!([{"node": pending, "outcome": "stored"}]),
+        "{view}"
+    );
+    let (_, view) = c
+        .request(Method::GET, 2, "/kv/explain/?key=why", None)
+        .await;
+    assert_eq!(view["agree"], true, "{view}");
+    // A node down: its error is named, and the hint kept for it is shown.
+    c.kill_api(2);
+    wait_for(
+        "node1 to see node3 down",
+        Duration::from_secs(10),
+        || async {
+            let view = c.cluster_view(0).await;
+            view["nodes"]
+                .as_array()?
+                .iter()
+                .any(|n| n["id"] == "node3" && n["status"] == "down")
+                .then_some(())
+        },
+    )
+    .await;
+    let (status, body) = c.put(0, "why2", json!("v2")).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, view) = c
+        .request(Method::GET, 0, "/kv/explain/?key=why2", None)
+        .await;
+    assert_eq!(status, 200, "{view}");
+    let nodes = view["nodes"].as_array().unwrap();
+    let node3 = nodes.iter().find(|n| n["node"] == "node3").unwrap();
+    assert_eq!(node3["view"], Value::Null, "{view}");
+    assert_eq!(node3["error"], "unreachable", "{view}");
+    let held: Vec<&Value> = nodes
+        .iter()
+        .flat_map(|n| n["view"]["hints"].as_array().into_iter().flatten())
+        .collect();
+    assert!(
+        held.iter()
+            .any(|h| h["owner"] == "node3" && h["record"]["value"] == "v2"),
+        "{view}"
+    );
+    // Bad input: a missing key is a 400, not an explanation.
+    let (status, body) = c.request(Method::GET, 0, "/kv/explain/", None).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = c
+        .request(Method::GET, 0, "/kv/explain/?key=x&repair=maybe", None)
+        .await;
+    assert_eq!(status, 400, "{body}");
+}

@@ -23,7 +23,7 @@ use shared::node::{Coordinator, RestoreReport, RestoreState};
 use shared::storage::StoreError;
 use tracing::{debug, warn};
 
-use super::{Params, number, params};
+use super::{flag, number, params};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -38,19 +38,6 @@ const PEER_CALL_FAILED: &str = "peer_call_failed";
 const PEER_SYNC_FAILED: &str = "peer_sync_failed";
 /// Shown as the `error` of a failed start-up restore.
 const RESTORE_FAILED: &str = "restore_failed";
-
-/// A boolean query parameter: exactly `true` or `false` (as the OpenAPI
-/// document says), absent meaning false.
-fn flag(params: &Params, name: &str) -> Result<bool, ApiError> {
-    match params.get(name).map(String::as_str) {
-        None | Some("false") => Ok(false),
-        Some("true") => Ok(true),
-        Some(_) => Err(ApiError::bad_request(
-            "bad_query",
-            format!("{name} must be true or false"),
-        )),
-    }
-}
 
 /// `GET /snapshot/?cursor=C&limit=L&versions=true&tombstones=true`: this
 /// node's local data, one page at a time (`next_cursor` is null at the end).

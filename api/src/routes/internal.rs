@@ -14,7 +14,7 @@ use shared::core::limits::{
 use shared::core::merkle::MIDS;
 use shared::core::message::{
     ApplyRequest, ApplyResponse, BucketsRequest, BucketsResponse, CollectRequest, CollectResponse,
-    KeyedRecord, MerkleRequest, ReadRequest, ReadResponse,
+    ExplainRequest, KeyedRecord, MerkleRequest, ReadRequest, ReadResponse,
 };
 
 use super::{checked_key, read_body};
@@ -114,6 +114,17 @@ pub async fn internal_buckets(
         next_cursor,
     })
     .into_response())
+}
+
+/// `POST /internal/explain`: this node's own view of one key.
+pub async fn internal_explain(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let request: ExplainRequest = internal_json(&state, &headers, body).await?;
+    checked_key(&state, &request.key)?;
+    Ok(Json(state.coord.local_view(&request.key).await?).into_response())
 }
 
 /// `POST /internal/collect`: remove tombstones another replica collected,

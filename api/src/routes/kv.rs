@@ -18,7 +18,7 @@ use shared::core::request::{WriteBody, WriteLimits, parse_write_body};
 use shared::core::ring::key_position;
 use shared::node::WriteReport;
 
-use super::{Params, checked_key, params, read_body};
+use super::{Params, checked_key, flag, params, read_body};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -255,4 +255,15 @@ pub async fn route(State(state): State<AppState>, q: RawQuery) -> Result<Respons
         "health": health,
     }))
     .into_response())
+}
+
+/// `GET /kv/explain/?key=K[&repair=true]`: every node's own view of the key
+/// (record, hints kept for it, replication jobs queued for it), whether the
+/// replicas agree, and with `repair=true` what sending the newest record to
+/// the stale replicas did.
+pub async fn explain(State(state): State<AppState>, q: RawQuery) -> Result<Response, ApiError> {
+    let params = params(q)?;
+    let key = key_param(&state, &params)?;
+    let repair = flag(&params, "repair")?;
+    Ok(Json(state.coord.explain(&key, repair).await?).into_response())
 }

@@ -116,3 +116,16 @@ fn number<T: std::str::FromStr>(params: &Params, name: &str, default: T) -> Resu
         }),
     }
 }
+
+/// A boolean query parameter: exactly `true` or `false` (as the OpenAPI
+/// document says), absent meaning false.
+fn flag(params: &Params, name: &str) -> Result<bool, ApiError> {
+    match params.get(name).map(String::as_str) {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(_) => Err(ApiError::bad_request(
+            "bad_query",
+            format!("{name} must be true or false"),
+        )),
+    }
+}

@@ -113,6 +113,44 @@ pub struct BucketsResponse {
     pub next_cursor: u64,
 }
 
+/// `POST /internal/explain`: what this node holds about one key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExplainRequest {
+    pub key: String,
+}
+
+/// One node's own view of a key: its record, the hints it keeps for the
+/// key (per owner), and the replication jobs on its queue that carry it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LocalView {
+    pub node: String,
+    pub record: Option<Record>,
+    #[serde(default)]
+    pub hints: Vec<HintView>,
+    #[serde(default)]
+    pub jobs: Vec<JobView>,
+    /// Queued jobs looked at (the newest, bounded); more may be queued.
+    #[serde(default)]
+    pub jobs_checked: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HintView {
+    pub owner: String,
+    pub record: Record,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobView {
+    pub target: String,
+    pub record: Record,
+    pub attempt: u32,
+    /// `ready` (in the queue's active list) or `scheduled` (in its
+    /// scheduled set: a retry, or a job the queue has not yet moved to the
+    /// active list).
+    pub state: String,
+}
+
 /// `POST /internal/collect`: remove these tombstones where they are still
 /// exactly as given (the second phase of tombstone collection).
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -10,6 +10,7 @@
 //! - [`hints`]: hinted handoff, kept and delivered;
 //! - [`sync`]: anti-entropy, and the start-up restore (`try_restore`);
 //! - [`gc`]: tombstone collection;
+//! - [`explain`]: every node's view of one key, and its repair on request;
 //! - `fence`: the clock fence and the persisted clock mark;
 //! - [`notify`]: notification e-mails, queued or handed to the in-process sender;
 //! - [`stats`]: the counter table, summed over the node's processes in Redis.
@@ -18,6 +19,7 @@
 //! (`crate::work`, which take a [`Node`]) are thin wrappers over this.
 
 mod errors;
+pub mod explain;
 mod fence;
 pub mod gc;
 pub mod hints;

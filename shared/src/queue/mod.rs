@@ -41,6 +41,7 @@ use crate::core::jobs::{
     DeadLetter, Lenient, PeriodicJob, ReplicateJob, RetryDecision, RetryPolicy,
 };
 use crate::core::mail::MailJob;
+use crate::core::message::JobView;
 
 /// How often an idle worker looks for new jobs.
 pub const POLL_INTERVAL_MS: u64 = 50;
@@ -466,6 +467,59 @@ impl JobQueues {
             });
         }
         Ok(out)
+    }
+
+    /// The replication jobs waiting on this node's queue (ready, or
+    /// scheduled for a retry) that carry `key`, looking at the newest
+    /// `checked_max` of each; returns them and how many jobs were looked at.
+    pub async fn replication_jobs_for(
+        &self,
+        key: &str,
+        checked_max: usize,
+    ) -> Result<(Vec<JobView>, u64), QueueError> {
+        let q = queue_name(&self.node, REPLICATE);
+        let last = isize::try_from(checked_max).unwrap_or(isize::MAX).max(1) - 1;
+        let mut conn = self.conn.clone();
+        let (ready, scheduled): (Vec<String>, Vec<String>) = redis::pipe()
+            .cmd("LRANGE")
+            .arg(format!("{q}:active"))
+            .arg(0)
+            .arg(last)
+            .cmd("ZRANGE")
+            .arg(format!("{q}:scheduled"))
+            .arg(0)
+            .arg(last)
+            .query_async(&mut conn)
+            .await?;
+        let ids: Vec<(&String, &str)> = ready
+            .iter()
+            .map(|id| (id, "ready"))
+            .chain(scheduled.iter().map(|id| (id, "scheduled")))
+            .collect();
+        if ids.is_empty() {
+            return Ok((Vec::new(), 0));
+        }
+        let data: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
+            .arg(format!("{q}:data"))
+            .arg(ids.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>())
+            .query_async(&mut conn)
+            .await?;
+        let mut out = Vec::new();
+        for ((_, state), bytes) in ids.iter().zip(data) {
+            let Some(job) = bytes.and_then(|b| serde_json::from_slice::<ReplicateJob>(&b).ok())
+            else {
+                continue;
+            };
+            for kr in job.records.iter().filter(|kr| kr.key == key) {
+                out.push(JobView {
+                    target: job.target.clone(),
+                    record: kr.record.clone(),
+                    attempt: job.attempt,
+                    state: (*state).to_owned(),
+                });
+            }
+        }
+        Ok((out, ids.len() as u64))
     }
 
     /// Deletes finished (done or dead) job records, at most

@@ -43,6 +43,14 @@ impl MemoryStore {
             .collect()
     }
 
+    pub(super) async fn get_hint(&self, owner: &str, key: &str) -> Option<Record> {
+        let spaces = self.spaces.lock().await;
+        spaces
+            .get(&Space::Hints(owner.to_owned()))
+            .and_then(|m| m.get(key))
+            .cloned()
+    }
+
     pub(super) async fn remove_if_same(&self, space: &Space, records: &[(String, Record)]) -> u64 {
         let mut spaces = self.spaces.lock().await;
         let Some(map) = spaces.get_mut(space) else {

@@ -104,6 +104,14 @@ impl Store {
         }
     }
 
+    /// The hint this node keeps for `owner` under `key`, if any.
+    pub async fn get_hint(&self, owner: &str, key: &str) -> Result<Option<Record>, StoreError> {
+        match self {
+            Store::Redis(s) => s.get_hint(owner, key).await,
+            Store::Memory(s) => Ok(s.get_hint(owner, key).await),
+        }
+    }
+
     /// Scans the node's data from `cursor` (0 to start). `count` is a hint,
     /// as in Redis `HSCAN`: a page may hold somewhat more or fewer records,
     /// and stops early past [`crate::core::limits::SCAN_PAGE_BYTES_MAX`].

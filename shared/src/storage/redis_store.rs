@@ -153,6 +153,20 @@ impl RedisStore {
             .collect())
     }
 
+    pub(super) async fn get_hint(
+        &self,
+        owner: &str,
+        key: &str,
+    ) -> Result<Option<Record>, StoreError> {
+        let mut conn = self.conn.clone();
+        let raw: Option<String> = redis::cmd("HGET")
+            .arg(hints_key(&self.node, owner))
+            .arg(key)
+            .query_async(&mut conn)
+            .await?;
+        Ok(raw.and_then(|e| self.decode(key, &e)))
+    }
+
     pub(super) async fn scan(
         &self,
         space: &Space,
