@@ -321,6 +321,7 @@ async fn openapi_document_is_served_and_names_every_client_route() {
         ("/kv/", ["get", "post", "put", "delete"].as_slice()),
         ("/kv/{key}", &["get", "put", "delete"]),
         ("/kv/route/", &["get"]),
+        ("/kv/explain/", &["get"]),
         ("/snapshot/", &["get"]),
         ("/restore/", &["post"]),
         ("/cluster/", &["get"]),
