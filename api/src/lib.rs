@@ -33,8 +33,8 @@ use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::error::ApiError;
 use crate::middleware::{
-    close_after_refused_body, method_not_allowed, no_route, panic_response, require_secret,
-    require_token,
+    close_after_refused_body, method_not_allowed, no_route, panic_response, request_span,
+    require_secret, require_token,
 };
 use crate::routes::{admin, internal, kv};
 use crate::state::AppState;
@@ -46,6 +46,7 @@ pub fn app(coord: Arc<Coordinator>) -> Router {
     let in_flight_max = cfg.requests_in_flight_max;
     let metrics = metrics::Metrics::default();
     let state = AppState { coord };
+    let state_for_span = state.clone();
 
     let client = Router::new()
         .route(
@@ -104,6 +105,7 @@ pub fn app(coord: Arc<Coordinator>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
         .layer(from_fn_with_state(metrics, metrics::track))
+        .layer(from_fn_with_state(state_for_span, request_span))
         .layer(
             ServiceBuilder::new()
                 .layer(CatchPanicLayer::custom(panic_response))

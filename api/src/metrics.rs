@@ -13,24 +13,14 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use shared::core::histogram::Histogram;
 use shared::core::membership::Health;
 use shared::node::COUNTERS;
 
 use crate::state::AppState;
 
-/// Upper bounds of the latency buckets, in seconds.
-const BUCKETS_S: [f64; 12] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-];
 /// Distinct (route, method, status) series kept; more are folded into "other".
 const SERIES_MAX: usize = 512;
-
-#[derive(Default)]
-struct Series {
-    count: u64,
-    sum_s: f64,
-    buckets: [u64; BUCKETS_S.len()],
-}
 
 /// A series' labels: matched route, method, status.
 type SeriesKey = (String, String, u16);
@@ -38,7 +28,7 @@ type SeriesKey = (String, String, u16);
 /// Request counts and latencies per route, method and status.
 #[derive(Default, Clone)]
 pub struct Metrics {
-    series: Arc<Mutex<BTreeMap<SeriesKey, Series>>>,
+    series: Arc<Mutex<BTreeMap<SeriesKey, Histogram>>>,
 }
 
 impl Metrics {
@@ -48,14 +38,7 @@ impl Metrics {
         if !series.contains_key(&key) && series.len() >= SERIES_MAX {
             key = ("other".to_owned(), "other".to_owned(), 0);
         }
-        let s = series.entry(key).or_default();
-        s.count += 1;
-        s.sum_s += elapsed_s;
-        for (i, bound) in BUCKETS_S.iter().enumerate() {
-            if elapsed_s <= *bound {
-                s.buckets[i] += 1;
-            }
-        }
+        series.entry(key).or_default().observe(elapsed_s);
     }
 
     fn render(&self, out: &mut String) {
@@ -75,28 +58,7 @@ impl Metrics {
         out.push_str("# TYPE kv_http_request_duration_seconds histogram\n");
         for ((route, method, status), s) in series.iter() {
             let labels = format!("route=\"{route}\",method=\"{method}\",status=\"{status}\"");
-            for (i, bound) in BUCKETS_S.iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "kv_http_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {}",
-                    s.buckets[i]
-                );
-            }
-            let _ = writeln!(
-                out,
-                "kv_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
-                s.count
-            );
-            let _ = writeln!(
-                out,
-                "kv_http_request_duration_seconds_sum{{{labels}}} {}",
-                s.sum_s
-            );
-            let _ = writeln!(
-                out,
-                "kv_http_request_duration_seconds_count{{{labels}}} {}",
-                s.count
-            );
+            s.render(out, "kv_http_request_duration_seconds", &labels);
         }
     }
 }
@@ -149,6 +111,29 @@ pub async fn render(State((state, metrics)): State<(AppState, Metrics)>) -> Resp
             &[(String::new(), value as f64)],
         );
     }
+    out.push_str("# HELP kv_peer_request_duration_seconds Latency of this process's calls to its peers, by peer and route.\n");
+    out.push_str("# TYPE kv_peer_request_duration_seconds histogram\n");
+    for ((peer, route), h) in coord.peer_latency() {
+        let labels = format!("peer=\"{peer}\",route=\"{route}\"");
+        h.render(&mut out, "kv_peer_request_duration_seconds", &labels);
+    }
+    gauge(
+        &mut out,
+        "kv_restore_ready",
+        "1 once this node's start-up restore synced every peer (0 while restoring, partial or failed).",
+        "gauge",
+        &[(
+            String::new(),
+            if matches!(
+                coord.restore_state(),
+                shared::node::RestoreState::Ready { .. }
+            ) {
+                1.0
+            } else {
+                0.0
+            },
+        )],
+    );
     let clock = coord.clock_view();
     gauge(
         &mut out,

@@ -1,7 +1,7 @@
-//! What wraps the handlers: the client-token and cluster-secret checks, the
-//! JSON answers of the fallbacks (no route, wrong method, a panic) and
-//! `Connection: close` after a refused body. The router in the crate root
-//! puts each in place.
+//! What wraps the handlers: the request's tracing span and id, the
+//! client-token and cluster-secret checks, the JSON answers of the
+//! fallbacks (no route, wrong method, a panic) and `Connection: close`
+//! after a refused body. The router in the crate root puts each in place.
 
 use std::any::Any;
 
@@ -101,4 +101,85 @@ pub async fn require_secret(
         }
         Some(_) => Ok(next.run(request).await),
     }
+}
+
+/// Header carrying a request's id: taken from the client when it sends a
+/// short printable one, else made here; echoed in every answer.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// Longest request id taken from a client.
+const REQUEST_ID_BYTES_MAX: usize = 64;
+
+/// Ids this process made: `{node}-{start}-{n}`, unique across restarts.
+static REQUEST_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn request_id(headers: &HeaderMap, node: &str) -> String {
+    let given = headers
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= REQUEST_ID_BYTES_MAX
+                && v.bytes().all(|b| b.is_ascii_graphic())
+        });
+    match given {
+        Some(id) => id.to_owned(),
+        None => {
+            static START_S: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+            let start = START_S.get_or_init(|| shared::clock::now_ms() / 1000);
+            let n = REQUEST_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            format!("{node}-{start:x}-{n}")
+        }
+    }
+}
+
+/// Middleware: every request runs in a `request` span carrying the node id,
+/// the request id, the method and the matched route (and, once a handler
+/// knows it, `key_hash`: the key's ring position, so a request's lines can
+/// be matched to a key without the span carrying the key itself). The id
+/// is echoed in `X-Request-Id`.
+pub async fn request_span(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let node = state.coord.node_id();
+    let id = request_id(request.headers(), node);
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
+    let span = tracing::info_span!(
+        "request",
+        node = %node,
+        request_id = %id,
+        method = %request.method(),
+        route = %route,
+        key_hash = tracing::field::Empty,
+    );
+    let started = std::time::Instant::now();
+    let mut response = tracing::Instrument::instrument(
+        async {
+            let response = next.run(request).await;
+            tracing::debug!(
+                status = response.status().as_u16(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "request done"
+            );
+            response
+        },
+        span,
+    )
+    .await;
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    response
+}
+
+/// Records the key a request is about in its span, as its ring position.
+pub fn record_key(key: &str) {
+    tracing::Span::current().record(
+        "key_hash",
+        tracing::field::display(format_args!(
+            "{:016x}",
+            shared::core::ring::key_position(key)
+        )),
+    );
 }

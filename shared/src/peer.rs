@@ -11,7 +11,8 @@
 //! made, not per call.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -25,6 +26,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use thiserror::Error;
 
+use crate::core::histogram::Histogram;
 use crate::core::limits::{PEER_POOL_IDLE_MS, SYNC_CALL_TIMEOUT_MS};
 use crate::core::message::{
     ApplyRequest, ApplyResponse, BucketsRequest, BucketsResponse, CollectRequest, CollectResponse,
@@ -127,6 +129,7 @@ pub struct PeerClient {
     request_timeout: Duration,
     /// Timeout of anti-entropy calls (a tree, a page of records).
     sync_timeout: Duration,
+    latency: Arc<PeerLatency>,
     self_id: String,
 }
 
@@ -179,8 +182,14 @@ impl PeerClient {
             json_headers,
             request_timeout,
             sync_timeout: request_timeout.max(Duration::from_millis(SYNC_CALL_TIMEOUT_MS)),
+            latency: Arc::default(),
             self_id: self_id.to_owned(),
         })
+    }
+
+    /// Latency of the calls this process made to its peers.
+    pub fn latency(&self) -> &PeerLatency {
+        &self.latency
     }
 
     pub fn url(&self, node: &str) -> Option<&str> {
@@ -318,12 +327,15 @@ impl PeerClient {
         call: Outgoing<'_>,
         timeout: Duration,
     ) -> Result<Sized<R>, PeerError> {
-        let (status, bytes) = tokio::time::timeout(timeout, self.exchange(node, call))
-            .await
-            .map_err(|_| PeerError::Timeout {
-                node: node.to_owned(),
-                timeout_ms: timeout.as_millis(),
-            })??;
+        let route = route_name(call.uri);
+        let started = Instant::now();
+        let exchanged = tokio::time::timeout(timeout, self.exchange(node, call)).await;
+        self.latency
+            .observe(node, route, started.elapsed().as_secs_f64());
+        let (status, bytes) = exchanged.map_err(|_| PeerError::Timeout {
+            node: node.to_owned(),
+            timeout_ms: timeout.as_millis(),
+        })??;
         if !status.is_success() {
             return Err(PeerError::Status {
                 node: node.to_owned(),
@@ -367,6 +379,51 @@ impl PeerClient {
             })?
             .to_bytes();
         Ok((status, bytes))
+    }
+}
+
+/// The route of a peer call, as a metric label (a fixed set of names).
+fn route_name(uri: &Uri) -> &'static str {
+    match uri.path().rsplit('/').next() {
+        Some("apply") => "apply",
+        Some("read") => "read",
+        Some("collect") => "collect",
+        Some("merkle") => "merkle",
+        Some("buckets") => "buckets",
+        Some("explain") => "explain",
+        Some("health") => "health",
+        _ => "other",
+    }
+}
+
+/// Latency of this process's calls to its peers, per peer and route
+/// (bounded: the cluster's nodes times the fixed routes of [`route_name`]).
+#[derive(Default)]
+pub struct PeerLatency {
+    series: Mutex<BTreeMap<(String, &'static str), Histogram>>,
+}
+
+impl PeerLatency {
+    fn observe(&self, node: &str, route: &'static str, seconds: f64) {
+        let mut series = self.series.lock().unwrap_or_else(PoisonError::into_inner);
+        match series.get_mut(&(node.to_owned(), route)) {
+            Some(h) => h.observe(seconds),
+            None => {
+                let mut h = Histogram::default();
+                h.observe(seconds);
+                series.insert((node.to_owned(), route), h);
+            }
+        }
+    }
+
+    /// Every series: (peer, route) and its histogram.
+    pub fn snapshot(&self) -> Vec<((String, &'static str), Histogram)> {
+        self.series
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 }
 

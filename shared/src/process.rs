@@ -1,33 +1,51 @@
 //! Process start-up and shutdown shared by the binaries: `.env`,
 //! configuration, `tracing` to stderr (filtered by `RUST_LOG`, default
-//! `info`, colours only on a terminal), and the shutdown signal.
+//! `info`; text with colours only on a terminal, or JSON lines with
+//! `KV_LOG_FORMAT=json`), and the shutdown signal.
 
 use std::io::IsTerminal;
 
 use tracing_subscriber::prelude::*;
 
-pub fn init_tracing() {
+use crate::config::LogFormat;
+
+pub fn init_tracing(format: LogFormat) {
     let filter: tracing_subscriber::filter::Targets = std::env::var("RUST_LOG")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| {
             tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO)
         });
-    let layer = tracing_subscriber::fmt::layer()
-        .with_target(false)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    tracing_subscriber::registry()
-        .with(layer)
-        .with(filter)
-        .init();
+    let registry = tracing_subscriber::registry().with(filter);
+    match format {
+        LogFormat::Text => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_target(false)
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(std::io::stderr),
+            )
+            .init(),
+        // One JSON object per line, with the fields of the current span
+        // and its parents (node, request id, key hash, job).
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_current_span(true)
+                    .with_span_list(true)
+                    .with_target(false)
+                    .with_writer(std::io::stderr),
+            )
+            .init(),
+    }
 }
 
 /// Reads `.env` (when present) and the configuration, then starts logging.
 pub fn start() -> Result<crate::config::Config, crate::config::ConfigError> {
     let _ = dotenvy::dotenv();
     let cfg = crate::config::Config::from_env()?;
-    init_tracing();
+    init_tracing(cfg.log_format);
     Ok(cfg)
 }
 

@@ -55,6 +55,7 @@ fn key_param(state: &AppState, params: &Params) -> Result<String, ApiError> {
         )
     })?;
     checked_key(state, key)?;
+    crate::middleware::record_key(key);
     Ok(key.clone())
 }
 
@@ -69,6 +70,7 @@ fn path_key(
         )
     })?;
     checked_key(state, &key)?;
+    crate::middleware::record_key(&key);
     Ok(key)
 }
 
@@ -85,7 +87,9 @@ async fn write_body(
         key_bytes_max: cfg.key_bytes_max,
         value_bytes_max: cfg.value_bytes_max,
     };
-    Ok(parse_write_body(&bytes, path_key, limits)?)
+    let body = parse_write_body(&bytes, path_key, limits)?;
+    crate::middleware::record_key(&body.key);
+    Ok(body)
 }
 
 fn write_response(report: WriteReport) -> Response {

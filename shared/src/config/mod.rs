@@ -139,6 +139,16 @@ pub struct Config {
     /// `KV_CLOCK_OFFSET_MS` (default 0): added to the system clock. A fault
     /// injection setting for tests of clock skew; leave it 0 in production.
     pub clock_offset_ms: i64,
+    /// `KV_LOG_FORMAT` (default `text`): `text` for people, `json` (one
+    /// object per line) for log collectors.
+    pub log_format: LogFormat,
+}
+
+/// How a process writes its log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// A secret string: never shown by `Debug` or logs.
@@ -382,6 +392,17 @@ impl Config {
             ));
         }
 
+        let log_format = match get("KV_LOG_FORMAT").as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(err(
+                    "KV_LOG_FORMAT",
+                    format!("must be text or json, got {other:?}"),
+                ));
+            }
+        };
+
         Ok(Config {
             node_id,
             listen,
@@ -421,6 +442,7 @@ impl Config {
             peer_source_addr,
             queue_jobs_max,
             clock_offset_ms,
+            log_format,
         })
     }
 

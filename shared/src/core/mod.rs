@@ -17,6 +17,7 @@
 //! - [`validate`]: key and node-id checks shared by the API and the peers.
 //! - [`request`]: strict parsing of client query strings and write bodies.
 
+pub mod histogram;
 pub mod hlc;
 pub mod jobs;
 pub mod limits;

@@ -247,6 +247,11 @@ impl Node {
         self.queues.as_ref()
     }
 
+    /// Latency of this process's calls to its peers, per peer and route.
+    pub fn peer_latency(&self) -> Vec<((String, &'static str), crate::core::histogram::Histogram)> {
+        self.replicas.io.peers.latency().snapshot()
+    }
+
     /// The replica transport (jobs deliver through its coalescers).
     pub fn transport(&self) -> &Replicas {
         &self.replicas

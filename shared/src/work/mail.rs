@@ -146,6 +146,7 @@ pub async fn run_mail_job(
 
 /// Runs a mail job and settles a failure: retry with backoff, or (after the
 /// last attempt, or at once for a permanent error) a dead letter.
+#[tracing::instrument(name = "job", skip_all, fields(node = %queues.node(), queue = "email", id = %job.id, attempt = job.attempt))]
 pub async fn mail_and_settle(
     mailer: &Mailer,
     queues: &JobQueues,

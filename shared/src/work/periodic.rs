@@ -126,6 +126,7 @@ pub enum PeriodicOutcome {
 /// the job is stale or the task is running elsewhere. `holder` names this
 /// process in the task's lease. A skipped or failed run is logged and
 /// counted, never retried: the next scheduled run comes anyway.
+#[tracing::instrument(name = "job", skip_all, fields(node = %node.node_id(), queue = "periodic", task = ?job.task, scheduled_ms = job.scheduled_ms))]
 pub async fn run_periodic_job(
     node: &Arc<Node>,
     queues: &JobQueues,

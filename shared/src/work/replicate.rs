@@ -108,6 +108,7 @@ pub async fn retry_or_dead_letter<J: Serialize>(
 /// Runs a replication job once and, on failure, schedules the retry on the
 /// queue or dead-letters it (keeping the records as a hint). Used by the
 /// worker's job function.
+#[tracing::instrument(name = "job", skip_all, fields(node = %node.node_id(), queue = "replicate", target = %job.target, records = job.records.len(), attempt = job.attempt))]
 pub async fn replicate_and_settle(
     node: &Node,
     queues: &JobQueues,
