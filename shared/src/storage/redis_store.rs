@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use redis::Script;
 use redis::aio::ConnectionManager;
+use redis::{Script, ScriptInvocation};
 use tracing::{info, warn};
 
 use super::scripts;
@@ -97,28 +97,11 @@ impl RedisStore {
     ) -> Result<Vec<bool>, StoreError> {
         let mut conn = self.conn.clone();
         let stored: Vec<i64> = match space {
-            Space::Data => {
-                let mut call = self.apply_data.key(tree_key(&self.node));
-                call.key(count_key(&self.node))
-                    .key(tombstones_key(&self.node))
-                    .key(leaves_key(&self.node));
-                for (key, record) in records {
-                    let leaf = leaf_of(key);
-                    call.key(data_leaf_key(&self.node, leaf))
-                        .arg(key)
-                        .arg(record.encode())
-                        .arg(leaf_field(leaf));
-                }
-                call.invoke_async(&mut conn).await?
-            }
-            Space::Hints(owner) => {
-                let mut call = self.apply_plain.key(hints_key(&self.node, owner));
-                for (key, record) in records {
-                    call.arg(key).arg(record.encode());
-                }
-                call.invoke_async(&mut conn).await?
-            }
-        };
+            Space::Data => self.data_call(&self.apply_data, records),
+            Space::Hints(owner) => self.plain_call(&self.apply_plain, owner, records),
+        }
+        .invoke_async(&mut conn)
+        .await?;
         if stored.len() != records.len() {
             return Err(StoreError::ShortReply {
                 expected: records.len(),
@@ -240,28 +223,47 @@ impl RedisStore {
     ) -> Result<u64, StoreError> {
         let mut conn = self.conn.clone();
         Ok(match space {
-            Space::Data => {
-                let mut call = self.remove_data.key(tree_key(&self.node));
-                call.key(count_key(&self.node))
-                    .key(tombstones_key(&self.node))
-                    .key(leaves_key(&self.node));
-                for (key, record) in records {
-                    let leaf = leaf_of(key);
-                    call.key(data_leaf_key(&self.node, leaf))
-                        .arg(key)
-                        .arg(record.encode())
-                        .arg(leaf_field(leaf));
-                }
-                call.invoke_async(&mut conn).await?
-            }
-            Space::Hints(owner) => {
-                let mut call = self.remove_plain.key(hints_key(&self.node, owner));
-                for (key, record) in records {
-                    call.arg(key).arg(record.encode());
-                }
-                call.invoke_async(&mut conn).await?
-            }
-        })
+            Space::Data => self.data_call(&self.remove_data, records),
+            Space::Hints(owner) => self.plain_call(&self.remove_plain, owner, records),
+        }
+        .invoke_async(&mut conn)
+        .await?)
+    }
+
+    /// One call of a data script (apply or remove, see `scripts`): the
+    /// node's tree, count, tombstone index and leaf set, then each record's
+    /// leaf hash as keys; each record's key, encoding and leaf as arguments.
+    fn data_call<'a>(
+        &self,
+        script: &'a Script,
+        records: &[(String, Record)],
+    ) -> ScriptInvocation<'a> {
+        let mut call = script.key(tree_key(&self.node));
+        call.key(count_key(&self.node))
+            .key(tombstones_key(&self.node))
+            .key(leaves_key(&self.node));
+        for (key, record) in records {
+            let leaf = leaf_of(key);
+            call.key(data_leaf_key(&self.node, leaf))
+                .arg(key)
+                .arg(record.encode())
+                .arg(leaf_field(leaf));
+        }
+        call
+    }
+
+    /// One call of a plain-hash script over the hints kept for `owner`.
+    fn plain_call<'a>(
+        &self,
+        script: &'a Script,
+        owner: &str,
+        records: &[(String, Record)],
+    ) -> ScriptInvocation<'a> {
+        let mut call = script.key(hints_key(&self.node, owner));
+        for (key, record) in records {
+            call.arg(key).arg(record.encode());
+        }
+        call
     }
 
     /// Every non-empty leaf of the node's hash tree.
