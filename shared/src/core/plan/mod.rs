@@ -15,7 +15,9 @@
 //! - the write succeeds exactly when at least W replicas acknowledged;
 //! - the failures named are exactly the calls that failed, with their kind;
 //! - a hint on a fallback is planned for exactly the owners a fallback covered;
-//! - no node is called twice as a replica.
+//! - no node is called twice as a replica;
+//! - a write is sloppy exactly when an acknowledgement came from outside
+//!   the preference list (the coordinator included, when it is the fallback).
 
 use std::collections::VecDeque;
 
@@ -397,10 +399,10 @@ impl WritePlan {
                 .cloned()
                 .collect()
         };
-        let sloppy = self
-            .hints
-            .iter()
-            .any(|h| h.holder != self.me && acks.contains(&h.holder));
+        // Sloppy: an acknowledgement came from outside the preference list
+        // (a fallback holding a hint) — the coordinator itself included,
+        // when it is the fallback.
+        let sloppy = acks.iter().any(|a| !self.replicas.contains(a));
         let failed = self
             .tally
             .failures()

@@ -289,6 +289,9 @@ proptest! {
             prop_assert!(out.local_hints.is_empty() && out.queue_late.is_empty());
         }
         prop_assert!(!out.local_hints.contains(&me));
+        // Sloppy exactly when an acknowledgement came from outside the
+        // preference list (the coordinator too, when it was the fallback).
+        prop_assert_eq!(out.sloppy, out.acks.iter().any(|a| !replicas.contains(a)));
         // A refused version counts against the coordinator's clock only
         // when the write failed and some replica refused it.
         let refused = made.iter().any(|c| answer_of(c) == Answer::Failed(FailureKind::VersionRefused));
