@@ -168,16 +168,21 @@ pub const EVERYSEC_LOSS_WINDOW_MS: u64 = 1_500;
 
 /// The acknowledged strict writes and deletes of `before` that `read` did
 /// not see: versions above the one it returned. A read that found nothing
-/// at all (no record, no tombstone: a collected tombstone reads so) missed
-/// only the writes above every acknowledged delete of `before`.
-fn missed_by<'a>(read: &Op, before: &[&'a Op]) -> Vec<&'a Op> {
+/// at all (no record, no tombstone) may have met a tombstone GC collected:
+/// it missed only the writes above every delete of the history that may
+/// have taken effect before it ended (`ops`: every operation on the key,
+/// sloppy or not; a delete of unknown version may be above any write).
+fn missed_by<'a>(read: &Op, before: &[&'a Op], ops: &[&Op]) -> Vec<&'a Op> {
     let floor = if read.version.is_none() && read.value.is_none() {
-        before
+        let deletes: Vec<&&Op> = ops
             .iter()
-            .filter(|w| w.kind == Kind::Delete)
-            .map(|w| w.version.clone())
-            .max()
-            .flatten()
+            .filter(|d| d.kind == Kind::Delete && d.outcome != Outcome::Fail)
+            .filter(|d| d.start_ms <= read.end_ms)
+            .collect();
+        if deletes.iter().any(|d| d.version.is_none()) {
+            return Vec::new();
+        }
+        deletes.iter().map(|d| d.version.clone()).max().flatten()
     } else {
         read.version.clone()
     };
@@ -349,7 +354,7 @@ pub fn check(
                         || (w.client == read.client && w.end_ms <= read.start_ms)
                 })
                 .collect();
-            let missed = missed_by(read, &before);
+            let missed = missed_by(read, &before, ops);
             let Some(newest) = missed
                 .iter()
                 .copied()
@@ -997,5 +1002,45 @@ mod tests {
             at(op(Kind::Delete, "a", None, Outcome::Ok, "5:0:node2"), 0, 1),
         ];
         assert_eq!(check(&h, &finals, &Context::none()).lost_writes.len(), 1);
+    }
+
+    #[test]
+    fn a_read_of_nothing_after_a_sloppy_or_unknown_delete_is_not_stale() {
+        // "new" acknowledged at 2-3 ms; then a delete above it, which GC
+        // collects; a read at 10 ms finds nothing.
+        let delete = |outcome: Outcome, version: &str| Op {
+            client: 2,
+            ..at(op(Kind::Delete, "a", None, outcome, version), 4, 5)
+        };
+        let read_nothing = Op {
+            client: 1,
+            ..at(op(Kind::Read, "a", None, Outcome::Ok, ""), 10, 11)
+        };
+        let finals = BTreeMap::from([("a".to_owned(), None)]);
+        let explained = [
+            Op {
+                sloppy: true,
+                ..delete(Outcome::Ok, "12:0:node3")
+            },
+            delete(Outcome::Unknown, ""),
+            delete(Outcome::Ok, "12:0:node3"),
+        ];
+        for d in explained {
+            let h = vec![at(new_write(), 2, 3), d.clone(), read_nothing.clone()];
+            let verdict = check(&h, &finals, &Context::none());
+            assert!(verdict.stale_reads.is_empty(), "{d:?}: {verdict:?}");
+        }
+        // A failed delete, a delete below the write, or one that started
+        // after the read ended cannot have removed it.
+        let unexplained = [
+            delete(Outcome::Fail, ""),
+            delete(Outcome::Ok, "8:0:node3"),
+            at(delete(Outcome::Ok, "12:0:node3"), 12, 13),
+        ];
+        for d in unexplained {
+            let h = vec![at(new_write(), 2, 3), d.clone(), read_nothing.clone()];
+            let verdict = check(&h, &finals, &Context::none());
+            assert_eq!(verdict.stale_reads.len(), 1, "{d:?}: {verdict:?}");
+        }
     }
 }
