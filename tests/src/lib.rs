@@ -708,10 +708,15 @@ impl Drop for Cluster {
             node.api.kill();
             node.redis.kill();
         }
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        } else {
+        if std::thread::panicking() {
             eprintln!("test failed; cluster files kept in {}", self.dir.display());
+        } else if std::env::var_os("KV_KEEP_CLUSTER").is_some() {
+            eprintln!(
+                "KV_KEEP_CLUSTER: cluster files kept in {}",
+                self.dir.display()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
 }

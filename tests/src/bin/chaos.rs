@@ -58,7 +58,10 @@ async fn main() -> ExitCode {
         .hints_delivered
         .is_some_and(|d| d > Duration::from_secs(5))
     {
-        missed.push(format!("hints took {:?} (> 5 s)", report.hints_delivered));
+        missed.push(format!(
+            "the returned node took {:?} to hold its writes (> 5 s)",
+            report.hints_delivered
+        ));
     }
     if report
         .restore

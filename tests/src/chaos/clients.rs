@@ -23,10 +23,21 @@ pub(super) struct Shared {
     pub(super) ryw_misses: Mutex<Vec<String>>,
     pub(super) stop: AtomicBool,
     pub(super) started: Instant,
+    /// The wall clock (ms since the Unix epoch) at `started`: versions are
+    /// stamped in that clock, so a version far above it came from a node
+    /// whose clock was ahead.
+    pub(super) epoch_ms: u64,
+}
+
+/// Milliseconds since the Unix epoch, by this (the harness's) clock.
+pub(super) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Shared {
-    fn ms(&self) -> u64 {
+    pub(super) fn ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }
 }
@@ -68,10 +79,39 @@ fn version_of(body: &Value) -> Option<Version> {
     body["version"].as_str().and_then(|s| s.parse().ok())
 }
 
+/// The keys the clients pick from: a few hot ones most operations contend
+/// on, and a large space where most keys see one operation or none.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct KeySpace {
+    pub(super) hot: usize,
+    pub(super) hot_percent: u64,
+    pub(super) large: usize,
+}
+
+impl KeySpace {
+    fn pick(&self, rng: &mut Rng) -> String {
+        if rng.below(100) < self.hot_percent {
+            format!("h{}", rng.below(self.hot as u64))
+        } else {
+            format!("k{}", rng.below(self.large as u64))
+        }
+    }
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 pub(super) async fn client_loop(
     id: usize,
     urls: Arc<Vec<String>>,
-    keys: usize,
+    keys: KeySpace,
     seed: u64,
     sh: Arc<Shared>,
 ) {
@@ -80,7 +120,7 @@ pub(super) async fn client_loop(
     let mut n = 0u64;
     while !sh.stop.load(Ordering::Relaxed) {
         n += 1;
-        let key = format!("k{}", rng.below(keys as u64));
+        let key = keys.pick(&mut rng);
         let node = rng.below(urls.len() as u64) as usize;
         let base = &urls[node];
         let roll = rng.below(100);
@@ -120,14 +160,8 @@ pub(super) async fn client_loop(
             start_ms,
             end_ms,
             version: version_of(&body),
-            acks: body["acks"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|v| v.as_str().map(str::to_owned))
-                        .collect()
-                })
-                .unwrap_or_default(),
+            acks: strings(&body["acks"]),
+            replicas: strings(&body["replicas"]),
             sloppy: body["sloppy"].as_bool().unwrap_or(false),
             consistency: CONSISTENCY,
             node,
@@ -179,6 +213,7 @@ pub(super) async fn client_loop(
                 end_ms: sh.ms(),
                 version: seen,
                 acks: Vec::new(),
+                replicas: Vec::new(),
                 sloppy: false,
                 consistency: CONSISTENCY,
                 node,

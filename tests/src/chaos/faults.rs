@@ -5,7 +5,7 @@ use std::process::Command;
 
 use crate::Cluster;
 
-use super::schedule::Fault;
+use super::schedule::{CLOCK_DRIFT_MS_MAX, Fault};
 
 fn run_cmd(program: &str, args: &[&str]) -> Result<(), String> {
     let out = Command::new(program)
@@ -271,6 +271,10 @@ pub(super) fn describe(fault: &Fault, net: &Net) -> String {
         Fault::KillRedis(i) => format!("SIGKILL {} redis", n(i)),
         Fault::KillWorker(i) => format!("SIGKILL {} worker", n(i)),
         Fault::Pause(i) => format!("SIGSTOP {} api", n(i)),
+        Fault::Skew(i, o) if o.unsigned_abs() > CLOCK_DRIFT_MS_MAX => format!(
+            "clock of {} shifted {o:+} ms (beyond the {CLOCK_DRIFT_MS_MAX} ms drift bound)",
+            n(i)
+        ),
         Fault::Skew(i, o) => format!("clock of {} shifted {o:+} ms", n(i)),
         Fault::Netem(i) if net.netem_supported => format!("netem 30±20 ms, 3% loss to {}", n(i)),
         Fault::Netem(i) => format!("10% packet loss to {} (no netem in this kernel)", n(i)),

@@ -3,6 +3,8 @@
 use shared::core::quorum::Consistency;
 use shared::core::record::Version;
 
+use super::schedule::Fault;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Write,
@@ -36,6 +38,9 @@ pub struct Op {
     pub end_ms: u64,
     pub version: Option<Version>,
     pub acks: Vec<String>,
+    /// The key's preference list, as a write's answer names it (empty for
+    /// a read or an answer without it).
+    pub replicas: Vec<String>,
     /// The write counted a fallback node outside the preference list toward
     /// W (sloppy quorum). Always false for a read (reads ask replicas only).
     pub sloppy: bool,
@@ -61,4 +66,15 @@ impl Ord for Final {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         (&self.version, &self.value).cmp(&(&other.version, &other.value))
     }
+}
+
+/// One fault injected or undone, when (ms from the start of the run, the
+/// clock of [`Op::start_ms`]), so the checkers can weigh what a fault could
+/// have done to the operations around it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FaultEvent {
+    pub at_ms: u64,
+    pub fault: Fault,
+    /// False when injected, true when undone.
+    pub undone: bool,
 }

@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::checkers::Verdict;
+use super::history::FaultEvent;
+use super::schedule::Fault;
 
 /// Everything a run measured.
 #[derive(Clone, Debug, Default)]
@@ -11,6 +13,8 @@ pub struct Report {
     pub seed: u64,
     pub background_sync: bool,
     pub faults: Vec<String>,
+    /// Every fault injected and undone, with its time.
+    pub timeline: Vec<FaultEvent>,
     pub ops: BTreeMap<String, usize>,
     pub server_errors: usize,
     pub verdict: Verdict,
@@ -48,6 +52,17 @@ impl std::fmt::Display for Report {
         for fault in &self.faults {
             writeln!(f, "  fault: {fault}")?;
         }
+        let redis_kills: Vec<String> = self
+            .timeline
+            .iter()
+            .filter_map(|e| match e.fault {
+                Fault::KillRedis(i) if !e.undone => {
+                    Some(format!("node{} at {} ms", i + 1, e.at_ms))
+                }
+                _ => None,
+            })
+            .collect();
+        writeln!(f, "  Redis SIGKILLs: [{}]", redis_kills.join(", "))?;
         writeln!(f, "  operations: {:?}", self.ops)?;
         writeln!(f, "  5xx other than 503: {}", self.server_errors)?;
         writeln!(f, "  acknowledged writes lost: {}", v.lost_writes.len())?;
@@ -61,6 +76,29 @@ impl std::fmt::Display for Report {
         )?;
         writeln!(
             f,
+            "  writes acknowledged outside the preference list, answered not sloppy: {}",
+            v.sloppy_unreported.len()
+        )?;
+        writeln!(
+            f,
+            "  writes acknowledged through a node beyond the clock drift bound: {}",
+            v.unfenced_writes.len()
+        )?;
+        writeln!(
+            f,
+            "  versions beyond the drift bound of real time seen or held: {}",
+            v.future_versions.len()
+        )?;
+        writeln!(
+            f,
+            "  stale reads explained by everysec durability window: {}",
+            v.stale_reads_durability.len()
+        )?;
+        for line in &v.stale_reads_durability {
+            writeln!(f, "    explained: {line}")?;
+        }
+        writeln!(
+            f,
             "  acknowledged ops ordered below an earlier acknowledged op (clock skew): {}",
             v.order_inversions.len()
         )?;
@@ -69,9 +107,10 @@ impl std::fmt::Display for Report {
         }
         writeln!(
             f,
-            "  replicas identical {:.2} s after heal ({} keys)",
+            "  replicas identical {:.2} s after heal ({} keys; {} differ)",
             self.converge.as_secs_f64(),
-            self.keys_checked
+            self.keys_checked,
+            v.diverged.len()
         )?;
         writeln!(
             f,
@@ -91,7 +130,7 @@ impl std::fmt::Display for Report {
         if let Some(d) = self.hints_delivered {
             writeln!(
                 f,
-                "  hints delivered {:.2} s after the owner returned",
+                "  writes it owns on the returned node {:.2} s after it returned",
                 d.as_secs_f64()
             )?;
         }
@@ -110,7 +149,11 @@ impl std::fmt::Display for Report {
             .chain(&v.phantoms)
             .chain(&v.bad_reads)
             .chain(&v.stale_reads)
-            .take(20)
+            .chain(&v.sloppy_unreported)
+            .chain(&v.unfenced_writes)
+            .chain(&v.future_versions)
+            .chain(&v.diverged)
+            .take(30)
         {
             writeln!(f, "  VIOLATION {line}")?;
         }

@@ -12,12 +12,20 @@ use tokio::sync::Mutex;
 
 use crate::{Cluster, Options, wait_for};
 
-use super::checkers::check;
-use super::clients::{Shared, client_http, client_loop, send};
+use super::checkers::{Context, check};
+use super::clients::{KeySpace, Shared, client_http, client_loop, send, unix_ms};
 use super::faults::{Net, describe, inject, preflight, undo};
-use super::history::{Final, Kind, Outcome};
+use super::history::{FaultEvent, Final, Kind, Op, Outcome};
 use super::report::Report;
-use super::schedule::{Rng, Settings, schedule};
+use super::schedule::{CLOCK_DRIFT_MS_MAX, Rng, Settings, schedule};
+
+/// `KV_TOMBSTONE_GRACE_S` of a chaos run: short, so GC runs during it.
+pub const TOMBSTONE_GRACE_S: u64 = 5;
+/// `KV_HINT_WINDOW_S` of a chaos run (below the grace, as the config demands).
+pub const HINT_WINDOW_S: u64 = 2;
+/// How long the replicas may take to agree once the faults are healed,
+/// before the run reports the keys that still differ.
+const CONVERGE_WAIT: Duration = Duration::from_secs(90);
 
 /// Node timings for a chaos run: short, so faults are noticed and healed quickly.
 pub fn chaos_options(settings: &Settings) -> Options {
@@ -36,7 +44,17 @@ pub fn chaos_options(settings: &Settings) -> Options {
     .env("KV_PEER_CONNECT_TIMEOUT_MS", "300")
     .env("KV_JOB_BACKOFF_BASE_MS", "200")
     .env("KV_JOB_BACKOFF_MAX_MS", "2000")
-    .env("RUST_LOG", "warn")
+    // Tombstone GC runs during the faults: a grace of a few seconds, rounds
+    // every second, and a hint window below the grace (the config refuses
+    // grace <= window).
+    .env("KV_TOMBSTONE_GRACE_S", &TOMBSTONE_GRACE_S.to_string())
+    .env("KV_GC_INTERVAL_S", "1")
+    .env("KV_HINT_WINDOW_S", &HINT_WINDOW_S.to_string())
+    .env("KV_CLOCK_DRIFT_MS_MAX", &CLOCK_DRIFT_MS_MAX.to_string())
+    .env(
+        "RUST_LOG",
+        &std::env::var("CHAOS_RUST_LOG").unwrap_or_else(|_| "warn".to_owned()),
+    )
     .env(
         "KV_BACKGROUND_SYNC",
         if settings.background_sync {
@@ -82,38 +100,69 @@ async fn hints_held(c: &Cluster) -> u64 {
     total
 }
 
-/// Waits until the replicas of every key agree and no hint is pending;
-/// returns the final state per key.
-async fn converge(
-    c: &Cluster,
-    routes: &BTreeMap<String, Vec<usize>>,
-) -> BTreeMap<String, Option<Final>> {
-    wait_for(
-        "replicas to converge after heal",
-        Duration::from_secs(90),
-        || async {
-            if hints_held(c).await > 0 {
-                return None;
-            }
-            let snaps = snapshots(c).await;
-            let mut finals = BTreeMap::new();
-            for (key, replicas) in routes {
-                let held: BTreeSet<Option<Final>> = replicas
-                    .iter()
-                    .map(|&r| snaps[r].get(key).and_then(record_of))
-                    .collect();
-                if held.len() != 1 {
-                    return None;
-                }
-                finals.insert(key.clone(), held.into_iter().next().flatten());
-            }
-            Some(finals)
-        },
-    )
-    .await
+/// The converged state: each key's final record, and the keys whose
+/// replicas still disagreed (or hints still held) when the wait ended.
+struct Converged {
+    finals: BTreeMap<String, Option<Final>>,
+    diverged: Vec<String>,
 }
 
-/// The preference list of `key` as node indices.
+/// Waits until the replicas of every key agree and no hint is pending;
+/// returns the final state per key. Past [`CONVERGE_WAIT`] it returns the
+/// newest record of each key and names what still differs, so the run
+/// reports it (and checks the history) instead of stopping.
+async fn converge(c: &Cluster, routes: &BTreeMap<String, Vec<usize>>) -> Converged {
+    let deadline = Instant::now() + CONVERGE_WAIT;
+    loop {
+        let held = hints_held(c).await;
+        let snaps = snapshots(c).await;
+        let mut finals = BTreeMap::new();
+        let mut diverged = Vec::new();
+        for (key, replicas) in routes {
+            let records: BTreeSet<Option<Final>> = replicas
+                .iter()
+                .map(|&r| snaps[r].get(key).and_then(record_of))
+                .collect();
+            if records.len() != 1 {
+                diverged.push(format!(
+                    "{key}: replicas {:?} hold {records:?}",
+                    replicas
+                        .iter()
+                        .map(|r| format!("node{}", r + 1))
+                        .collect::<Vec<_>>()
+                ));
+            }
+            finals.insert(key.clone(), records.into_iter().flatten().max());
+        }
+        if diverged.is_empty() && held == 0 {
+            return Converged { finals, diverged };
+        }
+        if Instant::now() > deadline {
+            if held > 0 {
+                diverged.push(format!("{held} hints still held"));
+            }
+            return Converged { finals, diverged };
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The preference list of each key as node indices. Placement is pure: the
+/// same ring the nodes build (default vnodes, N=3).
+fn routes_of<'a>(c: &Cluster, keys: impl Iterator<Item = &'a str>) -> BTreeMap<String, Vec<usize>> {
+    let ring = Ring::new(c.nodes.iter().map(|n| n.id.clone()), 128);
+    keys.map(|key| {
+        let replicas = ring
+            .preference_list(key, 3)
+            .iter()
+            .map(|id| c.index_of(id))
+            .collect();
+        (key.to_owned(), replicas)
+    })
+    .collect()
+}
+
+/// The preference list of `key` as node indices, as node1 answers it.
 async fn route_indices(c: &Cluster, key: &str) -> Vec<usize> {
     c.route(0, key)
         .await
@@ -134,10 +183,14 @@ pub async fn run(settings: &Settings) -> Report {
         background_sync: settings.background_sync,
         ..Report::default()
     };
-    let mut routes = BTreeMap::new();
-    for k in 0..settings.keys {
-        let key = format!("k{k}");
-        routes.insert(key.clone(), route_indices(&c, &key).await);
+    // The ring this harness computes is the one the nodes use.
+    for key in (0..settings.hot_keys).map(|k| format!("h{k}")) {
+        let asked = route_indices(&c, &key).await;
+        assert_eq!(
+            routes_of(&c, [key.as_str()].into_iter())[&key],
+            asked,
+            "{key}"
+        );
     }
 
     // Clients.
@@ -148,13 +201,19 @@ pub async fn run(settings: &Settings) -> Report {
         ryw_misses: Mutex::new(Vec::new()),
         stop: AtomicBool::new(false),
         started: Instant::now(),
+        epoch_ms: unix_ms(),
     });
+    let keys = KeySpace {
+        hot: settings.hot_keys,
+        hot_percent: settings.hot_percent,
+        large: settings.keys,
+    };
     let mut clients = tokio::task::JoinSet::new();
     for id in 0..settings.clients {
         clients.spawn(client_loop(
             id,
             urls.clone(),
-            settings.keys,
+            keys,
             settings.seed,
             sh.clone(),
         ));
@@ -170,13 +229,26 @@ pub async fn run(settings: &Settings) -> Report {
             .collect::<Vec<_>>()
             .join(" + ");
         eprintln!("[chaos {}] {what} for {:?}", settings.seed, step.hold);
+        // A fault's time is taken when it is in place (after the SIGKILL,
+        // after the skewed API is up) and, when undone, while it still is
+        // (before the restart): the window between is all fault.
         for fault in &step.faults {
             inject(&mut c, &mut net, fault)
                 .await
                 .unwrap_or_else(|e| panic!("seed {}: cannot inject {what}: {e}", settings.seed));
+            report.timeline.push(FaultEvent {
+                at_ms: sh.ms(),
+                fault: fault.clone(),
+                undone: false,
+            });
         }
         tokio::time::sleep(step.hold).await;
         for fault in step.faults.iter().rev() {
+            report.timeline.push(FaultEvent {
+                at_ms: sh.ms(),
+                fault: fault.clone(),
+                undone: true,
+            });
             undo(&mut c, &mut net, fault)
                 .await
                 .unwrap_or_else(|e| panic!("seed {}: cannot undo {what}: {e}", settings.seed));
@@ -188,10 +260,11 @@ pub async fn run(settings: &Settings) -> Report {
     while clients.join_next().await.is_some() {}
     let healed = Instant::now();
 
-    let finals = converge(&c, &routes).await;
+    let history = sh.history.lock().await.clone();
+    let routes = routes_of(&c, history.iter().map(|o| o.key.as_str()));
+    let Converged { finals, diverged } = converge(&c, &routes).await;
     report.converge = healed.elapsed();
     report.keys_checked = finals.len();
-    let history = sh.history.lock().await.clone();
     for op in &history {
         *report
             .ops
@@ -201,7 +274,14 @@ pub async fn run(settings: &Settings) -> Report {
             report.server_errors += 1;
         }
     }
-    report.verdict = check(&history, &finals);
+    let context = Context {
+        timeline: &report.timeline,
+        epoch_ms: sh.epoch_ms,
+        drift_max_ms: CLOCK_DRIFT_MS_MAX,
+    };
+    report.verdict = check(&history, &finals, &context);
+    report.verdict.diverged = diverged;
+    dump(&c, &history, &report.timeline, &finals);
     let ryw = *sh.ryw.lock().await;
     report.ryw_strict = ryw[0];
     report.ryw_sloppy = ryw[1];
@@ -214,8 +294,39 @@ pub async fn run(settings: &Settings) -> Report {
     report
 }
 
-/// One node down: detection, quorum writes through the others, then hint
-/// delivery once it returns.
+/// Writes the history, the fault timeline and the final records into the
+/// cluster's folder (`history.txt`, next to each node's logs), for replaying
+/// a failure by hand; `KV_KEEP_CLUSTER=1` keeps the folder after the run.
+fn dump(
+    c: &Cluster,
+    history: &[Op],
+    timeline: &[FaultEvent],
+    finals: &BTreeMap<String, Option<Final>>,
+) {
+    use std::fmt::Write as _;
+    let mut text = String::new();
+    for e in timeline {
+        let _ = writeln!(
+            text,
+            "fault {} ms undone={} {:?}",
+            e.at_ms, e.undone, e.fault
+        );
+    }
+    let mut ops: Vec<&Op> = history.iter().collect();
+    ops.sort_by_key(|o| (o.start_ms, o.end_ms));
+    for o in ops {
+        let _ = writeln!(text, "op {o:?}");
+    }
+    for (key, f) in finals {
+        let _ = writeln!(text, "final {key} {f:?}");
+    }
+    if let Err(e) = std::fs::write(c.dir.join("history.txt"), text) {
+        eprintln!("cannot write history.txt: {e}");
+    }
+}
+
+/// One node down: detection, quorum writes through the others, then the
+/// writes it owns delivered once it returns.
 async fn availability(c: &mut Cluster, settings: &Settings, report: &mut Report) {
     let mut rng = Rng::new(settings.seed.rotate_left(17));
     let victim = rng.below(c.nodes.len() as u64) as usize;
@@ -270,18 +381,18 @@ async fn availability(c: &mut Cluster, settings: &Settings, report: &mut Report)
 
     c.restart_api(victim).await;
     let back = Instant::now();
-    wait_for("hints to be delivered", Duration::from_secs(60), || async {
-        (hints_held(c).await == 0).then_some(())
-    })
+    // Hints kept within the hint window, restore and anti-entropy for the
+    // rest: the returned node gets every write it owns.
+    wait_for(
+        &format!("{victim_id} to hold the writes it owns, and no hint held"),
+        Duration::from_secs(60),
+        || async {
+            let snap = c.snapshot(victim).await;
+            let all = owned.iter().all(|k| snap.contains_key(k));
+            (all && hints_held(c).await == 0).then_some(())
+        },
+    )
     .await;
-    let snap = c.snapshot(victim).await;
-    let missing: Vec<&String> = owned.iter().filter(|k| !snap.contains_key(*k)).collect();
-    assert!(
-        missing.is_empty(),
-        "seed {}: {victim_id} lacks {} writes it owns after hints were delivered: {missing:?}",
-        settings.seed,
-        missing.len()
-    );
     report.hints_delivered = Some(back.elapsed());
 }
 

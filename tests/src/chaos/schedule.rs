@@ -47,7 +47,12 @@ pub struct Settings {
     pub duration: Duration,
     pub nodes: usize,
     pub clients: usize,
-    /// Size of the key space the clients contend on.
+    /// Hot keys (`h0`, `h1`, ...): most operations contend on these.
+    pub hot_keys: usize,
+    /// Percent of operations on a hot key; the rest pick from `keys`.
+    pub hot_percent: u64,
+    /// Size of the large key space (`k0`, `k1`, ...): most of its keys see
+    /// one operation or none, so each acknowledged write stands alone.
     pub keys: usize,
     /// Third octet of the nodes' addresses; runs at the same time need different ones.
     pub subnet: u8,
@@ -66,7 +71,9 @@ impl Settings {
             duration,
             nodes: 5,
             clients: 5,
-            keys: 40,
+            hot_keys: 3,
+            hot_percent: 70,
+            keys: 5_000,
             subnet: 77,
             availability_writes: 200,
             restore_keys: 0,
@@ -74,6 +81,14 @@ impl Settings {
         }
     }
 }
+
+/// `KV_CLOCK_DRIFT_MS_MAX` of the chaos runs (the store's default): a node
+/// further than this from most of its peers must be fenced.
+pub const CLOCK_DRIFT_MS_MAX: u64 = 60_000;
+
+/// The clock offsets a skew fault draws from: within [`CLOCK_DRIFT_MS_MAX`]
+/// and far beyond it.
+pub const SKEW_OFFSETS_MS: [i64; 4] = [2_000, -2_000, 600_000, -600_000];
 
 /// One injected fault.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -143,7 +158,9 @@ pub fn schedule(seed: u64, duration: Duration, nodes: usize) -> Vec<Step> {
             6 => Fault::KillWorker(rng.below(nodes as u64) as usize),
             7 => Fault::Pause(rng.below(nodes as u64) as usize),
             8 => {
-                let offset = if rng.below(2) == 0 { 2000 } else { -2000 };
+                // Within the drift bound (60 s), and ten minutes beyond it
+                // either way: a node that far off must be fenced.
+                let offset = SKEW_OFFSETS_MS[rng.below(SKEW_OFFSETS_MS.len() as u64) as usize];
                 Fault::Skew(rng.below(nodes as u64) as usize, offset)
             }
             _ => Fault::Netem(rng.below(nodes as u64) as usize),
@@ -195,6 +212,10 @@ pub(super) fn single_node(fault: &Fault) -> Option<usize> {
 mod tests {
     use super::*;
 
+    fn long_schedule() -> Vec<Step> {
+        schedule(7, Duration::from_secs(600), 5)
+    }
+
     #[test]
     fn same_seed_same_schedule() {
         let a = schedule(7, Duration::from_secs(60), 5);
@@ -207,10 +228,22 @@ mod tests {
             schedule(2, Duration::from_secs(60), 5),
             schedule(3, Duration::from_secs(60), 5)
         );
+        // Over a long schedule, skews both within and beyond the bound.
+        let skews: Vec<i64> = long_schedule()
+            .iter()
+            .flat_map(|s| &s.faults)
+            .filter_map(|f| match f {
+                Fault::Skew(_, o) => Some(*o),
+                _ => None,
+            })
+            .collect();
+        for offset in SKEW_OFFSETS_MS {
+            assert!(skews.contains(&offset), "{offset} in {skews:?}");
+        }
         let total: Duration = a.iter().map(|s| s.hold + s.gap).sum();
         assert!(total >= Duration::from_secs(60));
         // Some steps hold two faults, never two on the same node.
-        let long = schedule(7, Duration::from_secs(600), 5);
+        let long = long_schedule();
         assert!(long.iter().any(|s| s.faults.len() == 2));
         for step in &long {
             if let [a, b] = step.faults.as_slice() {
