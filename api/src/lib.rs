@@ -36,7 +36,7 @@ use crate::middleware::{
     close_after_refused_body, method_not_allowed, no_route, panic_response, request_span,
     require_secret, require_token,
 };
-use crate::routes::{admin, internal, kv};
+use crate::routes::{admin, dashboard, internal, kv};
 use crate::state::AppState;
 
 /// The whole router of a node.
@@ -47,6 +47,10 @@ pub fn app(coord: Arc<Coordinator>) -> Router {
     let metrics = metrics::Metrics::default();
     let state = AppState { coord };
     let state_for_span = state.clone();
+
+    // The dashboard's data and a node's status need the request window too.
+    let views = get(dashboard::cluster_views).with_state((state.clone(), metrics.clone()));
+    let status = get(internal::internal_status).with_state((state.clone(), metrics.clone()));
 
     let client = Router::new()
         .route(
@@ -77,6 +81,8 @@ pub fn app(coord: Arc<Coordinator>) -> Router {
         .route("/restore", post(admin::restore))
         .route("/cluster/", get(admin::cluster))
         .route("/cluster", get(admin::cluster))
+        .route("/cluster/views", views.clone())
+        .route("/cluster/views/", views)
         .layer(DefaultBodyLimit::max(body_limit))
         .route_layer(from_fn_with_state(state.clone(), require_token));
 
@@ -87,6 +93,7 @@ pub fn app(coord: Arc<Coordinator>) -> Router {
         .route("/internal/explain", post(internal::internal_explain))
         .route("/internal/merkle", post(internal::internal_merkle))
         .route("/internal/buckets", post(internal::internal_buckets))
+        .route("/internal/status", status)
         .layer(DefaultBodyLimit::max(
             INTERNAL_BODY_BYTES_MAX.max(body_limit),
         ))
@@ -101,6 +108,11 @@ pub fn app(coord: Arc<Coordinator>) -> Router {
             get(metrics::render).with_state((state.clone(), metrics.clone())),
         )
         .route("/openapi.json", get(admin::openapi))
+        // The page's files are open like /health; its data is not.
+        .route("/ui", get(dashboard::to_index))
+        .route("/ui/", get(dashboard::index))
+        .route("/ui/app.js", get(dashboard::script))
+        .route("/ui/style.css", get(dashboard::style))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

@@ -3,6 +3,9 @@
 //! Hand-rolled (counters and fixed-bucket histograms behind one mutex) to
 //! keep the dependency tree small; label sets are bounded because routes are
 //! the router's matched patterns, never raw paths.
+//!
+//! The same middleware feeds the dashboard's request window (the last ten
+//! minutes in 10 s buckets, bounded: see `shared::core::status`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -15,6 +18,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use shared::core::histogram::Histogram;
 use shared::core::membership::Health;
+use shared::core::status::{RequestClass, RequestSeries, RequestWindow};
 use shared::node::COUNTERS;
 
 use crate::state::AppState;
@@ -25,13 +29,49 @@ const SERIES_MAX: usize = 512;
 /// A series' labels: matched route, method, status.
 type SeriesKey = (String, String, u16);
 
-/// Request counts and latencies per route, method and status.
+/// Request counts and latencies per route, method and status, and the
+/// recent request window the dashboard shows.
 #[derive(Default, Clone)]
 pub struct Metrics {
     series: Arc<Mutex<BTreeMap<SeriesKey, Histogram>>>,
+    window: Arc<Mutex<RequestWindow>>,
+}
+
+/// How a matched route counts in the request window: the data routes as
+/// client requests, `/internal/*` as peer calls, the rest (health, metrics,
+/// the dashboard and its polling) not at all.
+fn request_class(route: &str) -> Option<RequestClass> {
+    if route.starts_with("/internal/") {
+        Some(RequestClass::Internal)
+    } else if route.starts_with("/kv")
+        || route.starts_with("/snapshot")
+        || route.starts_with("/restore")
+    {
+        Some(RequestClass::Client)
+    } else {
+        None
+    }
 }
 
 impl Metrics {
+    /// The request window as it stands at `now_ms`.
+    pub fn request_series(&self, now_ms: u64) -> RequestSeries {
+        self.window
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .series(now_ms)
+    }
+
+    fn observe_window(&self, route: &str, status: u16, elapsed_s: f64) {
+        if let Some(class) = request_class(route) {
+            let latency_us = (elapsed_s * 1e6) as u64;
+            self.window
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .record(shared::clock::now_ms(), class, status >= 500, latency_us);
+        }
+    }
+
     fn observe(&self, route: String, method: String, status: u16, elapsed_s: f64) {
         let mut series = self.series.lock().unwrap_or_else(PoisonError::into_inner);
         let mut key = (route, method, status);
@@ -72,12 +112,10 @@ pub async fn track(State(metrics): State<Metrics>, request: Request, next: Next)
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = request.method().as_str().to_owned();
     let response = next.run(request).await;
-    metrics.observe(
-        route,
-        method,
-        response.status().as_u16(),
-        started.elapsed().as_secs_f64(),
-    );
+    let status = response.status().as_u16();
+    let elapsed_s = started.elapsed().as_secs_f64();
+    metrics.observe_window(&route, status, elapsed_s);
+    metrics.observe(route, method, status, elapsed_s);
     response
 }
 

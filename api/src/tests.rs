@@ -325,6 +325,8 @@ async fn openapi_document_is_served_and_names_every_client_route() {
         ("/snapshot/", &["get"]),
         ("/restore/", &["post"]),
         ("/cluster/", &["get"]),
+        ("/cluster/views", &["get"]),
+        ("/ui/", &["get"]),
         ("/health", &["get"]),
         ("/metrics", &["get"]),
         ("/openapi.json", &["get"]),
@@ -342,4 +344,81 @@ async fn openapi_document_is_served_and_names_every_client_route() {
     assert!(doc["components"]["schemas"]["Error"].is_object());
     assert!(doc["components"]["securitySchemes"]["bearerAuth"].is_object());
     assert!(doc["components"]["parameters"]["ConsistencyHeader"].is_object());
+}
+
+/// The dashboard's files are open and self-contained; its data is a client
+/// route (token) and a peer that does not answer is shown, not fatal.
+#[tokio::test]
+async fn dashboard_files_are_open_and_its_data_needs_the_token() {
+    // node2 listens nowhere: port 1 on loopback refuses at once.
+    let app = test_app(&[
+        ("KV_API_TOKEN", "t"),
+        (
+            "KV_PEERS",
+            "node1=http://127.0.0.1:9,node2=http://127.0.0.1:1",
+        ),
+    ]);
+    for (uri, ctype) in [
+        ("/ui/", "text/html; charset=utf-8"),
+        ("/ui/app.js", "text/javascript; charset=utf-8"),
+        ("/ui/style.css", "text/css; charset=utf-8"),
+    ] {
+        let request = HttpRequest::builder().uri(uri).body(Body::empty()).unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{uri}");
+        assert_eq!(response.headers()[header::CONTENT_TYPE], ctype, "{uri}");
+        let csp = response.headers()[header::CONTENT_SECURITY_POLICY]
+            .to_str()
+            .unwrap();
+        assert!(csp.contains("connect-src 'self'"), "{csp}");
+    }
+    let request = HttpRequest::builder()
+        .uri("/ui")
+        .body(Body::empty())
+        .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(response.headers()[header::LOCATION], "/ui/");
+
+    let (status, answer) = call(&app, Method::GET, "/cluster/views", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{answer}");
+    assert_eq!(answer["error"]["code"], "unauthorized");
+    let (status, answer) = call(&app, Method::GET, "/internal/status", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "a peer route: {answer}");
+
+    let with_token = |uri: &str| {
+        HttpRequest::builder()
+            .uri(uri)
+            .header(header::AUTHORIZATION, "Bearer t")
+            .body(Body::empty())
+            .unwrap()
+    };
+    // A client request that calls no peer, so the window has something to show.
+    let (status, _) = send(&app, with_token("/kv/route/?key=a")).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, views) = send(&app, with_token("/cluster/views")).await;
+    assert_eq!(status, StatusCode::OK, "{views}");
+    assert_eq!(views["node"], "node1");
+    assert_eq!(views["ring"]["arcs"].as_array().unwrap().len(), 256);
+    let nodes = views["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 2);
+    let (me, peer) = (&nodes[0], &nodes[1]);
+    assert_eq!(
+        (&me["id"], &me["self"], &me["reachable"]),
+        (&json!("node1"), &json!(true), &json!(true))
+    );
+    let buckets = me["status"]["requests"]["buckets"].as_array().unwrap();
+    assert_eq!(buckets.len(), 1, "{views}");
+    assert_eq!(buckets[0]["requests"], 1);
+    assert_eq!(me["status"]["restore"]["state"], "idle");
+    assert_eq!(
+        me["status"]["peers"]["node2"]["health"], "suspect",
+        "the failed call marked node2 suspect at once: {views}"
+    );
+    assert_eq!(
+        (&peer["id"], &peer["reachable"]),
+        (&json!("node2"), &json!(false))
+    );
+    assert_eq!(peer["error"], "unreachable", "{views}");
+    assert_eq!(peer["status"], Value::Null);
 }

@@ -33,6 +33,7 @@ use crate::core::message::{
     ExplainRequest, KeyedRecord, LocalView, MerkleRequest, MerkleResponse, ReadRequest,
     ReadResponse,
 };
+use crate::core::status::NodeStatus;
 
 /// Header that carries the cluster secret on internal routes.
 pub const SECRET_HEADER: &str = "x-kv-cluster-secret";
@@ -72,6 +73,7 @@ struct Endpoints {
     buckets: Uri,
     collect: Uri,
     explain: Uri,
+    status: Uri,
     health: Uri,
 }
 
@@ -96,6 +98,7 @@ impl Endpoints {
             buckets: parse("/internal/buckets")?,
             collect: parse("/internal/collect")?,
             explain: parse("/internal/explain")?,
+            status: parse("/internal/status")?,
             health: parse("/health")?,
         })
     }
@@ -274,6 +277,17 @@ impl PeerClient {
             .post(node, |e| &e.collect, &CollectRequest { records })
             .await?
             .0)
+    }
+
+    /// What `node` tells the dashboard about itself (`GET /internal/status`).
+    pub async fn status(&self, node: &str) -> Result<NodeStatus, PeerError> {
+        let call = Outgoing {
+            method: Method::GET,
+            uri: &self.endpoints(node)?.status,
+            headers: &self.json_headers,
+            body: Bytes::new(),
+        };
+        Ok(self.send(node, call, self.request_timeout).await?.0)
     }
 
     /// `GET /health` of a peer: the cheapest liveness probe.

@@ -18,7 +18,6 @@ use serde_json::{Value, json};
 use shared::core::limits::{SNAPSHOT_PAGE_LEN_DEFAULT, SNAPSHOT_PAGE_LEN_MAX};
 use shared::core::record::Record;
 use shared::core::ring::RING_SEED;
-use shared::keyspace::status_key;
 use shared::node::{Coordinator, RestoreReport, RestoreState};
 use shared::storage::StoreError;
 use tracing::{debug, warn};
@@ -160,30 +159,9 @@ pub async fn cluster(State(state): State<AppState>) -> Result<Response, ApiError
         .zip(ring.ownership())
         .collect();
     let peers = coord.peer_states();
-    let mut heartbeat_status = BTreeMap::new();
-    let mut hints_held = BTreeMap::new();
-    for id in cfg.nodes.keys() {
-        let status = coord
-            .store()
-            .get_plain(&status_key(id))
-            .await
-            .ok()
-            .flatten();
-        let seen = coord
-            .store()
-            .get_plain(&format!("{}:last_seen_ms", status_key(id)))
-            .await
-            .ok()
-            .flatten()
-            .and_then(|s| s.parse::<u64>().ok());
-        heartbeat_status.insert(id.clone(), (status, seen));
-        let held = coord
-            .store()
-            .count_in(&shared::storage::Space::Hints(id.clone()))
-            .await
-            .unwrap_or(0);
-        hints_held.insert(id.clone(), held);
-    }
+    // The same reads as the dashboard's status (`shared::node::status`).
+    let heartbeat_status = coord.heartbeat_marks().await;
+    let hints_held = coord.hints_held().await;
     let nodes: Vec<Value> = cfg
         .nodes
         .iter()

@@ -1,7 +1,7 @@
 //! The node-to-node routes under `/internal/`, guarded by the cluster
 //! secret: apply records, read keys, remove collected tombstones, and the
-//! hash trees and leaf pages of anti-entropy. Every request is bounded in
-//! count, every answer in bytes.
+//! hash trees and leaf pages of anti-entropy, and this node's status for
+//! the dashboard. Every request is bounded in count, every answer in bytes.
 
 use axum::Json;
 use axum::body::Body;
@@ -19,6 +19,7 @@ use shared::core::message::{
 
 use super::{checked_key, read_body};
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use crate::state::AppState;
 
 /// Extra room for internal apply batches over a single client body.
@@ -156,6 +157,13 @@ pub async fn internal_collect(
         removed,
     })
     .into_response())
+}
+
+/// `GET /internal/status`: what the dashboard shows of this node (see
+/// `shared::node::status`); the node that serves the page asks every peer.
+pub async fn internal_status(State((state, metrics)): State<(AppState, Metrics)>) -> Response {
+    let requests = metrics.request_series(shared::clock::now_ms());
+    Json(state.coord.status(requests).await).into_response()
 }
 
 fn known_node(state: &AppState, node: &str) -> Result<(), ApiError> {

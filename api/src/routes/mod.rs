@@ -4,12 +4,14 @@
 //! - [`kv`]: the client's `/kv/` routes (read, write, delete, `/kv/route/`).
 //! - [`admin`]: `/snapshot/`, `/restore/`, `/cluster/` and `/health`.
 //! - [`internal`]: the node-to-node `/internal/*` routes.
+//! - [`dashboard`]: the `/ui/` page and `/cluster/views`, the data it polls.
 //!
 //! This module holds what they share: strict query parsing, key checks and
 //! the bounded body reader. The router that mounts them (with its
 //! middleware) is built in the crate root.
 
 pub mod admin;
+pub mod dashboard;
 pub mod internal;
 pub mod kv;
 

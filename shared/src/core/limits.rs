@@ -90,3 +90,12 @@ pub const HINTS_PER_NODE_MAX_DEFAULT: u64 = 100_000;
 pub const HINT_WINDOW_S_DEFAULT: u64 = 3 * 3600;
 /// Age a tombstone must reach before it may be collected.
 pub const TOMBSTONE_GRACE_S_DEFAULT: u64 = 24 * 3600;
+
+/// Width of one bucket of the request window a node keeps for the
+/// dashboard (requests, errors and latency per bucket).
+pub const REQUEST_BUCKET_MS: u64 = 10_000;
+/// Buckets of the request window: with [`REQUEST_BUCKET_MS`], the last ten
+/// minutes. Older buckets are overwritten in place; memory never grows.
+pub const REQUEST_BUCKETS_KEPT: usize = 60;
+/// Points at which the dashboard's picture of the ring is sampled.
+pub const RING_ARCS_SHOWN: usize = 256;

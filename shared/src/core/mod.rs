@@ -16,6 +16,7 @@
 //! - [`limits`]: every bound the store enforces, with units in the names.
 //! - [`validate`]: key and node-id checks shared by the API and the peers.
 //! - [`request`]: strict parsing of client query strings and write bodies.
+//! - [`status`]: what a node tells the dashboard, and its bounded request window.
 
 pub mod histogram;
 pub mod hlc;
@@ -31,4 +32,5 @@ pub mod record;
 pub mod request;
 pub mod ring;
 pub mod schedule;
+pub mod status;
 pub mod validate;

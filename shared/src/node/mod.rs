@@ -13,7 +13,8 @@
 //! - [`explain`]: every node's view of one key, and its repair on request;
 //! - `fence`: the clock fence and the persisted clock mark;
 //! - [`notify`]: notification e-mails, queued or handed to the in-process sender;
-//! - [`stats`]: the counter table, summed over the node's processes in Redis.
+//! - [`stats`]: the counter table, summed over the node's processes in Redis;
+//! - [`status`]: what the dashboard shows of each node, gathered from every peer.
 //!
 //! Any node coordinates any request. Handlers (axum) and job functions
 //! (`crate::work`, which take a [`Node`]) are thin wrappers over this.
@@ -27,6 +28,7 @@ pub mod notify;
 pub mod read;
 pub mod replicas;
 pub mod stats;
+pub mod status;
 pub mod sync;
 pub mod write;
 
