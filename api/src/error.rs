@@ -37,6 +37,13 @@ pub enum ApiError {
     ClockSkew { offset_ms: i64, drift_max_ms: u64 },
     /// 503 `write_shadowed`: a newer version on a replica shadows the write.
     Shadowed(Box<Shadowed>),
+    /// 503 `min_version_unavailable`: no replica or hint held the version
+    /// a read asked for within the wait.
+    MinVersion {
+        min: String,
+        newest: Option<String>,
+        waited_ms: u64,
+    },
     /// 503: too many requests in flight.
     Overloaded,
     /// 503: this node's own storage does not answer.
@@ -141,6 +148,18 @@ impl ApiError {
                     },
                 )
             }
+            ApiError::MinVersion {
+                min,
+                newest,
+                waited_ms,
+            } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "min_version_unavailable",
+                format!(
+                    "no replica or hint holds version {min} or newer after {waited_ms} ms; the write may still be on its way: retry"
+                ),
+                json!({ "min_version": min, "newest": newest, "waited_ms": waited_ms }),
+            ),
             ApiError::Overloaded => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "overloaded",
@@ -229,6 +248,15 @@ impl From<CoordError> for ApiError {
                 error!(error = %source, "local storage failed");
                 ApiError::StorageUnavailable
             }
+            CoordError::MinVersion {
+                min,
+                newest,
+                waited_ms,
+            } => ApiError::MinVersion {
+                min,
+                newest,
+                waited_ms,
+            },
             CoordError::UnknownNode(node) => {
                 ApiError::bad_request("unknown_node", format!("unknown node {node:?}"))
             }

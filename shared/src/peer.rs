@@ -260,9 +260,15 @@ impl PeerClient {
     }
 
     /// What `node` holds about one key (record, hints, queued jobs).
-    pub async fn explain(&self, node: &str, key: &str) -> Result<LocalView, PeerError> {
+    pub async fn explain(
+        &self,
+        node: &str,
+        key: &str,
+        with_jobs: bool,
+    ) -> Result<LocalView, PeerError> {
         let request = ExplainRequest {
             key: key.to_owned(),
+            jobs: with_jobs,
         };
         Ok(self.post(node, |e| &e.explain, &request).await?.0)
     }

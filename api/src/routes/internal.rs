@@ -125,7 +125,7 @@ pub async fn internal_explain(
 ) -> Result<Response, ApiError> {
     let request: ExplainRequest = internal_json(&state, &headers, body).await?;
     checked_key(&state, &request.key)?;
-    Ok(Json(state.coord.local_view(&request.key).await?).into_response())
+    Ok(Json(state.coord.local_view(&request.key, request.jobs).await?).into_response())
 }
 
 /// `POST /internal/collect`: remove tombstones another replica collected,

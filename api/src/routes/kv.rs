@@ -107,12 +107,31 @@ async fn do_write(
     Ok(write_response(report))
 }
 
+/// `?min_version=V`: a version a write answered (read-your-writes token).
+fn min_version(params: &Params) -> Result<Option<Version>, ApiError> {
+    params
+        .get("min_version")
+        .map(|v| {
+            v.parse::<Version>().map_err(|_| {
+                ApiError::bad_request(
+                    "bad_min_version",
+                    "min_version must be a version a write answered, like 1796015047440:0:node1",
+                )
+            })
+        })
+        .transpose()
+}
+
 async fn do_read(
     state: &AppState,
     key: String,
     consistency: Consistency,
+    min: Option<Version>,
 ) -> Result<Response, ApiError> {
-    let report = state.coord.read(key, consistency).await?;
+    let report = match min {
+        None => state.coord.read(key, consistency).await?,
+        Some(min) => state.coord.read_at_least(key, consistency, min).await?,
+    };
     let (status, body) = match &report.record {
         Some(Record {
             version,
@@ -186,7 +205,8 @@ pub async fn get_query(
     let params = params(q)?;
     let key = key_param(&state, &params)?;
     let consistency = consistency(&params, &headers, state.coord.config().read_consistency)?;
-    do_read(&state, key, consistency).await
+    let min = min_version(&params)?;
+    do_read(&state, key, consistency, min).await
 }
 
 /// `DELETE /kv/?key=K`.
@@ -211,7 +231,8 @@ pub async fn get_path(
     let params = params(q)?;
     let key = path_key(&state, path)?;
     let consistency = consistency(&params, &headers, state.coord.config().read_consistency)?;
-    do_read(&state, key, consistency).await
+    let min = min_version(&params)?;
+    do_read(&state, key, consistency, min).await
 }
 
 /// `PUT /kv/{key}`: body `{"value": ...}`.

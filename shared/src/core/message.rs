@@ -117,6 +117,13 @@ pub struct BucketsResponse {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ExplainRequest {
     pub key: String,
+    /// Whether to look for queued jobs too (they cost a read of the queue).
+    #[serde(default = "yes")]
+    pub jobs: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// One node's own view of a key: its record, the hints it keeps for the

@@ -54,8 +54,9 @@ pub struct Explanation {
 }
 
 impl Node {
-    /// This node's own view of `key` (what `/internal/explain` answers).
-    pub async fn local_view(&self, key: &str) -> Result<LocalView, StoreError> {
+    /// This node's own view of `key` (what `/internal/explain` answers);
+    /// the queued jobs only `with_jobs` (they cost a read of the queue).
+    pub async fn local_view(&self, key: &str, with_jobs: bool) -> Result<LocalView, StoreError> {
         let store = self.store();
         let mut view = LocalView {
             node: self.cfg.node_id.clone(),
@@ -70,7 +71,7 @@ impl Node {
                 });
             }
         }
-        if let Some(queues) = &self.queues {
+        if let Some(queues) = self.queues.as_ref().filter(|_| with_jobs) {
             match queues
                 .replication_jobs_for(key, EXPLAIN_JOBS_CHECKED_MAX)
                 .await
@@ -95,9 +96,9 @@ impl Coordinator {
         let mut nodes = Vec::with_capacity(self.cfg.nodes.len());
         for node in self.cfg.nodes.keys() {
             let (view, error) = if *node == self.cfg.node_id {
-                (Some(self.local_view(key).await?), None)
+                (Some(self.local_view(key, true).await?), None)
             } else {
-                match io.tracked(node, io.peers.explain(node, key)).await {
+                match io.tracked(node, io.peers.explain(node, key, true)).await {
                     Ok(view) => (Some(view), None),
                     Err(e) => (None, Some(e.kind.as_str())),
                 }

@@ -27,6 +27,7 @@ pub mod hints;
 pub mod notify;
 pub mod read;
 pub mod replicas;
+pub mod ryw;
 pub mod stats;
 pub mod status;
 pub mod sync;
@@ -114,6 +115,15 @@ pub enum CoordError {
     /// This node's own storage failed: the node is unhealthy.
     #[error("local storage: {0}")]
     Storage(#[from] StoreError),
+    /// A read with `min_version` found nothing that new within the wait.
+    #[error(
+        "no replica or hint holds a version of at least {min} (newest seen: {newest:?}) after {waited_ms} ms"
+    )]
+    MinVersion {
+        min: String,
+        newest: Option<String>,
+        waited_ms: u64,
+    },
     /// A named peer is not part of the cluster.
     #[error("unknown node {0:?}")]
     UnknownNode(String),

@@ -121,7 +121,7 @@ impl Coordinator {
     /// Sends `record` to `node` in the background, bounded by a semaphore:
     /// when too many repairs are in flight the repair is dropped and counted
     /// (a later read or anti-entropy repairs it), never queued without bound.
-    fn spawn_repair(self: &Arc<Self>, node: String, key: String, record: Record) {
+    pub(super) fn spawn_repair(self: &Arc<Self>, node: String, key: String, record: Record) {
         let Ok(permit) = Arc::clone(&self.repair_permits).try_acquire_owned() else {
             Stats::add(&self.stats.read_repairs_dropped, 1);
             return;

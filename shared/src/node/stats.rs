@@ -54,6 +54,7 @@ counters! {
     jobs_expired: "replication jobs dropped: older than the tombstone grace",
     sloppy_writes: "writes acknowledged through a fallback (sloppy quorum)",
     writes_restamped: "writes stamped again above a newer version on a replica",
+    min_version_found_beyond_replicas: "reads with min_version answered from a hint or a node the replicas asked did not include",
     writes_retracted: "failed writes taken back: replicas refused this node's stamp as from the future",
     peer_transitions: "peer health changes seen by this node",
     anti_entropy_runs: "anti-entropy rounds",

@@ -175,24 +175,28 @@ pub(super) async fn client_loop(
         );
         sh.history.lock().await.push(op);
 
-        // Read your write, through another random node.
+        // Read your write, through another random node, with the token the
+        // write answered (`min_version`): it must see the write, sloppy or not.
         if let Some((Some(version), sloppy)) = written {
             let node = rng.below(urls.len() as u64) as usize;
             let req = http.get(format!(
-                "{}/kv/?key={}&consistency={CONSISTENCY}",
+                "{}/kv/?key={}&consistency={CONSISTENCY}&min_version={}",
                 urls[node],
-                encode(&key)
+                encode(&key),
+                encode(&version.to_string())
             ));
             let start_ms = sh.ms();
             let (outcome, status, body) = send(req, Kind::Read).await;
             let seen = version_of(&body);
-            if outcome == Outcome::Ok {
+            // The node could not find it in time: a miss, not a lost answer.
+            let not_found_in_time = body["error"]["code"] == "min_version_unavailable";
+            if outcome == Outcome::Ok || not_found_in_time {
                 let mut ryw = sh.ryw.lock().await;
                 let slot = &mut ryw[usize::from(sloppy)];
                 slot.1 += 1;
-                if seen.as_ref().is_some_and(|s| *s >= version) {
+                if outcome == Outcome::Ok && seen.as_ref().is_some_and(|s| *s >= version) {
                     slot.0 += 1;
-                } else if !sloppy {
+                } else {
                     let mut misses = sh.ryw_misses.lock().await;
                     if misses.len() < 20 {
                         misses.push(format!(

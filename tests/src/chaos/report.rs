@@ -22,7 +22,7 @@ pub struct Report {
     pub converge: Duration,
     pub ryw_strict: (usize, usize),
     pub ryw_sloppy: (usize, usize),
-    /// The first strict-quorum read-your-writes misses, described.
+    /// The first read-your-writes misses (strict or sloppy), described.
     pub ryw_misses: Vec<String>,
     pub availability: (usize, usize),
     pub detection: Duration,
@@ -114,7 +114,7 @@ impl std::fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "  read-your-writes: strict quorum {}, sloppy quorum {}",
+            "  read-your-writes with the min_version token: strict quorum {}, sloppy quorum {}",
             rate(self.ryw_strict),
             rate(self.ryw_sloppy)
         )?;
