@@ -44,6 +44,11 @@ pub enum ApiError {
         newest: Option<String>,
         waited_ms: u64,
     },
+    /// 412 `precondition_failed`: a conditional write's condition did not hold.
+    PreconditionFailed {
+        current: Option<String>,
+        deleted: bool,
+    },
     /// 503: too many requests in flight.
     Overloaded,
     /// 503: this node's own storage does not answer.
@@ -160,6 +165,16 @@ impl ApiError {
                 ),
                 json!({ "min_version": min, "newest": newest, "waited_ms": waited_ms }),
             ),
+            ApiError::PreconditionFailed { current, deleted } => (
+                StatusCode::PRECONDITION_FAILED,
+                "precondition_failed",
+                match current {
+                    Some(v) if *deleted => format!("the key was deleted at version {v}"),
+                    Some(v) => format!("the key's current version is {v}"),
+                    None => "the key holds no value".to_owned(),
+                },
+                json!({ "current_version": current, "deleted": deleted }),
+            ),
             ApiError::Overloaded => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "overloaded",
@@ -247,6 +262,9 @@ impl From<CoordError> for ApiError {
             CoordError::Storage(source) => {
                 error!(error = %source, "local storage failed");
                 ApiError::StorageUnavailable
+            }
+            CoordError::PreconditionFailed { current, deleted } => {
+                ApiError::PreconditionFailed { current, deleted }
             }
             CoordError::MinVersion {
                 min,

@@ -41,6 +41,20 @@ pub const SECRET_HEADER: &str = "x-kv-cluster-secret";
 /// Largest response body read from a peer (a scan page of big values).
 pub const PEER_RESPONSE_BYTES_MAX: usize = 256 * 1024 * 1024;
 
+/// Header marking a request one node forwards to another (with the cluster
+/// secret): the receiver handles it itself instead of forwarding it again.
+pub const FORWARDED_HEADER: &str = "x-kv-forwarded";
+
+/// A conditional client write forwarded to the key's primary.
+#[derive(Debug, Clone)]
+pub struct ForwardedWrite {
+    pub key: String,
+    /// `None`: a delete.
+    pub value: Option<Box<serde_json::value::RawValue>>,
+    pub consistency: crate::core::quorum::Consistency,
+    pub condition: crate::core::condition::Condition,
+}
+
 /// A decoded answer and its size on the wire in bytes.
 pub type Sized<T> = (T, usize);
 
@@ -294,6 +308,66 @@ impl PeerClient {
             body: Bytes::new(),
         };
         Ok(self.send(node, call, self.request_timeout).await?.0)
+    }
+
+    /// Forwards a conditional write to `node`'s client API (marked as
+    /// forwarded, with the cluster secret and the client's own
+    /// `Authorization`), and returns its answer as it is: status and body.
+    /// Its referee reads and writes, hence three request timeouts.
+    pub async fn forward_write(
+        &self,
+        node: &str,
+        write: &ForwardedWrite,
+        authorization: Option<&str>,
+    ) -> Result<(u16, Bytes), PeerError> {
+        use crate::core::condition::Condition;
+        use crate::core::request::encode_component;
+        let base = &self.endpoints(node)?.base;
+        let condition = match &write.condition {
+            Condition::IfVersion(v) => format!("if_version={}", encode_component(&v.to_string())),
+            Condition::IfAbsent => "if_absent=true".to_owned(),
+        };
+        let uri = parse_uri(&format!(
+            "{base}/kv/?key={}&consistency={}&{condition}",
+            encode_component(&write.key),
+            write.consistency
+        ))
+        .map_err(|reason| PeerError::Unreachable {
+            node: node.to_owned(),
+            reason,
+        })?;
+        let mut headers = self.json_headers.clone();
+        headers.insert(FORWARDED_HEADER, HeaderValue::from_static("1"));
+        if let Some(auth) = authorization.and_then(|a| HeaderValue::from_str(a).ok()) {
+            headers.insert(hyper::header::AUTHORIZATION, auth);
+        }
+        let (method, body) = match &write.value {
+            Some(value) => (
+                Method::PUT,
+                Bytes::from(
+                    serde_json::to_vec(&serde_json::json!({ "key": write.key, "value": value }))
+                        .map_err(|e| PeerError::Decode {
+                            node: node.to_owned(),
+                            reason: format!("cannot encode request: {e}"),
+                        })?,
+                ),
+            ),
+            None => (Method::DELETE, Bytes::new()),
+        };
+        let call = Outgoing {
+            method,
+            uri: &uri,
+            headers: &headers,
+            body,
+        };
+        let timeout = self.request_timeout.saturating_mul(3);
+        let (status, bytes) = tokio::time::timeout(timeout, self.exchange(node, call))
+            .await
+            .map_err(|_| PeerError::Timeout {
+                node: node.to_owned(),
+                timeout_ms: timeout.as_millis(),
+            })??;
+        Ok((status.as_u16(), bytes))
     }
 
     /// `GET /health` of a peer: the cheapest liveness probe.

@@ -7,16 +7,18 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::json;
 use serde_json::value::RawValue;
+use shared::core::condition::Condition;
 use shared::core::quorum::Consistency;
 use shared::core::record::{Record, Version};
 use shared::core::request::{WriteBody, WriteLimits, parse_write_body};
 use shared::core::ring::key_position;
 use shared::node::WriteReport;
+use shared::peer::{FORWARDED_HEADER, ForwardedWrite, SECRET_HEADER};
 
 use super::{Params, checked_key, flag, params, read_body};
 use crate::error::ApiError;
@@ -97,13 +99,98 @@ fn write_response(report: WriteReport) -> Response {
     (StatusCode::OK, Json(report)).into_response()
 }
 
+/// A write's condition: `If-Match: <version>` or `?if_version=`, and
+/// `If-None-Match: *` or `?if_absent=true`; at most one of them.
+fn condition(params: &Params, headers: &HeaderMap) -> Result<Option<Condition>, ApiError> {
+    let text = |name| {
+        headers
+            .get(name)
+            .map(|v| {
+                v.to_str().map(|t| t.trim().to_owned()).map_err(|_| {
+                    ApiError::bad_request("bad_condition", "a condition header is not text")
+                })
+            })
+            .transpose()
+    };
+    let if_match = text(header::IF_MATCH)?.or_else(|| params.get("if_version").cloned());
+    let if_none = text(header::IF_NONE_MATCH)?;
+    let if_absent = flag(params, "if_absent")?;
+    let version = |v: &str| {
+        v.trim_matches('"').parse::<Version>().map_err(|_| {
+            ApiError::bad_request(
+                "bad_condition",
+                "If-Match (if_version) must be a version a write answered, like 1796015047440:0:node1",
+            )
+        })
+    };
+    match (if_match, if_none.as_deref(), if_absent) {
+        (None, None, false) => Ok(None),
+        (Some(v), None, false) => Ok(Some(Condition::IfVersion(version(&v)?))),
+        (None, Some("*"), _) | (None, None, true) => Ok(Some(Condition::IfAbsent)),
+        (None, Some(_), _) => Err(ApiError::bad_request(
+            "bad_condition",
+            "If-None-Match takes only * (create only)",
+        )),
+        _ => Err(ApiError::bad_request(
+            "bad_condition",
+            "give one condition: If-Match (if_version) or If-None-Match: * (if_absent)",
+        )),
+    }
+}
+
+/// Whether another node forwarded this request (with the cluster secret),
+/// so this node referees it instead of forwarding it again.
+fn forwarded(state: &AppState, headers: &HeaderMap) -> bool {
+    let secret = &state.coord.config().cluster_secret.0;
+    headers.get(FORWARDED_HEADER).is_some_and(|v| v == "1")
+        && headers
+            .get(SECRET_HEADER)
+            .is_some_and(|v| shared::secret_eq(v.as_bytes(), secret.as_bytes()))
+}
+
 async fn do_write(
     state: &AppState,
+    headers: &HeaderMap,
+    params: &Params,
     key: String,
     value: Option<Box<RawValue>>,
     consistency: Consistency,
 ) -> Result<Response, ApiError> {
-    let report = state.coord.write(key, value, consistency).await?;
+    let Some(condition) = condition(params, headers)? else {
+        let report = state.coord.write(key, value, consistency).await?;
+        return Ok(write_response(report));
+    };
+    if !forwarded(state, headers) {
+        let write = ForwardedWrite {
+            key,
+            value,
+            consistency,
+            condition,
+        };
+        let auth = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if let Some((status, body)) = state.coord.forward_conditional(&write, auth).await {
+            // The referee's own answer, as it is.
+            let status = StatusCode::from_u16(status).map_err(|_| ApiError::Internal)?;
+            return Ok((status, [(header::CONTENT_TYPE, "application/json")], body).into_response());
+        }
+        let ForwardedWrite {
+            key,
+            value,
+            condition,
+            ..
+        } = write;
+        let report = state
+            .coord
+            .write_if(key, value, consistency, condition)
+            .await?;
+        return Ok(write_response(report));
+    }
+    let report = state
+        .coord
+        .write_if(key, value, consistency, condition)
+        .await?;
     Ok(write_response(report))
 }
 
@@ -193,7 +280,7 @@ pub async fn put_body(
     let params = params(q)?;
     let consistency = consistency(&params, &headers, state.coord.config().write_consistency)?;
     let WriteBody { key, value } = write_body(&state, &headers, body, None).await?;
-    do_write(&state, key, Some(value), consistency).await
+    do_write(&state, &headers, &params, key, Some(value), consistency).await
 }
 
 /// `GET /kv/?key=K`.
@@ -218,7 +305,7 @@ pub async fn delete_query(
     let params = params(q)?;
     let key = key_param(&state, &params)?;
     let consistency = consistency(&params, &headers, state.coord.config().write_consistency)?;
-    do_write(&state, key, None, consistency).await
+    do_write(&state, &headers, &params, key, None, consistency).await
 }
 
 /// `GET /kv/{key}`.
@@ -247,7 +334,7 @@ pub async fn put_path(
     let key = path_key(&state, path)?;
     let consistency = consistency(&params, &headers, state.coord.config().write_consistency)?;
     let WriteBody { key, value } = write_body(&state, &headers, body, Some(&key)).await?;
-    do_write(&state, key, Some(value), consistency).await
+    do_write(&state, &headers, &params, key, Some(value), consistency).await
 }
 
 /// `DELETE /kv/{key}`.
@@ -260,7 +347,7 @@ pub async fn delete_path(
     let params = params(q)?;
     let key = path_key(&state, path)?;
     let consistency = consistency(&params, &headers, state.coord.config().write_consistency)?;
-    do_write(&state, key, None, consistency).await
+    do_write(&state, &headers, &params, key, None, consistency).await
 }
 
 /// `GET /kv/route/?key=K`: the key's preference list, primary first.

@@ -19,6 +19,7 @@
 //! Any node coordinates any request. Handlers (axum) and job functions
 //! (`crate::work`, which take a [`Node`]) are thin wrappers over this.
 
+pub mod conditional;
 mod errors;
 pub mod explain;
 mod fence;
@@ -115,6 +116,13 @@ pub enum CoordError {
     /// This node's own storage failed: the node is unhealthy.
     #[error("local storage: {0}")]
     Storage(#[from] StoreError),
+    /// A conditional write's condition did not hold: the key's current
+    /// version (a tombstone's, with `deleted`), or none.
+    #[error("precondition failed: the key's current version is {current:?}")]
+    PreconditionFailed {
+        current: Option<String>,
+        deleted: bool,
+    },
     /// A read with `min_version` found nothing that new within the wait.
     #[error(
         "no replica or hint holds a version of at least {min} (newest seen: {newest:?}) after {waited_ms} ms"
@@ -158,6 +166,8 @@ pub struct Coordinator {
     restore_state: Mutex<RestoreState>,
     /// Whether the last probe round found this node's clock fenced.
     was_fenced: AtomicBool,
+    /// Per-key locks of the conditional writes this node referees.
+    condition_locks: conditional::ConditionLocks,
 }
 
 impl std::ops::Deref for Coordinator {
@@ -193,6 +203,7 @@ impl Coordinator {
             repair_permits: Arc::new(Semaphore::new(READ_REPAIRS_IN_FLIGHT_MAX)),
             restore_state: Mutex::new(RestoreState::Idle),
             was_fenced: AtomicBool::new(false),
+            condition_locks: conditional::ConditionLocks::default(),
         }))
     }
 
