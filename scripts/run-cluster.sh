@@ -240,7 +240,10 @@ exec 3<>"$control"
 # notices ("… Killed …") are sent to /dev/null.
 exec 4>&2
 
-say() { echo "[cluster $(date +%H:%M:%S)] $*" >&4; }
+# A closed stdout (`make run | tee log`, and tee got the Ctrl-C too) must
+# not stop the supervisor halfway through stopping the cluster.
+trap '' PIPE
+say() { echo "[cluster $(date +%H:%M:%S)] $*" >&4 2>/dev/null || true; }
 
 # The process table: "node/role" ↔ pid. role = redis, api, worker-N.
 declare -A pid_of=()    # node/role → pid
@@ -251,11 +254,11 @@ declare -A starting=()  # node → 1 while a node-start waits for its processes 
 # Starts one process of node i in the background and records it. Its stdin
 # is the caller's (0<&0: bash would give it /dev/null); fds 3, 4 and 9
 # (FIFO, stderr copy, lock) are not passed on, so a leftover child never
-# holds the lock.
+# holds the lock; SIGPIPE is its own business again (exec keeps the pid).
 spawn() {
   local i=$1 role=$2; shift 2
   local node="${nodes[$i]}"
-  "$@" 0<&0 3<&- 4>&- 9>&- &
+  ( trap - PIPE; exec "$@" ) 0<&0 3<&- 4>&- 9>&- &
   local pid=$!
   pid_of["$node/$role"]=$pid
   name_of[$pid]="$node/$role"
@@ -366,7 +369,9 @@ reap() {
       continue
     fi
     st=0; wait "$pid" || st=$?
-    if [ -n "${stop_by[$pid]:-}" ]; then
+    # Ctrl-C in a terminal reaches every process of the group at once, so
+    # they may end before the supervisor acts on its own SIGINT.
+    if [ -n "${stop_by[$pid]:-}" ] || (( stop_requested )); then
       say "$key (pid $pid) stopped ($(describe_status "$st"))"
     else
       say "$key (pid $pid) died: $(describe_status "$st"); the rest of the cluster keeps serving. Bring it back: make node-start NODE=${key%%/*} (log: $cluster_dir/${key%%/*}/${key#*/}.log)"
@@ -489,7 +494,7 @@ url1="http://127.0.0.1:$(api_port 0)"
   echo "  make node-start NODE=node2    # it comes back with the same data and restores itself"
   echo "  make status"
   echo "Ctrl-C stops everything. A process that dies is reported here; the rest keep serving."
-} >&4
+} >&4 2>/dev/null || true
 
 # The loop: wake on a request (or every 0.2 s), notice ended processes,
 # act on requests. Job notices of bash go to /dev/null (we say it better).
@@ -500,10 +505,12 @@ while :; do
   (( stop_requested )) && shutdown
   line=""
   if read -r -t 0.2 -u 3 line 2>/dev/null; then
+    (( stop_requested )) && shutdown
     read -r cmd node _ <<<"$partial$line" || true
     partial=""
     handle "${cmd:-}" "${node:-}"
   else
+    (( stop_requested )) && shutdown
     partial+="$line"
   fi
   reap 2>/dev/null
