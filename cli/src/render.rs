@@ -19,11 +19,28 @@ fn text(v: &Value) -> String {
     }
 }
 
-/// A list of strings as `a, b, c` (`-` when empty or missing).
+/// A list as `a, b, c` (`-` when empty or missing), each item as [`item`].
 fn list(v: &Value) -> String {
     match v.as_array() {
-        Some(items) if !items.is_empty() => items.iter().map(text).collect::<Vec<_>>().join(", "),
+        Some(items) if !items.is_empty() => items.iter().map(item).collect::<Vec<_>>().join(", "),
         _ => "-".to_owned(),
+    }
+}
+
+/// One item of a list: a node id as is; a failure `{"node", "code"}` as
+/// `node3 (unreachable)`; a hint `{"owner", "holder"}` as `node3 (on node1)`;
+/// anything else as JSON.
+fn item(v: &Value) -> String {
+    match (
+        v.get("node"),
+        v.get("code"),
+        v.get("owner"),
+        v.get("holder"),
+    ) {
+        (Some(node), Some(code), _, _) => format!("{} ({})", text(node), text(code)),
+        (_, _, Some(owner), Some(holder)) => format!("{} (on {})", text(owner), text(holder)),
+        (_, _, Some(owner), None) => text(owner),
+        _ => text(v),
     }
 }
 
@@ -102,25 +119,14 @@ pub fn write(body: &Value) -> String {
         ("failed", "failed"),
         ("hints", "hints kept"),
     ] {
-        if let Some(items) = body[field].as_array().filter(|a| !a.is_empty()) {
-            let shown: Vec<String> = items.iter().map(hint_or_text).collect();
-            let _ = writeln!(out, "  {label}: {}", shown.join(", "));
+        if body[field].as_array().is_some_and(|a| !a.is_empty()) {
+            let _ = writeln!(out, "  {label}: {}", list(&body[field]));
         }
     }
     if body["sloppy"] == Value::Bool(true) {
         out.push_str("  sloppy quorum: a fallback node stood in for a replica that is down\n");
     }
     out
-}
-
-/// A hint `{"owner": "node2", "holder": "node3", ...}` as `node2 (on node3)`;
-/// anything else as text.
-fn hint_or_text(v: &Value) -> String {
-    match (v.get("owner"), v.get("holder").or_else(|| v.get("node"))) {
-        (Some(owner), Some(holder)) => format!("{} (on {})", text(owner), text(holder)),
-        (Some(owner), None) => text(owner),
-        _ => text(v),
-    }
 }
 
 /// `route`: the preference list with each replica's health.
@@ -363,7 +369,8 @@ pub fn error_details(body: &Value) -> String {
     if let Some(error) = body["error"].as_object() {
         for (k, v) in error {
             if k != "code" && k != "message" {
-                let _ = writeln!(out, "  {k}: {}", text(v));
+                let shown = if v.is_array() { list(v) } else { text(v) };
+                let _ = writeln!(out, "  {k}: {shown}");
             }
         }
     }
@@ -426,6 +433,21 @@ mod tests {
             lines[3],
             "node22  down    -          -           -      http://b"
         );
+    }
+
+    #[test]
+    fn failures_and_hints_read_as_nodes() {
+        let out = error_details(&json!({"error": {
+            "code": "consistency_unreachable", "message": "m",
+            "failed": [{"code": "unreachable", "error": "cannot be reached", "node": "node3"}],
+            "hinted_for": [{"holder": "node1", "owner": "node3"}],
+            "stored_on": ["node1", "node2"], "queued_for": [], "required": 3
+        }}));
+        assert!(out.contains("  failed: node3 (unreachable)\n"), "{out}");
+        assert!(out.contains("  hinted_for: node3 (on node1)\n"), "{out}");
+        assert!(out.contains("  stored_on: node1, node2\n"), "{out}");
+        assert!(out.contains("  queued_for: -\n"), "{out}");
+        assert!(!out.contains("message"), "{out}");
     }
 
     #[test]
