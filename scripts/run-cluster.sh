@@ -37,6 +37,10 @@
 # Every other variable (and .env) is passed through to every node, so
 # `EMAIL_HOST=... make run` configures all of them.
 set -euo pipefail
+# The whole script is one block, read before it runs: bash reads a script as
+# it goes, and a supervisor that runs for days must not execute a file that
+# a `git pull` changed under it.
+{
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 bin_dir="${KV_BIN_DIR:-${CARGO_TARGET_DIR:-$root/target}/release}"
@@ -516,3 +520,5 @@ while :; do
   reap 2>/dev/null
   start_pending
 done
+exit
+}
