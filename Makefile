@@ -1,11 +1,29 @@
 # The two commands of the README: `make run` and `make test`.
-.PHONY: run build release test lint fmt clean-cluster compose-up compose-test bench chaos schemathesis fuzz scale
+.PHONY: run node-stop node-start status build release test lint fmt clean-cluster compose-up compose-test bench chaos schemathesis fuzz scale
 
 CARGO ?= cargo
+# Where cargo puts its builds (CARGO_TARGET_DIR when set, as cargo does).
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 
-# Build in release mode and start a 3-node local cluster in the foreground.
-run: release
+# Build in release mode and start a 3-node local cluster in the foreground,
+# supervised: a process that dies is reported and the rest keep serving.
+# Refuses (before building) when one already runs.
+run:
+	@./scripts/run-cluster.sh preflight
+	$(MAKE) --no-print-directory release
 	./scripts/run-cluster.sh
+
+# One node of the running `make run` cluster: its API and workers stop (its
+# Redis keeps running), or start again with the same configuration and data.
+node-stop:
+	@./scripts/run-cluster.sh node-stop $(or $(NODE),$(error NODE is required, e.g. make node-stop NODE=node2))
+
+node-start:
+	@./scripts/run-cluster.sh node-start $(or $(NODE),$(error NODE is required, e.g. make node-start NODE=node2))
+
+# The running cluster's processes.
+status:
+	@./scripts/run-cluster.sh status
 
 release:
 	$(CARGO) build --release --bins
@@ -45,7 +63,7 @@ compose-test: release
 # (installs wrk, etcd-server and redis-server with apt-get when missing).
 bench: release
 	./scripts/bench-deps.sh
-	KV_BIN_DIR=$(CURDIR)/target/release $(CARGO) run --release -q -p kv-tests --bin kvbench
+	KV_BIN_DIR=$(TARGET_DIR)/release $(CARGO) run --release -q -p kv-tests --bin kvbench
 
 # The HTTP API against its OpenAPI document: ~1000 generated requests, twice
 # (with and without a client token); any 5xx or undocumented answer fails.
@@ -67,7 +85,7 @@ RESTORE_KEYS ?= 10000
 chaos: release
 	$(CARGO) build --release -q -p kv-tests --bin chaos
 	SEED=$(SEED) DURATION=$(DURATION) RESTORE_KEYS=$(RESTORE_KEYS) \
-	  KV_BIN_DIR=$(CURDIR)/target/release $(CURDIR)/target/release/chaos
+	  KV_BIN_DIR=$(TARGET_DIR)/release $(TARGET_DIR)/release/chaos
 
 # How repair costs grow with the data: anti-entropy between identical nodes
 # at each SCALE_RECORDS size, and a wiped node restoring RESTORE_RECORDS.
@@ -76,4 +94,4 @@ RESTORE_RECORDS ?= 2000000
 scale: release
 	$(CARGO) build --release -q -p kv-tests --bin kvscale
 	SCALE_RECORDS=$(SCALE_RECORDS) RESTORE_RECORDS=$(RESTORE_RECORDS) \
-	  KV_BIN_DIR=$(CURDIR)/target/release $(CURDIR)/target/release/kvscale
+	  KV_BIN_DIR=$(TARGET_DIR)/release $(TARGET_DIR)/release/kvscale

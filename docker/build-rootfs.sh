@@ -6,7 +6,7 @@
 # ldd), and a non-root user.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-bin_dir="${KV_BIN_DIR:-$root/target/release}"
+bin_dir="${KV_BIN_DIR:-${CARGO_TARGET_DIR:-$root/target}/release}"
 out="$root/docker/rootfs.tar"
 stage="$(mktemp -d)"
 trap 'rm -rf "$stage"' EXIT

@@ -60,6 +60,88 @@ pub fn free_port_on(host: &str) -> u16 {
     listener.local_addr().expect("local addr").port()
 }
 
+/// The repository's root folder (scripts, Makefile, compose files).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// A first port `base` such that `base..base + count` are all free on
+/// 127.0.0.1 now (for programs that take a base port, like the local
+/// cluster's KV_API_BASE_PORT).
+pub fn free_port_run(count: u16) -> u16 {
+    for _ in 0..200 {
+        let base = free_port();
+        if base.checked_add(count).is_none() {
+            continue;
+        }
+        let free = (1..count).all(|k| TcpListener::bind(("127.0.0.1", base + k)).is_ok());
+        if free {
+            return base;
+        }
+    }
+    panic!("no {count} consecutive free ports on 127.0.0.1");
+}
+
+/// What a finished command printed and how it ended.
+#[derive(Debug)]
+pub struct Output {
+    /// The exit code (`None`: ended by a signal).
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `command` to its end with stdin from `stdin` (empty when `None`),
+/// killing it and panicking if it runs longer than `timeout`.
+pub fn run_bounded(command: &mut Command, stdin: Option<&[u8]>, timeout: Duration) -> Output {
+    use std::io::{Read, Write};
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
+    let mut input = child.stdin.take().expect("stdin");
+    let bytes = stdin.unwrap_or_default().to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&bytes);
+    });
+    // Read both pipes in threads, so a large output cannot block the child.
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let out_reader = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = out.read_to_end(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = err.read_to_end(&mut s);
+        s
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{command:?} still running after {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let _ = writer.join();
+    Output {
+        code: status.code(),
+        stdout: String::from_utf8_lossy(&out_reader.join().expect("stdout reader")).into_owned(),
+        stderr: String::from_utf8_lossy(&err_reader.join().expect("stderr reader")).into_owned(),
+    }
+}
+
 /// Folder holding the `api` and `worker` binaries.
 pub fn bin_dir() -> PathBuf {
     if let Ok(dir) = std::env::var("KV_BIN_DIR") {
@@ -71,7 +153,8 @@ pub fn bin_dir() -> PathBuf {
     dir.to_path_buf()
 }
 
-fn binary(name: &str) -> PathBuf {
+/// The path of a built binary (`api`, `worker`, `kvctl`) in [`bin_dir`].
+pub fn binary(name: &str) -> PathBuf {
     let path = bin_dir().join(name);
     assert!(
         path.exists(),

@@ -1,8 +1,10 @@
-//! The compose cluster: `docker compose up --build` with the registry-free
-//! override, then the seed's scenarios through the containers, a
-//! `docker compose stop node2` / `start node2` (scenario III) and a network
-//! partition. Run by `make compose-test` (ignored by `make test`: it needs
-//! a Docker engine and the host ports 8001-8003).
+//! The compose cluster: `docker compose up --build --scale worker1=3` with
+//! the registry-free override and an env file as a user's `.env`, then: the
+//! file's KV_* and EMAIL_* variables in every container, three distinct
+//! workers of node1 that each take jobs, the seed's scenarios through the
+//! containers, a `docker compose stop node2` / `start node2` (scenario III)
+//! and a network partition. Run by `make compose-test` (ignored by `make
+//! test`: it needs a Docker engine and the host ports 8001-8003).
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -14,6 +16,27 @@ use kv_tests::{json, read_json, wait_for};
 use serde_json::Value;
 
 const PROJECT: &str = "kvcompose";
+
+/// node1's worker containers (`--scale worker1=3`).
+const NODE1_WORKERS: usize = 3;
+
+/// The test's `.env` (given with `--env-file`, so a developer's own `.env`
+/// does not apply): short periods, workers that log each job they run, and
+/// two variables compose has no default for, to see them reach containers.
+const ENV_FILE: &str = "\
+KV_HEARTBEAT_INTERVAL_S=1
+KV_ANTI_ENTROPY_INTERVAL_S=5
+KV_CLUSTER_SECRET=compose-test-cluster-secret
+RUST_LOG=info,worker=debug
+KV_JOB_ATTEMPTS_MAX=9
+EMAIL_RATE_PER_MINUTE=61
+";
+
+fn env_file() -> PathBuf {
+    let path = std::env::temp_dir().join(format!("kvcompose-{}.env", std::process::id()));
+    std::fs::write(&path, ENV_FILE).expect("write the env file");
+    path
+}
 
 /// `docker compose` (v2) when present, else `docker-compose` (v1).
 fn compose_cmd() -> Vec<String> {
@@ -32,12 +55,15 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// `docker compose -p kvcompose -f docker-compose.yml -f docker-compose.local.yml`.
+/// `docker compose --env-file <test env> -p kvcompose -f docker-compose.yml
+/// -f docker-compose.local.yml`.
 fn compose_command() -> Command {
     let cmd = compose_cmd();
     let mut command = Command::new(&cmd[0]);
     command
         .args(&cmd[1..])
+        .arg("--env-file")
+        .arg(env_file())
         .args([
             "-p",
             PROJECT,
@@ -53,8 +79,6 @@ fn compose_command() -> Command {
 fn compose(args: &[&str]) -> String {
     let out = compose_command()
         .args(args)
-        .env("KV_HEARTBEAT_INTERVAL_S", "1")
-        .env("KV_ANTI_ENTROPY_INTERVAL_S", "5")
         .output()
         .expect("run docker compose");
     let text = format!(
@@ -80,6 +104,19 @@ fn docker(args: &[&str]) -> String {
     text
 }
 
+/// A container's log (stdout and stderr).
+fn docker_logs(container: &str) -> String {
+    let out = Command::new("docker")
+        .args(["logs", container])
+        .output()
+        .expect("run docker logs");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// Tears the cluster down, volumes included, however the test ends.
 struct Teardown;
 
@@ -93,6 +130,7 @@ impl Drop for Teardown {
         let _ = compose_command()
             .args(["down", "-v", "--remove-orphans"])
             .output();
+        let _ = std::fs::remove_file(env_file());
     }
 }
 
@@ -156,7 +194,13 @@ async fn compose_cluster_runs_the_seed_scenarios() {
     let started = Instant::now();
     let _teardown = Teardown;
     compose(&["down", "-v", "--remove-orphans"]);
-    compose(&["up", "-d", "--build"]);
+    compose(&[
+        "up",
+        "-d",
+        "--build",
+        "--scale",
+        &format!("worker1={NODE1_WORKERS}"),
+    ]);
     let c = Client {
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
@@ -173,6 +217,98 @@ async fn compose_cluster_runs_the_seed_scenarios() {
         .await;
     }
     eprintln!("compose cluster healthy after {:?}", started.elapsed());
+
+    // Every variable of the env file reached the API and worker containers;
+    // one set nowhere stays unset (the code's default holds).
+    for container in ["node1_1", "node3_1", "worker1_1", "worker2_1"] {
+        let env = docker(&[
+            "inspect",
+            "-f",
+            "{{range .Config.Env}}{{println .}}{{end}}",
+            &format!("{PROJECT}_{container}"),
+        ]);
+        for expected in [
+            "KV_JOB_ATTEMPTS_MAX=9",
+            "EMAIL_RATE_PER_MINUTE=61",
+            "KV_HEARTBEAT_INTERVAL_S=1",
+            "KV_CLUSTER_SECRET=compose-test-cluster-secret",
+        ] {
+            assert!(
+                env.lines().any(|l| l == expected),
+                "{container} lacks {expected}:\n{env}"
+            );
+        }
+        // Compose v1 lists it bare (`KV_VNODES`, which Docker documents as
+        // "removed from the environment"); v2 leaves it out.
+        assert!(
+            !env.lines().any(|l| l.starts_with("KV_VNODES=")),
+            "{container}: an unset variable must stay unset:\n{env}"
+        );
+    }
+
+    // --scale worker1=3: three workers with distinct names (each container's
+    // host name), each taking replication jobs from node1's queue.
+    let workers: Vec<String> = (1..=NODE1_WORKERS)
+        .map(|n| format!("{PROJECT}_worker1_{n}"))
+        .collect();
+    let hosts: Vec<String> = workers
+        .iter()
+        .map(|w| docker(&["inspect", "-f", "{{.Config.Hostname}}", w]))
+        .collect();
+    wait_for(
+        "three distinct workers registered on node1's queue",
+        Duration::from_secs(30),
+        || async {
+            let names = docker(&[
+                "exec",
+                &format!("{PROJECT}_redis1_1"),
+                "redis-cli",
+                "ZRANGE",
+                "kv:node1:q:replicate:workers",
+                "0",
+                "-1",
+            ]);
+            let all = hosts
+                .iter()
+                .all(|h| names.lines().any(|n| n.contains(&format!("-{h}-"))));
+            all.then(|| eprintln!("node1's replication workers:\n{names}"))
+        },
+    )
+    .await;
+    let mut round = 0;
+    wait_for(
+        "each of node1's three workers to run a replication job",
+        Duration::from_secs(90),
+        || {
+            round += 1;
+            let (c, workers) = (&c, &workers);
+            let round = round;
+            async move {
+                // More writes through node1: each queues a job for the
+                // replica that did not take part in the quorum.
+                for n in 0..20 {
+                    let (status, body) = c.put(0, &format!("scaled-{round}-{n}"), json!(n)).await;
+                    assert_eq!(status, 200, "{body}");
+                }
+                workers
+                    .iter()
+                    .all(|w| docker_logs(w).contains("replication job run"))
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    for w in &workers {
+        let logs = docker_logs(w);
+        eprintln!(
+            "{w}: {} replication jobs run",
+            logs.matches("replication job run").count()
+        );
+        assert!(
+            !logs.contains("still active within threshold"),
+            "{w}: workers collided on their name:\n{logs}"
+        );
+    }
 
     // I. CRUD.
     assert_eq!(

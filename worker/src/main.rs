@@ -25,7 +25,7 @@ use shared::work::periodic::{run_periodic_job, spawn_counter_flush};
 use shared::work::replicate::{JobOutcome, replicate_and_settle, retry_or_dead_letter};
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// How long jobs in progress may run after a shutdown signal.
 const SHUTDOWN_DEADLINE_S: u64 = 10;
@@ -91,6 +91,34 @@ fn stop_signal(mut stop: watch::Receiver<bool>) -> StopSignal {
     })
 }
 
+/// This process's name on the queues (apalis refuses a second live worker
+/// of the same name): `KV_WORKER_NAME` or `{node}-worker`, then the host
+/// name and the process id. The pid alone is not enough: in containers
+/// (`docker compose up --scale worker1=3`) every worker is pid 1, while
+/// each container has its own host name (its id).
+fn worker_name(node_id: &str) -> String {
+    let base = std::env::var("KV_WORKER_NAME")
+        .ok()
+        .filter(|n| !n.trim().is_empty())
+        .unwrap_or_else(|| format!("{node_id}-worker"));
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default();
+    let host: String = host
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+        .take(64)
+        .collect();
+    let pid = std::process::id();
+    if host.is_empty() {
+        format!("{base}-{pid}")
+    } else {
+        format!("{base}-{host}-{pid}")
+    }
+}
+
 /// What the e-mail job function gets.
 #[derive(Clone)]
 struct MailState {
@@ -128,9 +156,7 @@ async fn run() -> anyhow::Result<()> {
     let conn = connect_redis(&cfg)
         .await
         .with_context(|| format!("REDIS_URL: cannot reach {}", cfg.redis_url_redacted()))?;
-    let name =
-        std::env::var("KV_WORKER_NAME").unwrap_or_else(|_| format!("{}-worker", cfg.node_id));
-    let name = format!("{name}-{}", std::process::id());
+    let name = worker_name(&cfg.node_id);
 
     if !cfg.background_sync {
         // Background sync off: the API process runs the jobs itself.
@@ -243,9 +269,16 @@ async fn replicate_job(
             return Ok(state.queues.dead_letter_invalid(REPLICATE, raw).await?);
         }
     };
-    match replicate_and_settle(&state.node, &state.queues, job).await? {
-        JobOutcome::Delivered | JobOutcome::Retrying | JobOutcome::Dead => Ok(()),
-    }
+    let (target, records) = (job.target.clone(), job.records.len());
+    let outcome = match replicate_and_settle(&state.node, &state.queues, job).await? {
+        JobOutcome::Delivered => "delivered",
+        JobOutcome::Retrying => "retrying",
+        JobOutcome::Dead => "dead",
+    };
+    // Which worker ran which job (RUST_LOG=info,worker=debug): how an
+    // operator sees scaled workers share a queue.
+    debug!(worker = %state.name, %target, records, outcome, "replication job run");
+    Ok(())
 }
 
 /// The periodic job function: one round of the heartbeat, hint delivery,
@@ -308,7 +341,7 @@ async fn janitor(queues: JobQueues) {
         ticker.tick().await;
         match queues.janitor_pass().await {
             Ok(0) => {}
-            Ok(n) => tracing::debug!(deleted = n, "janitor trimmed finished jobs"),
+            Ok(n) => debug!(deleted = n, "janitor trimmed finished jobs"),
             Err(error) => warn!(%error, "janitor pass failed"),
         }
     }

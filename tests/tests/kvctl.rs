@@ -1,0 +1,310 @@
+//! `kvctl` as a real process against a real 3-node cluster (with a client
+//! token, passed as KV_API_TOKEN): the seed's scenarios I-VII end to end
+//! through it (VI, e-mail, is left to tests/tests/email.rs), `--json`
+//! answers that parse, and the exit codes scripts rely on: 3 not found,
+//! 4 unavailable, 2 bad input, 6 unauthorized, 5 no connection or timeout.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+use std::net::TcpListener;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use kv_tests::{Cluster, Options, Output, binary, free_port, json, run_bounded, wait_for};
+use serde_json::Value;
+
+const TOKEN: &str = "kvctl-test-token";
+
+/// Runs kvctl against the cluster's nodes.
+struct Kvctl {
+    urls: Vec<String>,
+}
+
+impl Kvctl {
+    fn new(c: &Cluster) -> Kvctl {
+        Kvctl {
+            urls: (0..c.nodes.len()).map(|i| c.url(i)).collect(),
+        }
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(binary("kvctl"));
+        cmd.env_remove("KV_URL").env("KV_API_TOKEN", TOKEN);
+        cmd
+    }
+
+    /// `kvctl --url <node i> args...`.
+    fn at(&self, i: usize, args: &[&str]) -> Output {
+        self.with_stdin(i, args, None)
+    }
+
+    fn with_stdin(&self, i: usize, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        let mut cmd = self.command();
+        cmd.arg("--url").arg(&self.urls[i]).args(args);
+        run_bounded(&mut cmd, stdin, Duration::from_secs(30))
+    }
+
+    /// `kvctl --json ...` that must succeed; its stdout parsed.
+    fn json(&self, i: usize, args: &[&str]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.at(i, &all);
+        assert_eq!(out.code, Some(0), "kvctl {args:?}: {out:?}");
+        parse(&out)
+    }
+}
+
+fn parse(out: &Output) -> Value {
+    serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("--json output does not parse ({e}): {out:?}"))
+}
+
+fn ok(out: &Output) -> &str {
+    assert_eq!(out.code, Some(0), "{out:?}");
+    &out.stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kvctl_drives_the_seed_scenarios() {
+    let mut c = Cluster::start(
+        Options {
+            workers: 1,
+            ..Options::default()
+        }
+        .env("KV_API_TOKEN", TOKEN)
+        .env("KV_HEARTBEAT_INTERVAL_S", "1"),
+    )
+    .await;
+    let k = Kvctl::new(&c);
+
+    // --help documents the exit codes; completions for three shells.
+    let help = k.at(0, &["--help"]);
+    assert!(ok(&help).contains("Exit codes"), "{help:?}");
+    for shell in ["bash", "zsh", "fish"] {
+        let out = k.at(0, &["completions", shell]);
+        assert!(ok(&out).contains("kvctl"), "{shell}: {out:?}");
+    }
+
+    // I. Basic CRUD: put (argument, stdin, file), get, delete, get → not found.
+    let out = k.at(0, &["put", "username123", "mci_admin", "--string"]);
+    assert!(
+        ok(&out).starts_with("stored username123 at version "),
+        "{out:?}"
+    );
+    assert_eq!(ok(&k.at(0, &["get", "username123"])), "\"mci_admin\"\n");
+    assert_eq!(
+        ok(&k.at(0, &["get", "username123", "--raw"])),
+        "mci_admin\n"
+    );
+    let got = k.json(0, &["get", "username123"]);
+    assert_eq!(got["value"], "mci_admin");
+    assert!(
+        got["version"].as_str().unwrap().ends_with(":node1"),
+        "{got}"
+    );
+    let written = k.json(0, &["put", "typed", "{\"a\": [1, 2.5, null]}"]);
+    assert!(written["acks"].as_array().unwrap().len() >= 2, "{written}");
+    assert_eq!(
+        k.json(1, &["get", "typed"])["value"],
+        json!({"a": [1, 2.5, null]})
+    );
+    let out = k.with_stdin(0, &["put", "from-stdin"], Some(b"{\"n\": 7}\n"));
+    ok(&out);
+    assert_eq!(k.json(2, &["get", "from-stdin"])["value"], json!({"n": 7}));
+    let out = k.with_stdin(0, &["put", "raw-stdin", "--string"], Some(b"line\n"));
+    ok(&out);
+    assert_eq!(k.json(0, &["get", "raw-stdin"])["value"], "line");
+    let file = c.dir.join("value.json");
+    std::fs::write(&file, "[\"from\", \"file\"]").unwrap();
+    ok(&k.at(0, &["put", "from-file", "--file", file.to_str().unwrap()]));
+    assert_eq!(
+        k.json(1, &["get", "from-file"])["value"],
+        json!(["from", "file"])
+    );
+    let out = k.at(0, &["delete", "username123"]);
+    assert!(ok(&out).starts_with("deleted username123"), "{out:?}");
+    let out = k.at(0, &["get", "username123"]);
+    assert_eq!(out.code, Some(3), "not found: {out:?}");
+    assert!(out.stderr.contains("not found"), "{out:?}");
+    let out = k.at(0, &["--json", "get", "username123"]);
+    assert_eq!(out.code, Some(3), "{out:?}");
+    let body = parse(&out);
+    assert_eq!(
+        (&body["key"], &body["value"]),
+        (&json!("username123"), &Value::Null)
+    );
+
+    // II. Replication: backup1 through node1 shows in node2's own snapshot;
+    // PUT at node A, GET at node B.
+    ok(&k.at(0, &["put", "backup1", "{\"saved\": true}"]));
+    wait_for(
+        "backup1 in node2's snapshot",
+        Duration::from_secs(10),
+        || async {
+            let snap = k.json(1, &["snapshot", "--limit", "1000"]);
+            assert_eq!(snap["node"], "node2");
+            (snap["data"]["backup1"] == json!({"saved": true})).then_some(())
+        },
+    )
+    .await;
+    let page = k.at(1, &["snapshot"]);
+    assert!(ok(&page).contains("backup1"), "{page:?}");
+    ok(&k.at(0, &["put", "key-x", "42", "--consistency", "quorum"]));
+    assert_eq!(ok(&k.at(1, &["get", "key-x"])), "42\n");
+
+    // IV. Heartbeat: node1's Redis says node_status:node1 = up (through /cluster/).
+    wait_for("heartbeat status up", Duration::from_secs(20), || async {
+        let view = k.json(0, &["cluster"]);
+        let nodes = view["nodes"].as_array().unwrap().clone();
+        nodes
+            .iter()
+            .all(|n| n["heartbeat_status"] == "up")
+            .then_some(())
+    })
+    .await;
+    let table = k.at(0, &["cluster"]);
+    let text = ok(&table);
+    assert!(text.contains("NODE") && text.contains("node1*"), "{text}");
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("node")).count(),
+        3,
+        "{text}"
+    );
+
+    // III. A node down: a write whose primary is node2 goes through node1.
+    let mut key = None;
+    for n in 0..1000 {
+        let candidate = format!("crash_test{n}");
+        if k.json(0, &["route", &candidate])["primary"] == "node2" {
+            key = Some(candidate);
+            break;
+        }
+    }
+    let key = key.expect("a key whose primary is node2");
+    let route = k.at(0, &["route", &key]);
+    assert!(ok(&route).contains("primary   node2"), "{route:?}");
+    c.kill_api(1);
+    let out = k.at(1, &["get", &key]);
+    assert_eq!(out.code, Some(5), "connection failure: {out:?}");
+    assert!(out.stderr.contains("cannot reach"), "{out:?}");
+    let written = k.json(0, &["put", &key, "\"written while node2 was down\""]);
+    assert!(
+        !written["acks"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("node2")),
+        "{written}"
+    );
+    wait_for(
+        "node1 to see node2 down",
+        Duration::from_secs(20),
+        || async {
+            let view = k.json(0, &["cluster"]);
+            view["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n["id"] == "node2" && n["status"] != "up")
+                .then_some(())
+        },
+    )
+    .await;
+    // All three replicas cannot answer: 503 → exit 4, saying which answered.
+    let out = k.at(0, &["put", "needs-all", "1", "--consistency", "all"]);
+    assert_eq!(out.code, Some(4), "unavailable: {out:?}");
+    assert!(out.stderr.contains("HTTP 503"), "{out:?}");
+    let out = k.at(
+        0,
+        &["--json", "put", "needs-all", "1", "--consistency", "all"],
+    );
+    assert_eq!(out.code, Some(4), "{out:?}");
+    assert!(parse(&out)["error"]["code"].is_string(), "{out:?}");
+    // node2 back: restore through kvctl, then its own snapshot holds the key.
+    c.restart_api(1).await;
+    let restored = k.json(1, &["restore"]);
+    assert!(restored["peers"].is_array(), "{restored}");
+    ok(&k.at(1, &["restore"]));
+    wait_for("node2 to hold the key", Duration::from_secs(20), || async {
+        let snap = k.json(1, &["snapshot", "--limit", "10000"]);
+        (snap["data"][key.as_str()] == "written while node2 was down").then_some(())
+    })
+    .await;
+    assert_eq!(
+        k.json(1, &["get", &key])["value"],
+        "written while node2 was down"
+    );
+    // explain: every node's view; with --repair the replicas agree after.
+    let explained = k.json(0, &["explain", &key, "--repair"]);
+    assert_eq!(explained["key"], json!(key));
+    wait_for("the replicas to agree", Duration::from_secs(20), || async {
+        (k.json(0, &["explain", &key])["agree"] == true).then_some(())
+    })
+    .await;
+    let out = k.at(0, &["explain", &key]);
+    assert!(ok(&out).contains("the replicas agree"), "{out:?}");
+
+    // V. Format and bad input: JSON errors, exit 2.
+    let out = k.at(0, &["put", "k", "not json"]);
+    assert_eq!(out.code, Some(2), "a value that is not JSON: {out:?}");
+    assert!(out.stderr.contains("--string"), "{out:?}");
+    let long_key = "k".repeat(2000);
+    let out = k.at(0, &["put", &long_key, "1"]);
+    assert_eq!(out.code, Some(2), "a key over the limit: {out:?}");
+    assert!(out.stderr.contains("HTTP 400"), "{out:?}");
+    let out = k.at(0, &["--json", "get", &long_key]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(parse(&out)["error"]["code"].is_string(), "{out:?}");
+    let out = k.at(0, &["put", "k"]);
+    assert_eq!(out.code, Some(2), "no value and empty stdin: {out:?}");
+    let out = k.at(0, &["frobnicate"]);
+    assert_eq!(out.code, Some(2), "an unknown command: {out:?}");
+    // Unauthorized: a wrong token (the flag wins over KV_API_TOKEN).
+    let out = k.at(0, &["--token", "wrong", "get", "key-x"]);
+    assert_eq!(out.code, Some(6), "{out:?}");
+    let mut cmd = Command::new(binary("kvctl"));
+    cmd.env_remove("KV_API_TOKEN")
+        .env("KV_URL", c.url(2))
+        .args(["get", "key-x"]);
+    let out = run_bounded(&mut cmd, None, Duration::from_secs(30));
+    assert_eq!(out.code, Some(6), "no token: {out:?}");
+    // KV_URL picks the node when --url is not given.
+    let mut cmd = k.command();
+    cmd.env("KV_URL", c.url(2)).args(["--json", "get", "key-x"]);
+    let out = run_bounded(&mut cmd, None, Duration::from_secs(30));
+    assert_eq!(parse(&out)["value"], 42, "{out:?}");
+    // No node on the port → 5; a node that never answers → 5 after --timeout.
+    let mut cmd = k.command();
+    cmd.args([
+        "--url",
+        &format!("http://127.0.0.1:{}", free_port()),
+        "get",
+        "a",
+    ]);
+    let out = run_bounded(&mut cmd, None, Duration::from_secs(30));
+    assert_eq!(out.code, Some(5), "{out:?}");
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let mut cmd = k.command();
+    cmd.args(["--url", &url, "--timeout", "0.5", "get", "a"]);
+    let started = Instant::now();
+    let out = run_bounded(&mut cmd, None, Duration::from_secs(30));
+    assert_eq!(out.code, Some(5), "{out:?}");
+    assert!(out.stderr.contains("did not answer"), "{out:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    drop(silent);
+
+    // VI (e-mail) is tested with a real SMTP server in tests/tests/email.rs.
+
+    // VII. The chain: PUT at node1, GET at node2, DELETE at node3, GET at node1 → not found.
+    ok(&k.at(0, &["put", "test1", "v", "--string"]));
+    assert_eq!(ok(&k.at(1, &["get", "test1", "--raw"])), "v\n");
+    let deleted = k.json(2, &["delete", "test1"]);
+    assert_eq!(deleted["deleted"], true, "{deleted}");
+    let out = k.at(0, &["--json", "get", "test1"]);
+    assert_eq!(out.code, Some(3), "{out:?}");
+    let body = parse(&out);
+    assert_eq!(
+        (&body["key"], &body["value"]),
+        (&json!("test1"), &Value::Null)
+    );
+}
