@@ -114,6 +114,13 @@ async fn run() -> anyhow::Result<()> {
         });
     }
 
+    if cfg.nodes.len() > 1 {
+        // Measure the peers' clocks (and health) before the first request:
+        // a node restarted with a clock far from its peers' must be fenced
+        // before it stamps or judges any version. Each probe has the peer
+        // timeouts; a lone node, or one whose peers are all down, goes on.
+        coord.probe_peers(false).await;
+    }
     api::server::serve(
         listener,
         api::app(coord),

@@ -79,13 +79,29 @@ impl NodeClock {
         lock(&self.hlc).raise(Timestamp::new(wall_ms, 0));
     }
 
-    /// Observes each timestamp; returns how many were refused.
-    pub fn observe_all(&self, remote: impl IntoIterator<Item = Timestamp>) -> Vec<bool> {
-        let now = now_ms();
+    /// Observes each timestamp, judged against `reference_ms` (this node's
+    /// time, or its peers' while it is fenced); says which were accepted.
+    pub fn observe_all_at(
+        &self,
+        remote: impl IntoIterator<Item = Timestamp>,
+        reference_ms: u64,
+    ) -> Vec<bool> {
         let mut hlc = lock(&self.hlc);
         remote
             .into_iter()
-            .map(|ts| hlc.observe(ts, now).is_ok())
+            .map(|ts| hlc.observe(ts, reference_ms).is_ok())
             .collect()
+    }
+
+    /// Observes each timestamp against this node's time.
+    pub fn observe_all(&self, remote: impl IntoIterator<Item = Timestamp>) -> Vec<bool> {
+        self.observe_all_at(remote, now_ms())
+    }
+
+    /// How far this clock's last reading is ahead of the wall clock, in ms
+    /// (0 when it is not). Beyond the drift bound, every stamp it would
+    /// give is one the peers refuse.
+    pub fn ahead_ms(&self) -> u64 {
+        lock(&self.hlc).last().wall_ms.saturating_sub(now_ms())
     }
 }

@@ -313,7 +313,8 @@ impl Cluster {
     pub async fn wait_all_see_all_up(&self) {
         wait_for(
             "every node to see every other node up",
-            Duration::from_secs(20),
+            // Generous: a 5-node cluster starting on a loaded 2-core machine.
+            Duration::from_secs(60),
             || async {
                 for i in (0..self.nodes.len()).filter(|&i| self.api_running(i)) {
                     let (status, view) = self
@@ -463,7 +464,10 @@ impl Cluster {
         let http = self.http.clone();
         wait_for(
             &format!("{} to be healthy", self.nodes[i].id),
-            Duration::from_secs(20),
+            // Generous: start-up connects to Redis, moves legacy records and
+            // measures the peers' clocks before serving; a loaded machine
+            // stretches that.
+            Duration::from_secs(60),
             || {
                 let (url, http) = (url.clone(), http.clone());
                 async move {

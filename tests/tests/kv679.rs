@@ -57,6 +57,10 @@ fn stat(view: &Value, name: &str) -> u64 {
 
 /// Every node's count of tombstone-collection rounds (node-wide: its
 /// workers run GC).
+/// Each test runs a 5-node cluster: one at a time, so their timings are not
+/// stretched by the other's processes on a small machine.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn gc_runs(c: &Cluster) -> Vec<u64> {
     let mut runs = Vec::with_capacity(NODES);
     for i in 0..NODES {
@@ -151,6 +155,7 @@ async fn late_delivery_stats(c: &Cluster) -> Vec<String> {
 /// the grace, must then never be delivered.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hint_older_than_the_grace_does_not_bring_a_deleted_key_back() {
+    let _one_cluster_at_a_time = ONE_AT_A_TIME.lock().await;
     let mut c = Cluster::start(options()).await;
     let (coordinator, owner) = (0, 2);
     let owner_id = c.nodes[owner].id.clone();
@@ -228,6 +233,7 @@ async fn a_hint_older_than_the_grace_does_not_bring_a_deleted_key_back() {
 /// than the grace, must bring no deleted key back.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replication_job_older_than_the_grace_does_not_bring_a_deleted_key_back() {
+    let _one_cluster_at_a_time = ONE_AT_A_TIME.lock().await;
     let mut c = Cluster::start(options()).await;
     let (coordinator, deleter) = (0, 1);
     let keys = keys_where(&c, "kv679-job-", |r| {

@@ -326,3 +326,61 @@ async fn explain_shows_every_replica_job_and_hint_and_repairs_one_key() {
         .await;
     assert_eq!(status, 400, "{body}");
 }
+
+/// A persisted clock mark from the future (the node once ran with a clock
+/// ahead of its peers') is not resumed above: the restarted node writes
+/// with versions its peers accept, instead of refusing every write for as
+/// long as its clock was ahead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_mark_from_the_future_is_not_resumed_above() {
+    let mut c = Cluster::start(Options::default()).await;
+    c.kill_api(0);
+    let mut redis = c.redis(0).await;
+    let ahead = shared::clock::now_ms() + 600_000;
+    let _: () = redis::cmd("SET")
+        .arg("kv:node1:hlc")
+        .arg(ahead)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    c.restart_api(0).await;
+    c.wait_all_see_all_up().await;
+    let (status, body) = c.put(0, "after-future-mark", json!(1)).await;
+    assert_eq!(status, 200, "{body}");
+    let version = version_of(&body);
+    assert!(
+        version.ts.wall_ms < ahead - 500_000,
+        "stamped {version}, near the future mark {ahead}"
+    );
+}
+
+/// A node whose clock is 10 minutes fast, once fenced, judges the records
+/// it is sent by its peers' time: a version 5 minutes ahead of real time
+/// (within its own fast clock's bound, beyond everyone else's) is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_fast_node_refuses_records_from_the_future() {
+    let mut c = Cluster::start(Options::default().env("KV_PROBE_INTERVAL_MS", "200")).await;
+    c.kill_api(2);
+    c.nodes[2].env = vec![("KV_CLOCK_OFFSET_MS".to_owned(), "600000".to_owned())];
+    c.restart_api(2).await;
+    wait_for("node3 fenced", Duration::from_secs(15), || async {
+        let (status, body) = c.put(2, "probe", json!(0)).await;
+        (status == 503 && body["error"]["code"] == "clock_skew").then_some(())
+    })
+    .await;
+    let bomb = format!("{}:0:node1", shared::clock::now_ms() + 300_000);
+    let answer = c
+        .http
+        .post(format!("{}/internal/apply", c.url(2)))
+        .header("x-kv-cluster-secret", TEST_SECRET)
+        .json(&json!({
+            "from": "node1",
+            "records": [{"key": "ahead", "record": {"version": bomb, "value": "x"}}]
+        }))
+        .send()
+        .await
+        .unwrap();
+    let (status, answer) = kv_tests::read_json(answer).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["results"], json!(["refused"]), "{answer}");
+}

@@ -62,7 +62,20 @@ impl Node {
             .await?
             .and_then(|s| s.parse::<u64>().ok())
             .unwrap_or(0);
-        if mark > 0 {
+        let now = crate::clock::now_ms();
+        let bound = now.saturating_add(self.cfg.clock_drift_ms_max);
+        if mark.saturating_add(CLOCK_RESUME_MARGIN_MS) > bound {
+            // A mark from the future: this node ran with a clock ahead of its
+            // peers' before (it was fenced, or its stamps were refused).
+            // Resuming above it would make every later stamp one the peers
+            // refuse, for as long as the clock was ahead: start from the wall
+            // clock instead, and say so.
+            tracing::warn!(
+                mark_ms = mark,
+                ahead_ms = mark.saturating_sub(now),
+                "the persisted clock mark is beyond the drift bound of the wall clock: not resumed above it"
+            );
+        } else if mark > 0 {
             self.replicas
                 .io
                 .clock

@@ -81,9 +81,12 @@ impl ReplicaIo {
         records: Vec<KeyedRecord>,
     ) -> Result<Vec<ApplyStatus>, StoreError> {
         let len = records.len();
-        let in_bounds = records
-            .iter()
-            .all(|kr| self.clock.check(kr.record.version.ts).is_ok());
+        let reference_ms = self.reference_now_ms();
+        let in_bounds = records.iter().all(|kr| {
+            self.clock
+                .check_at(kr.record.version.ts, reference_ms)
+                .is_ok()
+        });
         if !self.cfg.nodes.contains_key(owner) || owner == self.cfg.node_id || !in_bounds {
             return Ok(vec![ApplyStatus::Refused; len]);
         }

@@ -272,9 +272,12 @@ impl ReplicaIo {
         records: Vec<KeyedRecord>,
     ) -> Result<Vec<ApplyStatus>, StoreError> {
         let mut statuses = vec![ApplyStatus::Refused; records.len()];
-        let observed = self
-            .clock
-            .observe_all(records.iter().map(|kr| kr.record.version.ts));
+        // Judged by the peers' time while this node is fenced: a node with a
+        // fast clock must not take records from the future either.
+        let observed = self.clock.observe_all_at(
+            records.iter().map(|kr| kr.record.version.ts),
+            self.reference_now_ms(),
+        );
         let mut accepted_at = Vec::with_capacity(records.len());
         let mut accepted = Vec::with_capacity(records.len());
         for (i, (kr, ok)) in records.into_iter().zip(observed).enumerate() {

@@ -65,10 +65,18 @@ impl Coordinator {
     ) -> Result<WriteReport, CoordError> {
         Stats::add(&self.stats.writes, 1);
         let clock = self.replicas.io.clock_view();
-        if clock.fenced {
+        let ahead_ms = self.replicas.io.clock.ahead_ms();
+        if clock.fenced || ahead_ms > clock.drift_max_ms {
+            // Fenced by the peers' clocks, or this clock adopted a reading
+            // beyond the bound: any stamp now would be one peers refuse.
             Stats::add(&self.stats.unavailable, 1);
+            let offset_ms = if clock.fenced {
+                -clock.median_offset_ms
+            } else {
+                i64::try_from(ahead_ms).unwrap_or(i64::MAX)
+            };
             return Err(CoordError::ClockSkew {
-                offset_ms: -clock.median_offset_ms,
+                offset_ms,
                 drift_max_ms: clock.drift_max_ms,
             });
         }
