@@ -275,6 +275,9 @@ impl From<CoordError> for ApiError {
                 newest,
                 waited_ms,
             },
+            e @ CoordError::FutureMinVersion { .. } => {
+                ApiError::bad_request("future_min_version", e.to_string())
+            }
             CoordError::UnknownNode(node) => {
                 ApiError::bad_request("unknown_node", format!("unknown node {node:?}"))
             }

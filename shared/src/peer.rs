@@ -323,12 +323,28 @@ impl PeerClient {
         use crate::core::condition::Condition;
         use crate::core::request::encode_component;
         let base = &self.endpoints(node)?.base;
-        let condition = match &write.condition {
-            Condition::IfVersion(v) => format!("if_version={}", encode_component(&v.to_string())),
-            Condition::IfAbsent => "if_absent=true".to_owned(),
-        };
+        // The query carries one version; a second one (If-Match and
+        // if_version both given, and different), `*` or a tag that names
+        // no version goes as If-Match, as the client sent it.
+        let mut condition = String::new();
+        let mut if_match = None;
+        for part in write.condition.clone().into_parts() {
+            match part {
+                Condition::IfVersion(v) if condition.contains("if_version=") => {
+                    if_match = Some(v.to_string());
+                }
+                Condition::IfVersion(v) => {
+                    condition.push_str(&format!("&if_version={}", encode_component(&v.to_string())))
+                }
+                Condition::IfAbsent => condition.push_str("&if_absent=true"),
+                // Header-only conditions; a request carries at most one.
+                Condition::IfPresent => if_match = Some("*".to_owned()),
+                Condition::Never => if_match = Some("none".to_owned()),
+                Condition::All(_) => {}
+            }
+        }
         let uri = parse_uri(&format!(
-            "{base}/kv/?key={}&consistency={}&{condition}",
+            "{base}/kv/?key={}&consistency={}{condition}",
             encode_component(&write.key),
             write.consistency
         ))
@@ -338,6 +354,9 @@ impl PeerClient {
         })?;
         let mut headers = self.json_headers.clone();
         headers.insert(FORWARDED_HEADER, HeaderValue::from_static("1"));
+        if let Some(v) = if_match.and_then(|v| HeaderValue::from_str(&v).ok()) {
+            headers.insert(hyper::header::IF_MATCH, v);
+        }
         if let Some(auth) = authorization.and_then(|a| HeaderValue::from_str(a).ok()) {
             headers.insert(hyper::header::AUTHORIZATION, auth);
         }

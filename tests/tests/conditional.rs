@@ -66,14 +66,93 @@ async fn conditional_writes_referee_one_key_through_any_node() {
     assert_eq!(body["error"]["deleted"], true, "{body}");
     let (status, body) = put_if(&c, 0, "cas", json!(6), ("if-none-match", "*")).await;
     assert_eq!(status, 200, "{body}");
-    // Bad conditions are refused and change nothing.
-    for (name, value) in [("if-match", "yesterday"), ("if-none-match", "abc")] {
+    // A malformed If-None-Match, an over-long If-Match and a malformed
+    // if_version are bad input; an If-Match tag that is not a version
+    // matches nothing (as HTTP reads it): 412. None changes anything.
+    let long = "7".repeat(201);
+    for (name, value, want) in [
+        ("if-none-match", "abc", 400),
+        ("if-match", long.as_str(), 400),
+        ("if-match", "yesterday", 412),
+    ] {
         let (status, body) = put_if(&c, 0, "cas", json!(7), (name, value)).await;
-        assert_eq!(status, 400, "{name}: {body}");
-        assert_eq!(body["error"]["code"], "bad_condition", "{body}");
+        assert_eq!(status, want, "{name}: {body}");
+        let code = if want == 400 {
+            "bad_condition"
+        } else {
+            "precondition_failed"
+        };
+        assert_eq!(body["error"]["code"], code, "{body}");
+    }
+    let resp = c
+        .http
+        .put(format!("{}/kv/cas?if_version=yesterday", c.url(2)))
+        .json(&json!({ "value": 7 }))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = kv_tests::read_json(resp).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "bad_condition", "{body}");
+    // Every condition given must hold: If-Match with If-None-Match: *
+    // never can (412, through a node that forwards it too), and two
+    // different versions cannot both be current.
+    let (_, now) = c.get(0, "cas").await;
+    let current = now["version"].as_str().unwrap().to_owned();
+    for node in 0..3 {
+        let resp = c
+            .http
+            .put(format!("{}/kv/", c.url(node)))
+            .header("if-match", &current)
+            .header("if-none-match", "*")
+            .json(&json!({ "key": "cas", "value": 8 }))
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = kv_tests::read_json(resp).await;
+        assert_eq!(status, 412, "node{}: {body}", node + 1);
+        assert_eq!(body["error"]["current_version"], current.as_str(), "{body}");
+        let resp = c
+            .http
+            .put(format!(
+                "{}/kv/?if_version={}",
+                c.url(node),
+                kv_tests::encode(&v1)
+            ))
+            .header("if-match", &current)
+            .json(&json!({ "key": "cas", "value": 8 }))
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = kv_tests::read_json(resp).await;
+        assert_eq!(status, 412, "node{}: {body}", node + 1);
     }
     let (_, body) = c.get(0, "cas").await;
     assert_eq!(body["value"], 6);
+    assert_eq!(body["version"], current.as_str());
+    // `If-Match: *`: any value; the same version twice is one condition.
+    let (status, body) = put_if(&c, 1, "cas", json!(9), ("if-match", "*")).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = put_if(&c, 1, "absent-key", json!(9), ("if-match", "*")).await;
+    assert_eq!(status, 412, "{body}");
+    let (_, now) = c.get(0, "cas").await;
+    let current = now["version"].as_str().unwrap().to_owned();
+    let resp = c
+        .http
+        .put(format!(
+            "{}/kv/?if_version={}",
+            c.url(2),
+            kv_tests::encode(&current)
+        ))
+        .header("if-match", format!("\"{current}\""))
+        .json(&json!({ "key": "cas", "value": 10 }))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = kv_tests::read_json(resp).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, body) = c.get(0, "cas").await;
+    assert_eq!(body["value"], 10);
 
     // 100 increments from 10 clients through the three nodes: read the
     // counter and its version, write +1 if the version is still current,

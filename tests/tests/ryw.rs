@@ -126,4 +126,27 @@ async fn a_read_with_the_token_sees_a_sloppy_write_its_replicas_miss() {
         .await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["code"], "bad_min_version", "{body}");
+    // A token beyond the drift bound from now: no write answered it.
+    let mut future: Version = token.parse().unwrap();
+    future.ts.wall_ms += 3_600_000;
+    let path = format!(
+        "/kv/?key={}&min_version={}",
+        encode(key),
+        encode(&future.to_string())
+    );
+    let (status, body) = c.request(Method::GET, a, &path, None).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "future_min_version", "{body}");
+    // A token older than the tombstone grace on a key nobody holds: its
+    // write may have been a deletion since collected, so "missing" meets
+    // it at once (404), where a recent one is waited for (503 above).
+    let (status, body): (u16, Value) = c
+        .request(
+            Method::GET,
+            a,
+            "/kv/?key=never-written&min_version=1000:0:node1",
+            None,
+        )
+        .await;
+    assert_eq!(status, 404, "{body}");
 }

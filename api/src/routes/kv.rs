@@ -99,8 +99,12 @@ fn write_response(report: WriteReport) -> Response {
     (StatusCode::OK, Json(report)).into_response()
 }
 
-/// A write's condition: `If-Match: <version>` or `?if_version=`, and
-/// `If-None-Match: *` or `?if_absent=true`; at most one of them.
+/// Longest `If-Match` header taken (as the OpenAPI document says).
+const IF_MATCH_BYTES_MAX: usize = 200;
+
+/// A write's conditions: `If-Match: <version> | *` and `?if_version=`,
+/// `If-None-Match: *` and `?if_absent=true`. Every one given must hold
+/// (as HTTP evaluates preconditions), so contradictory ones get 412.
 fn condition(params: &Params, headers: &HeaderMap) -> Result<Option<Condition>, ApiError> {
     let text = |name| {
         headers
@@ -112,9 +116,6 @@ fn condition(params: &Params, headers: &HeaderMap) -> Result<Option<Condition>, 
             })
             .transpose()
     };
-    let if_match = text(header::IF_MATCH)?.or_else(|| params.get("if_version").cloned());
-    let if_none = text(header::IF_NONE_MATCH)?;
-    let if_absent = flag(params, "if_absent")?;
     let version = |v: &str| {
         v.trim_matches('"').parse::<Version>().map_err(|_| {
             ApiError::bad_request(
@@ -123,19 +124,38 @@ fn condition(params: &Params, headers: &HeaderMap) -> Result<Option<Condition>, 
             )
         })
     };
-    match (if_match, if_none.as_deref(), if_absent) {
-        (None, None, false) => Ok(None),
-        (Some(v), None, false) => Ok(Some(Condition::IfVersion(version(&v)?))),
-        (None, Some("*"), _) | (None, None, true) => Ok(Some(Condition::IfAbsent)),
-        (None, Some(_), _) => Err(ApiError::bad_request(
-            "bad_condition",
-            "If-None-Match takes only * (create only)",
-        )),
-        _ => Err(ApiError::bad_request(
-            "bad_condition",
-            "give one condition: If-Match (if_version) or If-None-Match: * (if_absent)",
-        )),
+    let mut parts = Vec::new();
+    // The header as HTTP reads it: `*` is "any value"; a tag that is not
+    // a version matches nothing, so the condition is false (412).
+    match text(header::IF_MATCH)?.as_deref() {
+        None => {}
+        Some(tag) if tag.len() > IF_MATCH_BYTES_MAX => {
+            return Err(ApiError::bad_request(
+                "bad_condition",
+                format!("If-Match is longer than {IF_MATCH_BYTES_MAX} bytes"),
+            ));
+        }
+        Some("*") => parts.push(Condition::IfPresent),
+        Some(tag) => parts.push(version(tag).map_or(Condition::Never, Condition::IfVersion)),
     }
+    // The query form is this API's own: a malformed one is bad input.
+    if let Some(v) = params.get("if_version") {
+        parts.push(Condition::IfVersion(version(v)?));
+    }
+    match text(header::IF_NONE_MATCH)?.as_deref() {
+        None => {}
+        Some("*") => parts.push(Condition::IfAbsent),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "bad_condition",
+                "If-None-Match takes only * (create only)",
+            ));
+        }
+    }
+    if flag(params, "if_absent")? {
+        parts.push(Condition::IfAbsent);
+    }
+    Ok(Condition::all(parts))
 }
 
 /// Whether another node forwarded this request (with the cluster secret),

@@ -15,6 +15,16 @@ pub enum Condition {
     IfVersion(Version),
     /// `If-None-Match: *`: the key holds no value (missing or deleted).
     IfAbsent,
+    /// `If-Match: *`: the key holds a value (not deleted).
+    IfPresent,
+    /// An `If-Match` that names no version (it cannot equal any key's
+    /// version, so, as HTTP says of an entity tag that matches nothing, the
+    /// condition is false).
+    Never,
+    /// Several of the above, all of which must hold (HTTP evaluates every
+    /// precondition a request carries; `If-Match` with `If-None-Match: *`
+    /// can never both hold, so such a write always gets 412).
+    All(Vec<Condition>),
 }
 
 /// Why a condition failed: the key's current version (a tombstone's, with
@@ -26,12 +36,39 @@ pub struct Mismatch {
 }
 
 impl Condition {
+    /// The conjunction of `parts` (repeats dropped): `None` when there are
+    /// none, the condition itself when there is one.
+    pub fn all(parts: Vec<Condition>) -> Option<Condition> {
+        let mut flat: Vec<Condition> = Vec::with_capacity(parts.len());
+        for part in parts.into_iter().flat_map(Condition::into_parts) {
+            if !flat.contains(&part) {
+                flat.push(part);
+            }
+        }
+        match flat.len() {
+            0 => None,
+            1 => flat.pop(),
+            _ => Some(Condition::All(flat)),
+        }
+    }
+
+    /// The simple conditions this one is made of.
+    pub fn into_parts(self) -> Vec<Condition> {
+        match self {
+            Condition::All(parts) => parts.into_iter().flat_map(Condition::into_parts).collect(),
+            simple => vec![simple],
+        }
+    }
+
     /// Whether `current` (the newest record a read found) meets the condition.
     pub fn check(&self, current: Option<&Record>) -> Result<(), Mismatch> {
         let live = current.filter(|r| !r.is_tombstone());
         let ok = match self {
             Condition::IfVersion(v) => live.is_some_and(|r| r.version == *v),
             Condition::IfAbsent => live.is_none(),
+            Condition::IfPresent => live.is_some(),
+            Condition::Never => false,
+            Condition::All(parts) => parts.iter().all(|c| c.check(current).is_ok()),
         };
         if ok {
             Ok(())
@@ -94,7 +131,52 @@ mod tests {
         assert!(c.check(Some(&value(3))).is_err());
     }
 
+    #[test]
+    fn if_present_and_never() {
+        assert!(Condition::IfPresent.check(Some(&value(1))).is_ok());
+        assert!(
+            Condition::IfPresent
+                .check(Some(&Record::tombstone(v(1))))
+                .is_err()
+        );
+        assert!(Condition::IfPresent.check(None).is_err());
+        assert!(Condition::Never.check(Some(&value(1))).is_err());
+        assert!(Condition::Never.check(None).is_err());
+    }
+
+    #[test]
+    fn all_needs_every_part() {
+        let both = Condition::all(vec![Condition::IfVersion(v(5)), Condition::IfAbsent]).unwrap();
+        assert!(both.check(None).is_err());
+        assert!(both.check(Some(&value(5))).is_err());
+        let same = Condition::all(vec![Condition::IfVersion(v(5)), Condition::IfVersion(v(5))]);
+        assert_eq!(same, Some(Condition::IfVersion(v(5))));
+        let two =
+            Condition::all(vec![Condition::IfVersion(v(5)), Condition::IfVersion(v(6))]).unwrap();
+        assert!(two.check(Some(&value(5))).is_err());
+        assert!(two.check(Some(&value(6))).is_err());
+        assert_eq!(Condition::all(vec![]), None);
+    }
+
     proptest! {
+        /// A conjunction holds exactly when each of its parts does.
+        #[test]
+        fn all_is_the_conjunction(ws in proptest::collection::vec(0u64..4, 0..4),
+                                  absent in any::<bool>(), current in proptest::option::of(0u64..4),
+                                  deleted in any::<bool>()) {
+            let mut parts: Vec<Condition> = ws.iter().map(|w| Condition::IfVersion(v(*w))).collect();
+            if absent {
+                parts.push(Condition::IfAbsent);
+            }
+            let record = current.map(|w| if deleted { Record::tombstone(v(w)) } else { value(w) });
+            let each = parts.iter().all(|c| c.check(record.as_ref()).is_ok());
+            match Condition::all(parts) {
+                Some(c) => prop_assert_eq!(c.check(record.as_ref()).is_ok(), each),
+                None => prop_assert!(each),
+            }
+        }
+
+
         /// Exactly one of two writers racing on the same observed version
         /// can pass, once the first one's record is what the second reads.
         #[test]

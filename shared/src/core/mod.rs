@@ -32,6 +32,7 @@ pub mod quorum;
 pub mod record;
 pub mod request;
 pub mod ring;
+pub mod ryw;
 pub mod schedule;
 pub mod status;
 pub mod validate;

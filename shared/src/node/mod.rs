@@ -132,6 +132,10 @@ pub enum CoordError {
         newest: Option<String>,
         waited_ms: u64,
     },
+    /// A `min_version` stamped beyond the drift bound from now: no write
+    /// of this cluster was answered with it.
+    #[error("min_version {min} is beyond this cluster's clock; no write answered it")]
+    FutureMinVersion { min: String },
     /// A named peer is not part of the cluster.
     #[error("unknown node {0:?}")]
     UnknownNode(String),

@@ -21,6 +21,7 @@ use super::stats::Stats;
 use super::{CoordError, Coordinator, ReadReport};
 use crate::core::quorum::Consistency;
 use crate::core::record::{Record, Version};
+use crate::core::ryw::{TokenAge, token_age};
 
 /// How long a read with `min_version` keeps looking before it answers 503.
 pub const MIN_VERSION_WAIT_MS: u64 = 3_000;
@@ -38,6 +39,18 @@ impl Coordinator {
         consistency: Consistency,
         min: Version,
     ) -> Result<ReadReport, CoordError> {
+        let grace_ms = u64::try_from(self.cfg.tombstone_grace.as_millis()).unwrap_or(u64::MAX);
+        let age = token_age(
+            &min,
+            self.replicas.io.reference_now_ms(),
+            self.cfg.clock_drift_ms_max,
+            grace_ms,
+        );
+        if age == TokenAge::Future {
+            return Err(CoordError::FutureMinVersion {
+                min: min.to_string(),
+            });
+        }
         let deadline = tokio::time::Instant::now() + Duration::from_millis(MIN_VERSION_WAIT_MS);
         let mut pause_ms = MIN_VERSION_PAUSE_MS;
         let mut newest_seen: Option<Version> = None;
@@ -54,6 +67,11 @@ impl Coordinator {
                 }
                 report.repaired = report.replicas.clone();
                 report.record = Some(found);
+                return Ok(report);
+            }
+            if age == TokenAge::BeyondGrace && report.record.is_none() {
+                // The token may name a deletion whose tombstone has been
+                // collected: missing is the newest state there is.
                 return Ok(report);
             }
             if tokio::time::Instant::now() >= deadline {
