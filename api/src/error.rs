@@ -224,7 +224,7 @@ impl ApiError {
 
     /// The status and the `{"code": ..., "message": ...}` object (with any
     /// details) of the answer.
-    fn status_and_body(&self) -> (StatusCode, Value) {
+    pub(crate) fn status_and_body(&self) -> (StatusCode, Value) {
         let (status, code, message, details) = self.parts();
         let mut body = json!({ "code": code, "message": message });
         if let (Value::Object(extra), Some(obj)) = (details, body.as_object_mut()) {

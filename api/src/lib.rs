@@ -36,7 +36,7 @@ use crate::middleware::{
     close_after_refused_body, method_not_allowed, no_route, panic_response, request_span,
     require_secret, require_token,
 };
-use crate::routes::{admin, dashboard, internal, kv};
+use crate::routes::{admin, batch, dashboard, internal, kv};
 use crate::state::AppState;
 
 /// The whole router of a node.
@@ -67,6 +67,8 @@ pub fn app(coord: Arc<Coordinator>) -> Router {
                 .put(kv::put_body)
                 .delete(kv::delete_query),
         )
+        .route("/kv/batch", post(batch::batch))
+        .route("/kv/batch/", post(batch::batch))
         .route("/kv/route/", get(kv::route))
         .route("/kv/route", get(kv::route))
         .route("/kv/explain/", get(kv::explain))

@@ -320,6 +320,7 @@ async fn openapi_document_is_served_and_names_every_client_route() {
     let routes = [
         ("/kv/", ["get", "post", "put", "delete"].as_slice()),
         ("/kv/{key}", &["get", "put", "delete"]),
+        ("/kv/batch", &["post"]),
         ("/kv/route/", &["get"]),
         ("/kv/explain/", &["get"]),
         ("/snapshot/", &["get"]),

@@ -130,6 +130,12 @@ enum Command {
     },
     /// Delete a key on every replica (a versioned tombstone).
     Delete { key: String },
+    /// Several gets, puts and deletes in one request: `{"ops": [...]}` (or
+    /// the bare array) from a file or stdin; one result per operation.
+    Batch {
+        /// Read the operations from a file (`-` or none: stdin).
+        file: Option<PathBuf>,
+    },
     /// Which nodes own a key, primary first, and their health.
     Route { key: String },
     /// Every node's own view of a key (record, hints, queued jobs), and whether the replicas agree.
@@ -251,6 +257,20 @@ fn run(cli: &Cli) -> Result<(), CliError> {
             let path = format!("/kv/?key={}{consistency}", encode(key));
             let body = client.send(Method::DELETE, &path, None)?.ok()?;
             let text = render::write(&body);
+            (body, text)
+        }
+        Command::Batch { file } => {
+            let stdin = PathBuf::from("-");
+            let ops = match read_value(None, Some(file.as_deref().unwrap_or(&stdin)), false)? {
+                Value::Array(ops) => json!({ "ops": ops }),
+                other => other,
+            };
+            let path = match g.consistency {
+                Some(c) => format!("/kv/batch?consistency={}", c.as_str()),
+                None => "/kv/batch".to_owned(),
+            };
+            let body = client.send(Method::POST, &path, Some(&ops))?.ok()?;
+            let text = render::batch(&body);
             (body, text)
         }
         Command::Route { key } => {

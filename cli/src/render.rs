@@ -129,6 +129,40 @@ pub fn write(body: &Value) -> String {
     out
 }
 
+/// `batch`: one row per operation, in order: its status and what it
+/// returned (a value, a version, or the error's code).
+pub fn batch(body: &Value) -> String {
+    let rows: Vec<Vec<String>> = body["results"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let outcome = if r["error"].is_object() {
+                text(&r["error"]["code"])
+            } else if r["op"] == "get" && r["status"] == 200 {
+                preview(&r["value"])
+            } else if r["deleted"] == Value::Bool(true) && r["op"] == "get" {
+                "deleted".to_owned()
+            } else if r["op"] == "get" {
+                "missing".to_owned()
+            } else {
+                "ok".to_owned()
+            };
+            vec![
+                i.to_string(),
+                text(&r["op"]),
+                text(&r["key"]),
+                text(&r["status"]),
+                text(&r["version"]),
+                outcome,
+            ]
+        })
+        .collect();
+    table(&["#", "OP", "KEY", "STATUS", "VERSION", "RESULT"], &rows)
+}
+
 /// `route`: the preference list with each replica's health.
 pub fn route(body: &Value) -> String {
     let replicas = body["replicas"].as_array().cloned().unwrap_or_default();

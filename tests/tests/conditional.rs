@@ -30,6 +30,27 @@ async fn put_if(
     kv_tests::read_json(resp).await
 }
 
+/// `PUT {path}` on `node` with `headers` and body `{"key", "value"}`.
+async fn put_headers(
+    c: &Cluster,
+    node: usize,
+    path: &str,
+    headers: &[(&str, &str)],
+    key: &str,
+    value: Value,
+) -> (u16, Value) {
+    let mut req = c.http.put(format!("{}{path}", c.url(node)));
+    for (name, v) in headers {
+        req = req.header(*name, *v);
+    }
+    let resp = req
+        .json(&json!({ "key": key, "value": value }))
+        .send()
+        .await
+        .unwrap();
+    kv_tests::read_json(resp).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conditional_writes_referee_one_key_through_any_node() {
     let c = Cluster::start(Options::default()).await;
@@ -99,32 +120,14 @@ async fn conditional_writes_referee_one_key_through_any_node() {
     // different versions cannot both be current.
     let (_, now) = c.get(0, "cas").await;
     let current = now["version"].as_str().unwrap().to_owned();
+    let old_version = format!("/kv/?if_version={}", kv_tests::encode(&v1));
     for node in 0..3 {
-        let resp = c
-            .http
-            .put(format!("{}/kv/", c.url(node)))
-            .header("if-match", &current)
-            .header("if-none-match", "*")
-            .json(&json!({ "key": "cas", "value": 8 }))
-            .send()
-            .await
-            .unwrap();
-        let (status, body) = kv_tests::read_json(resp).await;
+        let both = [("if-match", current.as_str()), ("if-none-match", "*")];
+        let (status, body) = put_headers(&c, node, "/kv/", &both, "cas", json!(8)).await;
         assert_eq!(status, 412, "node{}: {body}", node + 1);
         assert_eq!(body["error"]["current_version"], current.as_str(), "{body}");
-        let resp = c
-            .http
-            .put(format!(
-                "{}/kv/?if_version={}",
-                c.url(node),
-                kv_tests::encode(&v1)
-            ))
-            .header("if-match", &current)
-            .json(&json!({ "key": "cas", "value": 8 }))
-            .send()
-            .await
-            .unwrap();
-        let (status, body) = kv_tests::read_json(resp).await;
+        let header = [("if-match", current.as_str())];
+        let (status, body) = put_headers(&c, node, &old_version, &header, "cas", json!(8)).await;
         assert_eq!(status, 412, "node{}: {body}", node + 1);
     }
     let (_, body) = c.get(0, "cas").await;
@@ -137,19 +140,10 @@ async fn conditional_writes_referee_one_key_through_any_node() {
     assert_eq!(status, 412, "{body}");
     let (_, now) = c.get(0, "cas").await;
     let current = now["version"].as_str().unwrap().to_owned();
-    let resp = c
-        .http
-        .put(format!(
-            "{}/kv/?if_version={}",
-            c.url(2),
-            kv_tests::encode(&current)
-        ))
-        .header("if-match", format!("\"{current}\""))
-        .json(&json!({ "key": "cas", "value": 10 }))
-        .send()
-        .await
-        .unwrap();
-    let (status, body) = kv_tests::read_json(resp).await;
+    let quoted = format!("\"{current}\"");
+    let path = format!("/kv/?if_version={}", kv_tests::encode(&current));
+    let header = [("if-match", quoted.as_str())];
+    let (status, body) = put_headers(&c, 2, &path, &header, "cas", json!(10)).await;
     assert_eq!(status, 200, "{body}");
     let (_, body) = c.get(0, "cas").await;
     assert_eq!(body["value"], 10);

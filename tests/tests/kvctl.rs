@@ -243,6 +243,31 @@ async fn kvctl_drives_the_seed_scenarios() {
     let out = k.at(0, &["explain", &key]);
     assert!(ok(&out).contains("the replicas agree"), "{out:?}");
 
+    // A batch from stdin: one row per operation, in order.
+    let ops = br#"[{"op": "put", "key": "kb", "value": [1, 2]}, {"op": "get", "key": "kb"}, {"op": "get", "key": "kb-missing"}]"#;
+    let out = k.with_stdin(0, &["batch"], Some(ops));
+    let table = ok(&out);
+    let rows: Vec<&str> = table.lines().collect();
+    assert_eq!(rows.len(), 4, "{out:?}");
+    assert!(
+        rows[1].contains("put") && rows[1].contains("200"),
+        "{out:?}"
+    );
+    assert!(rows[2].contains("[1,2]"), "{out:?}");
+    assert!(
+        rows[3].contains("404") && rows[3].contains("missing"),
+        "{out:?}"
+    );
+    let out = k.with_stdin(
+        1,
+        &["--json", "batch", "-"],
+        Some(br#"{"ops": [{"op": "delete", "key": "kb"}]}"#),
+    );
+    assert_eq!(parse(&out)["results"][0]["status"], 200, "{out:?}");
+    let out = k.with_stdin(1, &["batch"], Some(br#"[{"op": "put", "key": "kb"}]"#));
+    assert_eq!(out.code, Some(2), "a bad batch: {out:?}");
+    assert!(out.stderr.contains("ops[0]"), "{out:?}");
+
     // V. Format and bad input: JSON errors, exit 2.
     let out = k.at(0, &["put", "k", "not json"]);
     assert_eq!(out.code, Some(2), "a value that is not JSON: {out:?}");

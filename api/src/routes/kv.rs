@@ -17,7 +17,7 @@ use shared::core::quorum::Consistency;
 use shared::core::record::{Record, Version};
 use shared::core::request::{WriteBody, WriteLimits, parse_write_body};
 use shared::core::ring::key_position;
-use shared::node::WriteReport;
+use shared::node::{ReadReport, WriteReport};
 use shared::peer::{FORWARDED_HEADER, ForwardedWrite, SECRET_HEADER};
 
 use super::{Params, checked_key, flag, params, read_body};
@@ -30,7 +30,7 @@ pub const CONSISTENCY_HEADER: &str = "x-consistency";
 /// `?consistency=` or the `X-Consistency` header; the query parameter wins
 /// when both are given, but each must be valid (a bad header is refused
 /// even when the query overrides it, rather than silently ignored).
-fn consistency(
+pub(super) fn consistency(
     params: &Params,
     headers: &HeaderMap,
     default: Consistency,
@@ -239,7 +239,14 @@ async fn do_read(
         None => state.coord.read(key, consistency).await?,
         Some(min) => state.coord.read_at_least(key, consistency, min).await?,
     };
-    let (status, body) = match &report.record {
+    let (status, body) = read_answer(&report);
+    Ok((status, Json(body)).into_response())
+}
+
+/// A read's status and body: 200 with the value, or 404 (with the
+/// tombstone's version when the key was deleted).
+pub(super) fn read_answer(report: &ReadReport) -> (StatusCode, ReadAnswer<'_>) {
+    match &report.record {
         Some(Record {
             version,
             value: Some(value),
@@ -274,14 +281,13 @@ async fn do_read(
                 version: None,
             },
         ),
-    };
-    Ok((status, Json(body)).into_response())
+    }
 }
 
 /// The body of a read's answer: `value` is `null` when there is none;
 /// `deleted` and `version` appear only when they apply.
 #[derive(Serialize)]
-struct ReadAnswer<'a> {
+pub(super) struct ReadAnswer<'a> {
     key: &'a str,
     value: Option<&'a RawValue>,
     #[serde(skip_serializing_if = "Option::is_none")]

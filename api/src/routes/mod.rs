@@ -11,6 +11,7 @@
 //! middleware) is built in the crate root.
 
 pub mod admin;
+pub mod batch;
 pub mod dashboard;
 pub mod internal;
 pub mod kv;

@@ -99,3 +99,8 @@ pub const REQUEST_BUCKET_MS: u64 = 10_000;
 pub const REQUEST_BUCKETS_KEPT: usize = 60;
 /// Points at which the dashboard's picture of the ring is sampled.
 pub const RING_ARCS_SHOWN: usize = 256;
+/// Most operations in one `POST /kv/batch`.
+pub const BATCH_OPS_MAX: usize = 100;
+/// Most keys of one batch in flight at once (operations on one key run in
+/// the batch's order, one after another).
+pub const BATCH_KEYS_IN_FLIGHT_MAX: usize = 16;

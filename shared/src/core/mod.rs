@@ -18,6 +18,7 @@
 //! - [`request`]: strict parsing of client query strings and write bodies.
 //! - [`status`]: what a node tells the dashboard, and its bounded request window.
 
+pub mod batch;
 pub mod condition;
 pub mod histogram;
 pub mod hlc;

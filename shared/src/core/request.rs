@@ -221,7 +221,13 @@ pub fn parse_write_body(
         (None, None) => return Err(RequestError::MissingKey),
     };
     validate_key(&key, limits.key_bytes_max)?;
-    let value = envelope.value.ok_or(RequestError::MissingValue)?;
+    let value = checked_value(envelope.value.ok_or(RequestError::MissingValue)?, limits)?;
+    Ok(WriteBody { key, value })
+}
+
+/// Checks a value against the depth and size limits and returns it as
+/// compact JSON text (the form that is stored and measured).
+pub fn checked_value(value: Value, limits: WriteLimits) -> Result<Box<RawValue>, RequestError> {
     let depth = json_depth(&value);
     if depth > VALUE_DEPTH_MAX {
         return Err(RequestError::ValueTooDeep {
@@ -241,10 +247,9 @@ pub fn parse_write_body(
             max_bytes: limits.value_bytes_max,
         });
     }
-    let value = RawValue::from_string(text).map_err(|e| RequestError::NotJson {
+    RawValue::from_string(text).map_err(|e| RequestError::NotJson {
         reason: e.to_string(),
-    })?;
-    Ok(WriteBody { key, value })
+    })
 }
 
 /// Name of a JSON type, for error messages.
