@@ -291,6 +291,19 @@ impl From<RequestError> for ApiError {
     }
 }
 
+impl From<shared::core::listing::ListError> for ApiError {
+    fn from(e: shared::core::listing::ListError) -> Self {
+        use shared::core::listing::ListError;
+        let code = match e {
+            ListError::BadLimit { .. } => "bad_limit",
+            ListError::BadCursor => "bad_cursor",
+            ListError::BadBound { .. } => "bad_key",
+            ListError::BadFlag => "bad_query",
+        };
+        ApiError::bad_request(code, e.to_string())
+    }
+}
+
 impl From<shared::storage::StoreError> for ApiError {
     fn from(e: shared::storage::StoreError) -> Self {
         ApiError::from(CoordError::Storage(e))

@@ -91,6 +91,7 @@ pub fn app(coord: Arc<Coordinator>) -> Router {
     let node = Router::new()
         .route("/internal/apply", post(internal::internal_apply))
         .route("/internal/read", post(internal::internal_read))
+        .route("/internal/range", post(internal::internal_range))
         .route("/internal/collect", post(internal::internal_collect))
         .route("/internal/explain", post(internal::internal_explain))
         .route("/internal/merkle", post(internal::internal_merkle))

@@ -62,6 +62,13 @@ async fn run() -> anyhow::Result<()> {
     if moved > 0 {
         info!(node = %cfg.node_id, moved, "records moved into the leaf layout");
     }
+    let indexed = store
+        .ensure_key_index()
+        .await
+        .context("cannot index the keys of records written by an earlier version")?;
+    if indexed > 0 {
+        info!(node = %cfg.node_id, indexed, "keys of earlier records added to the key index");
+    }
     let coord = Coordinator::build(Arc::clone(&cfg), store, Some(queues.clone()), inline_mail)
         .context("cannot build the peer HTTP client")?;
     let mark = coord

@@ -136,6 +136,30 @@ enum Command {
         /// Read the operations from a file (`-` or none: stdin).
         file: Option<PathBuf>,
     },
+    /// The cluster's keys in order, one page at a time (or --all pages).
+    List {
+        /// Only keys that start with this.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Only keys at or after this one.
+        #[arg(long)]
+        start: Option<String>,
+        /// Only keys before this one.
+        #[arg(long)]
+        end: Option<String>,
+        /// Keys per page (the node allows up to 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Continue after a previous page: the cursor it named.
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Leave the values out.
+        #[arg(long)]
+        keys_only: bool,
+        /// Follow every page to the end of the range.
+        #[arg(long)]
+        all: bool,
+    },
     /// Which nodes own a key, primary first, and their health.
     Route { key: String },
     /// Every node's own view of a key (record, hints, queued jobs), and whether the replicas agree.
@@ -271,6 +295,52 @@ fn run(cli: &Cli) -> Result<(), CliError> {
             };
             let body = client.send(Method::POST, &path, Some(&ops))?.ok()?;
             let text = render::batch(&body);
+            (body, text)
+        }
+        Command::List {
+            prefix,
+            start,
+            end,
+            limit,
+            cursor,
+            keys_only,
+            all,
+        } => {
+            let mut base = format!("/kv/?limit={limit}{consistency}");
+            for (name, v) in [("prefix", prefix), ("start", start), ("end", end)] {
+                if let Some(v) = v {
+                    base.push_str(&format!("&{name}={}", encode(v)));
+                }
+            }
+            if *keys_only {
+                base.push_str("&keys_only=true");
+            }
+            let mut cursor = cursor.clone();
+            let mut listed = 0usize;
+            let body = loop {
+                let path = match &cursor {
+                    Some(c) => format!("{base}&cursor={}", encode(c)),
+                    None => base.clone(),
+                };
+                let page = client.get(&path)?.ok()?;
+                if !*all {
+                    break page;
+                }
+                // Every page is printed as it comes (JSON: one line per
+                // page), so --all holds one page in memory, not the range.
+                listed += page["items"].as_array().map_or(0, Vec::len);
+                if g.json {
+                    emit(&format!("{page}\n"))?;
+                } else {
+                    emit(&render::listing_rows(&page))?;
+                }
+                match page["next_cursor"].as_str() {
+                    Some(next) => cursor = Some(next.to_owned()),
+                    None if g.json => return Ok(()),
+                    None => return emit(&format!("{listed} key(s)\n")),
+                }
+            };
+            let text = render::listing(&body);
             (body, text)
         }
         Command::Route { key } => {

@@ -396,6 +396,46 @@ pub fn snapshot(body: &Value) -> String {
     out
 }
 
+/// `list`: one page of the cluster's keys, and how to get the next one.
+pub fn listing(body: &Value) -> String {
+    let items = body["items"].as_array().map_or(0, Vec::len);
+    let mut out = listing_rows(body);
+    let _ = writeln!(out, "{items} key(s)");
+    if let Some(cursor) = body["next_cursor"].as_str() {
+        let _ = writeln!(
+            out,
+            "more: kvctl list --cursor {cursor} (with the same range)"
+        );
+    }
+    out
+}
+
+/// The rows of one page of a listing: key, value (unless keys only), version.
+pub fn listing_rows(body: &Value) -> String {
+    let items = body["items"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    let with_values = items.iter().any(|i| i.get("value").is_some());
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|i| {
+            let mut row = vec![text(&i["key"])];
+            if with_values {
+                row.push(preview(&i["value"]));
+            }
+            row.push(text(&i["version"]));
+            row
+        })
+        .collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    let head: &[&str] = if with_values {
+        &["KEY", "VALUE", "VERSION"]
+    } else {
+        &["KEY", "VERSION"]
+    };
+    table(head, &rows)
+}
+
 /// An error answer's extra fields (which nodes answered, where a failed
 /// write was stored or queued), one line each.
 pub fn error_details(body: &Value) -> String {

@@ -30,6 +30,13 @@ pub fn leaves_key(node: &str) -> String {
     format!("kv:{node}:leaves")
 }
 
+/// Sorted set of every key a node holds a record of (tombstones
+/// included), all scored 0 so the members are in byte order: a listing
+/// reads a range of it (`ZRANGEBYLEX`) instead of scanning the leaves.
+pub fn key_index_key(node: &str) -> String {
+    format!("kv:{node}:keys")
+}
+
 /// How many records a node holds (kept by every write and removal).
 pub fn count_key(node: &str) -> String {
     format!("kv:{node}:count")

@@ -28,10 +28,11 @@ use thiserror::Error;
 
 use crate::core::histogram::Histogram;
 use crate::core::limits::{PEER_POOL_IDLE_MS, SYNC_CALL_TIMEOUT_MS};
+use crate::core::listing::NodePage;
 use crate::core::message::{
     ApplyRequest, ApplyResponse, BucketsRequest, BucketsResponse, CollectRequest, CollectResponse,
-    ExplainRequest, KeyedRecord, LocalView, MerkleRequest, MerkleResponse, ReadRequest,
-    ReadResponse,
+    ExplainRequest, KeyedRecord, LocalView, MerkleRequest, MerkleResponse, RangeRequest,
+    ReadRequest, ReadResponse,
 };
 use crate::core::status::NodeStatus;
 
@@ -83,6 +84,7 @@ struct Endpoints {
     base: String,
     apply: Uri,
     read: Uri,
+    range: Uri,
     merkle: Uri,
     buckets: Uri,
     collect: Uri,
@@ -108,6 +110,7 @@ impl Endpoints {
             base: base.to_owned(),
             apply: parse("/internal/apply")?,
             read: parse("/internal/read")?,
+            range: parse("/internal/range")?,
             merkle: parse("/internal/merkle")?,
             buckets: parse("/internal/buckets")?,
             collect: parse("/internal/collect")?,
@@ -271,6 +274,11 @@ impl PeerClient {
     /// the keys (it is bounded in bytes); the caller asks again for the rest.
     pub async fn read(&self, node: &str, keys: Vec<String>) -> Result<ReadResponse, PeerError> {
         Ok(self.post(node, |e| &e.read, &ReadRequest { keys }).await?.0)
+    }
+
+    /// One page of `node`'s records in a key range (a listing).
+    pub async fn range(&self, node: &str, request: &RangeRequest) -> Result<NodePage, PeerError> {
+        Ok(self.post(node, |e| &e.range, request).await?.0)
     }
 
     /// What `node` holds about one key (record, hints, queued jobs).
@@ -500,6 +508,7 @@ fn route_name(uri: &Uri) -> &'static str {
     match uri.path().rsplit('/').next() {
         Some("apply") => "apply",
         Some("read") => "read",
+        Some("range") => "range",
         Some("collect") => "collect",
         Some("merkle") => "merkle",
         Some("buckets") => "buckets",

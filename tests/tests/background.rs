@@ -64,7 +64,22 @@ async fn third_replica_gets_the_write_through_a_worker() {
         "third replica received the write {:?} after the response",
         started.elapsed()
     );
-    let view = c.cluster_view(0).await;
+    // The worker counts the job once it is acknowledged, just after the
+    // apply the snapshot saw (or anti-entropy may have carried the record
+    // first): wait for the count and the drained queue.
+    let view = wait_for(
+        "the job counted and its queue drained",
+        Duration::from_secs(10),
+        || {
+            let c = &c;
+            async move {
+                let view = c.cluster_view(0).await;
+                let delivered = view["jobs"]["counters"]["delivered"].as_u64().unwrap_or(0);
+                (delivered >= 1 && queue(&view)["depth"] == 0).then_some(view)
+            }
+        },
+    )
+    .await;
     assert!(
         view["jobs"]["counters"]["delivered"].as_u64().unwrap() >= 1,
         "{view}"

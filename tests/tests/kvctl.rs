@@ -268,6 +268,48 @@ async fn kvctl_drives_the_seed_scenarios() {
     assert_eq!(out.code, Some(2), "a bad batch: {out:?}");
     assert!(out.stderr.contains("ops[0]"), "{out:?}");
 
+    // Listing: one page with the command for the next, or --all pages.
+    let ops = br#"[{"op": "put", "key": "ls/a", "value": 1}, {"op": "put", "key": "ls/b", "value": 2}, {"op": "put", "key": "ls/c", "value": 3}]"#;
+    ok(&k.with_stdin(0, &["batch"], Some(ops)));
+    let out = k.at(1, &["list", "--prefix", "ls/", "--limit", "2"]);
+    let text = ok(&out);
+    assert!(text.contains("ls/a") && text.contains("ls/b"), "{out:?}");
+    assert!(!text.contains("ls/c"), "{out:?}");
+    assert!(text.contains("more: kvctl list --cursor"), "{out:?}");
+    let page = k.json(1, &["list", "--prefix", "ls/", "--limit", "2"]);
+    let cursor = page["next_cursor"].as_str().unwrap().to_owned();
+    let next = k.json(2, &["list", "--prefix", "ls/", "--cursor", &cursor]);
+    assert_eq!(next["items"][0]["key"], "ls/c", "{next}");
+    assert!(next["next_cursor"].is_null(), "{next}");
+    let out = k.at(
+        2,
+        &[
+            "list",
+            "--prefix",
+            "ls/",
+            "--limit",
+            "1",
+            "--all",
+            "--keys-only",
+        ],
+    );
+    let text = ok(&out);
+    for key in ["ls/a", "ls/b", "ls/c"] {
+        assert!(text.contains(key), "{out:?}");
+    }
+    assert!(text.ends_with("3 key(s)\n"), "{out:?}");
+    let out = k.at(
+        2,
+        &["--json", "list", "--prefix", "ls/", "--limit", "2", "--all"],
+    );
+    assert_eq!(
+        ok(&out).lines().count(),
+        2,
+        "one JSON page per line: {out:?}"
+    );
+    let out = k.at(0, &["list", "--limit", "0"]);
+    assert_eq!(out.code, Some(2), "a bad limit: {out:?}");
+
     // V. Format and bad input: JSON errors, exit 2.
     let out = k.at(0, &["put", "k", "not json"]);
     assert_eq!(out.code, Some(2), "a value that is not JSON: {out:?}");

@@ -9,6 +9,7 @@ use kv_tests::{Cluster, Options};
 use serde_json::value::RawValue;
 use shared::config::Config;
 use shared::core::hlc::Timestamp;
+use shared::core::listing::KeyRange;
 use shared::core::merkle::{Tree, leaf_of};
 use shared::core::record::{Record, Version};
 use shared::storage::{MemoryStore, RedisStore, Space, Store, connect_redis};
@@ -261,6 +262,21 @@ async fn scan_all(store: &Store) -> HashMap<String, Record> {
     }
 }
 
+/// Every record in `range`, page after page of 7.
+async fn range_all(store: &Store, range: &KeyRange) -> Vec<(String, Record)> {
+    let mut out = Vec::new();
+    let mut page_range = range.clone();
+    loop {
+        let page = store.range(&page_range, 7, usize::MAX).await.unwrap();
+        assert!(page.records.len() <= 7);
+        out.extend(page.records);
+        match page.scanned_to {
+            None => return out,
+            Some(after) => page_range = range.resumed_after(after),
+        }
+    }
+}
+
 /// What the store keeps beside the records — the hash tree, the count and
 /// the tombstone index — agrees with the records themselves.
 async fn check_derived(store: &Store) {
@@ -286,6 +302,25 @@ async fn check_derived(store: &Store) {
         .await
         .unwrap();
     assert_eq!(indexed, tombs, "the tombstone index matches the records");
+    // The key index: paging through every key finds exactly the records,
+    // in key order; a prefix finds exactly its keys.
+    let mut want: Vec<(String, Record)> = all.iter().map(|(k, r)| (k.clone(), r.clone())).collect();
+    want.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        range_all(store, &KeyRange::default()).await,
+        want,
+        "the key index matches the records"
+    );
+    let prefix = KeyRange {
+        prefix: Some("d1".into()),
+        ..KeyRange::default()
+    };
+    let with_prefix: Vec<(String, Record)> = want
+        .iter()
+        .filter(|(k, _)| k.starts_with("d1"))
+        .cloned()
+        .collect();
+    assert_eq!(range_all(store, &prefix).await, with_prefix);
     // Whole leaves hold exactly their records.
     let leaves: Vec<u16> = expected.leaves().keys().copied().take(20).collect();
     for (leaf, records) in leaves
@@ -401,6 +436,20 @@ async fn redis_store_and_namespacing() {
             .collect();
         assert_eq!(leaves, tree, "{node}");
     }
+
+    // Records written before the key index existed are indexed at start.
+    let store = Store::Redis(RedisStore::new(conn.clone(), "suite-d"));
+    let before = range_all(&store, &KeyRange::default()).await;
+    assert!(!before.is_empty());
+    redis::cmd("DEL")
+        .arg(shared::keyspace::key_index_key("suite-d"))
+        .query_async::<()>(&mut conn.clone())
+        .await
+        .unwrap();
+    assert!(range_all(&store, &KeyRange::default()).await.is_empty());
+    assert_eq!(store.ensure_key_index().await.unwrap(), before.len() as u64);
+    assert_eq!(store.ensure_key_index().await.unwrap(), 0);
+    assert_eq!(range_all(&store, &KeyRange::default()).await, before);
 
     // A corrupt stored record is skipped by reads and scans, and counted;
     // the other keys of the same call are answered.

@@ -1,5 +1,5 @@
 //! The node-to-node routes under `/internal/`, guarded by the cluster
-//! secret: apply records, read keys, remove collected tombstones, and the
+//! secret: apply records, read keys or a key range, remove collected tombstones, and the
 //! hash trees and leaf pages of anti-entropy, and this node's status for
 //! the dashboard. Every request is bounded in count, every answer in bytes.
 
@@ -9,12 +9,13 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use shared::core::limits::{
-    APPLY_BATCH_LEN_MAX, INTERNAL_ANSWER_BYTES_MAX, READ_BATCH_LEN_MAX, SYNC_LEAVES_PER_REQUEST_MAX,
+    APPLY_BATCH_LEN_MAX, INTERNAL_ANSWER_BYTES_MAX, LIST_LIMIT_MAX, READ_BATCH_LEN_MAX,
+    SYNC_LEAVES_PER_REQUEST_MAX,
 };
 use shared::core::merkle::MIDS;
 use shared::core::message::{
     ApplyRequest, ApplyResponse, BucketsRequest, BucketsResponse, CollectRequest, CollectResponse,
-    ExplainRequest, KeyedRecord, MerkleRequest, ReadRequest, ReadResponse,
+    ExplainRequest, KeyedRecord, MerkleRequest, RangeRequest, ReadRequest, ReadResponse,
 };
 
 use super::{checked_key, read_body};
@@ -175,6 +176,35 @@ fn known_node(state: &AppState, node: &str) -> Result<(), ApiError> {
             format!("unknown node {node:?}"),
         ))
     }
+}
+
+/// `POST /internal/range`: one page of this node's records in a key range
+/// (a listing), bounded in count by the request and in bytes here.
+pub async fn internal_range(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let request: RangeRequest = internal_json(&state, &headers, body).await?;
+    if !(1..=LIST_LIMIT_MAX).contains(&request.limit) {
+        return Err(ApiError::bad_request(
+            "batch_too_large",
+            format!("limit must be 1 to {LIST_LIMIT_MAX}"),
+        ));
+    }
+    let range = &request.range;
+    for key in [&range.prefix, &range.start, &range.end, &range.after]
+        .into_iter()
+        .flatten()
+    {
+        checked_key(&state, key)?;
+    }
+    let page = state
+        .coord
+        .store()
+        .range(range, request.limit, INTERNAL_ANSWER_BYTES_MAX)
+        .await?;
+    Ok(Json(page).into_response())
 }
 
 /// `POST /internal/read`: the local records of some keys.

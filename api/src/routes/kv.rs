@@ -13,6 +13,7 @@ use serde::Serialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 use shared::core::condition::Condition;
+use shared::core::listing::{LIST_PARAMS, encode_cursor, parse_list_query};
 use shared::core::quorum::Consistency;
 use shared::core::record::{Record, Version};
 use shared::core::request::{WriteBody, WriteLimits, parse_write_body};
@@ -309,17 +310,81 @@ pub async fn put_body(
     do_write(&state, &headers, &params, key, Some(value), consistency).await
 }
 
-/// `GET /kv/?key=K`.
+/// `GET /kv/?key=K`, or a listing: `GET /kv/?prefix=P&limit=L&cursor=C`
+/// (any of [`LIST_PARAMS`] without `key`).
 pub async fn get_query(
     State(state): State<AppState>,
     headers: HeaderMap,
     q: RawQuery,
 ) -> Result<Response, ApiError> {
     let params = params(q)?;
+    if !params.contains_key("key") && LIST_PARAMS.iter().any(|p| params.contains_key(*p)) {
+        return list(&state, &headers, &params).await;
+    }
     let key = key_param(&state, &params)?;
     let consistency = consistency(&params, &headers, state.coord.config().read_consistency)?;
     let min = min_version(&params)?;
     do_read(&state, key, consistency, min).await
+}
+
+/// One page of the cluster's keys in order (see `core::listing`):
+/// `{"items": [{"key", "value", "version"}], "next_cursor"}`, values left
+/// out with `keys_only=true`; `next_cursor` is `null` on the last page.
+async fn list(
+    state: &AppState,
+    headers: &HeaderMap,
+    params: &Params,
+) -> Result<Response, ApiError> {
+    for name in params.keys() {
+        if !LIST_PARAMS.contains(&name.as_str()) && name != "consistency" {
+            return Err(ApiError::bad_request(
+                "bad_query",
+                format!(
+                    "{name} is not a listing parameter (prefix, start, end, cursor, limit, keys_only, consistency)"
+                ),
+            ));
+        }
+    }
+    let cfg = state.coord.config();
+    let query = parse_list_query(params, cfg.key_bytes_max)?;
+    let consistency = consistency(params, headers, cfg.read_consistency)?;
+    let report = state.coord.list(&query, consistency).await?;
+    let items: Vec<ListItem<'_>> = report
+        .items
+        .iter()
+        .map(|(key, record)| ListItem {
+            key,
+            value: if query.keys_only {
+                None
+            } else {
+                record.value.as_deref()
+            },
+            version: &record.version,
+        })
+        .collect();
+    Ok(Json(ListAnswer {
+        count: items.len(),
+        items,
+        next_cursor: report.next_after.as_deref().map(encode_cursor),
+        consistency: report.consistency,
+    })
+    .into_response())
+}
+
+#[derive(Serialize)]
+struct ListItem<'a> {
+    key: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<&'a RawValue>,
+    version: &'a Version,
+}
+
+#[derive(Serialize)]
+struct ListAnswer<'a> {
+    items: Vec<ListItem<'a>>,
+    count: usize,
+    next_cursor: Option<String>,
+    consistency: Consistency,
 }
 
 /// `DELETE /kv/?key=K`.

@@ -104,3 +104,10 @@ pub const BATCH_OPS_MAX: usize = 100;
 /// Most keys of one batch in flight at once (operations on one key run in
 /// the batch's order, one after another).
 pub const BATCH_KEYS_IN_FLIGHT_MAX: usize = 16;
+/// Keys in one page of a listing when the client names no `limit`.
+pub const LIST_LIMIT_DEFAULT: usize = 100;
+/// Most keys in one page of a listing (and in one node's answer to it).
+pub const LIST_LIMIT_MAX: usize = 1000;
+/// Bytes of keys and values in one page of a listing: a page ends after
+/// the item that reaches it (so it always holds at least one item).
+pub const LIST_PAGE_BYTES_MAX: usize = 4 * 1024 * 1024;

@@ -71,6 +71,16 @@ pub struct ReadResponse {
     pub records: Vec<Option<Record>>,
 }
 
+/// `POST /internal/range`: up to `limit` (at most
+/// [`crate::core::limits::LIST_LIMIT_MAX`]) of the node's records in a key
+/// range, in key order; the answer is a [`crate::core::listing::NodePage`],
+/// bounded in bytes by [`crate::core::limits::INTERNAL_ANSWER_BYTES_MAX`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RangeRequest {
+    pub range: crate::core::listing::KeyRange,
+    pub limit: usize,
+}
+
 /// `POST /internal/merkle`: the hash tree of the records shared with
 /// `for_node`. Without `mids`: its middle nodes. With `mids` (at most
 /// [`crate::core::merkle::MIDS`]): the leaves under those middle nodes.

@@ -13,6 +13,7 @@
 //! - [`plan`]: the decisions of a coordinated write and read (calls, fallbacks, outcomes).
 //! - [`jobs`]: background job payloads (replication, periodic) and the retry policy.
 //! - [`schedule`]: when periodic work is due (interval or cron), and when a job is stale.
+//! - [`listing`]: key ranges, listing cursors and the merge of every node's page.
 //! - [`limits`]: every bound the store enforces, with units in the names.
 //! - [`validate`]: key and node-id checks shared by the API and the peers.
 //! - [`request`]: strict parsing of client query strings and write bodies.
@@ -24,6 +25,7 @@ pub mod histogram;
 pub mod hlc;
 pub mod jobs;
 pub mod limits;
+pub mod listing;
 pub mod mail;
 pub mod membership;
 pub mod merkle;

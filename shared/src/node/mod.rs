@@ -7,6 +7,7 @@
 //!   commit per replica, the failure detector and probes;
 //! - [`write`] and [`read`] (the Coordinator's): drive the pure plans of
 //!   `core::plan`;
+//! - [`list`] (the Coordinator's): a page of the cluster's keys in order;
 //! - [`hints`]: hinted handoff, kept and delivered;
 //! - [`sync`]: anti-entropy, and the start-up restore (`try_restore`);
 //! - [`gc`]: tombstone collection;
@@ -25,6 +26,7 @@ pub mod explain;
 mod fence;
 pub mod gc;
 pub mod hints;
+pub mod list;
 pub mod notify;
 pub mod read;
 pub mod replicas;
@@ -58,6 +60,7 @@ use crate::storage::{ScanPage, Store, StoreError};
 
 pub use errors::{Shadowed, Unavailable};
 pub use hints::SCAN_PAGE_LEN;
+pub use list::ListReport;
 pub use read::ReadReport;
 pub use replicas::{ReplicaError, ReplicaIo, Replicas};
 pub use stats::{COUNTERS, Stats};

@@ -16,9 +16,10 @@ use tracing::{info, warn};
 use crate::clock::{NodeClock, lock, now_ms};
 use crate::coalesce::{BatchError, BatchFuture, BatchLimits, CallError, Coalescer};
 use crate::config::Config;
-use crate::core::limits::{APPLY_BATCH_LEN_MAX, READ_BATCH_LEN_MAX};
+use crate::core::limits::{APPLY_BATCH_LEN_MAX, INTERNAL_ANSWER_BYTES_MAX, READ_BATCH_LEN_MAX};
+use crate::core::listing::NodePage;
 use crate::core::membership::{Health, Membership, PeerState, Transition};
-use crate::core::message::{ApplyStatus, KeyedRecord};
+use crate::core::message::{ApplyStatus, KeyedRecord, RangeRequest};
 use crate::core::plan::FailureKind;
 use crate::core::record::Record;
 use crate::node::stats::Stats;
@@ -239,6 +240,23 @@ impl ReplicaIo {
             out.extend(records);
         }
         Ok(out)
+    }
+
+    /// One page of a replica's records in a key range (a listing): locally,
+    /// or through its internal API.
+    pub async fn range_on(
+        &self,
+        node: &str,
+        request: &RangeRequest,
+    ) -> Result<NodePage, ReplicaError> {
+        if node == self.me() {
+            return self
+                .store
+                .range(&request.range, request.limit, INTERNAL_ANSWER_BYTES_MAX)
+                .await
+                .map_err(|e| ReplicaError::from_store(node, &e));
+        }
+        self.tracked(node, self.peers.range(node, request)).await
     }
 
     /// Removes records on one replica that are still exactly as given

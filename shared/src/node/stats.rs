@@ -40,6 +40,7 @@ macro_rules! counters {
 counters! {
     writes: "client writes coordinated",
     reads: "client reads coordinated",
+    lists: "listing pages coordinated",
     unavailable: "operations answered 503: too few replicas",
     read_repairs: "stale replicas sent the newest record by a read",
     read_repairs_dropped: "read repairs dropped: too many in flight",

@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use tokio::sync::Mutex;
 
-use super::{ScanPage, Space};
+use super::{ScanPage, Space, range_page};
+use crate::core::listing::{KeyRange, NodePage};
 use crate::core::merkle::{Leaf, Tree, leaf_of};
 use crate::core::record::{Record, supersedes};
 
@@ -64,6 +65,30 @@ impl MemoryStore {
             }
         }
         removed
+    }
+
+    pub(super) async fn range(&self, range: &KeyRange, limit: usize, bytes_max: usize) -> NodePage {
+        let spaces = self.spaces.lock().await;
+        let empty = BTreeMap::new();
+        let map = spaces.get(&Space::Data).unwrap_or(&empty);
+        let limit = limit.max(1);
+        let mut keys = Vec::new();
+        let mut records = Vec::new();
+        for (key, record) in map.iter() {
+            if range.past(key) {
+                break;
+            }
+            if !range.contains(key) {
+                continue;
+            }
+            keys.push(key.clone());
+            records.push(Some(record.clone()));
+            if keys.len() == limit {
+                break;
+            }
+        }
+        let exhausted = keys.len() < limit;
+        range_page(range, keys, exhausted, records, bytes_max)
     }
 
     pub(super) async fn scan(&self, space: &Space, cursor: u64, count: usize) -> ScanPage {

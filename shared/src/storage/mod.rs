@@ -27,6 +27,7 @@ use redis::io::tcp::TcpSettings;
 use thiserror::Error;
 
 use crate::config::Config;
+use crate::core::listing::{KeyRange, NodePage};
 use crate::core::merkle::Leaf;
 use crate::core::record::{DecodeError, Record};
 
@@ -128,6 +129,30 @@ impl Store {
         match self {
             Store::Redis(s) => s.scan(space, cursor, count).await,
             Store::Memory(s) => Ok(s.scan(space, cursor, count).await),
+        }
+    }
+
+    /// Up to `limit` of the node's records (tombstones included) in `range`,
+    /// in key order, at most about `bytes_max` bytes of them, and how far
+    /// the page looked (see [`NodePage`]).
+    pub async fn range(
+        &self,
+        range: &KeyRange,
+        limit: usize,
+        bytes_max: usize,
+    ) -> Result<NodePage, StoreError> {
+        match self {
+            Store::Redis(s) => s.range(range, limit, bytes_max).await,
+            Store::Memory(s) => Ok(s.range(range, limit, bytes_max).await),
+        }
+    }
+
+    /// Indexes the keys of records written before the key index existed;
+    /// returns how many (0 when it was whole).
+    pub async fn ensure_key_index(&self) -> Result<u64, StoreError> {
+        match self {
+            Store::Redis(s) => s.ensure_key_index().await,
+            Store::Memory(_) => Ok(0),
         }
     }
 
@@ -338,6 +363,39 @@ impl Store {
             }
         }
     }
+}
+
+/// One node's page of a range from the keys found in order (`exhausted`:
+/// the index held no more in the range's bounds) and their records (`None`
+/// for a key whose record is gone or corrupt, skipped). The page stops at
+/// the record that reaches `bytes_max`, so it holds at least one record.
+fn range_page(
+    range: &KeyRange,
+    keys: Vec<String>,
+    exhausted: bool,
+    records: Vec<Option<Record>>,
+    bytes_max: usize,
+) -> NodePage {
+    let mut page = NodePage::default();
+    let mut bytes = 0usize;
+    let last = keys.last().cloned();
+    for (key, record) in keys.into_iter().zip(records) {
+        let Some(record) = record else { continue };
+        if !range.contains(&key) {
+            continue;
+        }
+        bytes =
+            bytes.saturating_add(key.len() + record.value.as_ref().map_or(0, |v| v.get().len()));
+        page.records.push((key.clone(), record));
+        if bytes >= bytes_max {
+            page.scanned_to = Some(key);
+            return page;
+        }
+    }
+    if !exhausted {
+        page.scanned_to = last;
+    }
+    page
 }
 
 /// Opens a managed, auto-reconnecting Redis connection with explicit

@@ -13,13 +13,14 @@ use redis::{Script, ScriptInvocation};
 use tracing::{info, warn};
 
 use super::scripts;
-use super::{ScanPage, Space, StoreError};
+use super::{ScanPage, Space, StoreError, range_page};
 use crate::core::limits::SCAN_PAGE_BYTES_MAX;
+use crate::core::listing::{KeyRange, NodePage};
 use crate::core::merkle::{LEAVES, Leaf, leaf_field, leaf_of, parse_leaf_field};
 use crate::core::record::Record;
 use crate::keyspace::{
-    count_key, data_leaf_key, data_leaf_prefix, hints_key, leaves_key, legacy_data_key,
-    tombstones_key, tree_key,
+    count_key, data_leaf_key, data_leaf_prefix, hints_key, key_index_key, leaves_key,
+    legacy_data_key, tombstones_key, tree_key,
 };
 
 /// Leaves read per Redis round trip when whole leaves are fetched.
@@ -231,7 +232,7 @@ impl RedisStore {
     }
 
     /// One call of a data script (apply or remove, see `scripts`): the
-    /// node's tree, count, tombstone index and leaf set, then each record's
+    /// node's tree, count, tombstone index, leaf set and key index, then each record's
     /// leaf hash as keys; each record's key, encoding and leaf as arguments.
     fn data_call<'a>(
         &self,
@@ -241,7 +242,8 @@ impl RedisStore {
         let mut call = script.key(tree_key(&self.node));
         call.key(count_key(&self.node))
             .key(tombstones_key(&self.node))
-            .key(leaves_key(&self.node));
+            .key(leaves_key(&self.node))
+            .key(key_index_key(&self.node));
         for (key, record) in records {
             let leaf = leaf_of(key);
             call.key(data_leaf_key(&self.node, leaf))
@@ -375,6 +377,77 @@ impl RedisStore {
             }
         }
         Ok(moved)
+    }
+
+    /// Up to `limit` of the node's records in `range`, in key order, from
+    /// the key index (see [`range_page`] for the bounds).
+    pub(super) async fn range(
+        &self,
+        range: &KeyRange,
+        limit: usize,
+        bytes_max: usize,
+    ) -> Result<NodePage, StoreError> {
+        let min = match range.lower() {
+            None => "-".to_owned(),
+            Some(lower) if lower.inclusive => format!("[{}", lower.key),
+            Some(lower) => format!("({}", lower.key),
+        };
+        let max = range
+            .end
+            .as_deref()
+            .map_or_else(|| "+".to_owned(), |end| format!("({end}"));
+        let mut conn = self.conn.clone();
+        let keys: Vec<String> = redis::cmd("ZRANGEBYLEX")
+            .arg(key_index_key(&self.node))
+            .arg(min)
+            .arg(max)
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit.max(1))
+            .query_async(&mut conn)
+            .await?;
+        let found = keys.len();
+        let keys: Vec<String> = keys.into_iter().take_while(|k| !range.past(k)).collect();
+        // Fewer than asked, or one past the range's end: nothing more there.
+        let exhausted = found < limit.max(1) || keys.len() < found;
+        let records = if keys.is_empty() {
+            Vec::new()
+        } else {
+            self.get_many(&keys).await?
+        };
+        Ok(range_page(range, keys, exhausted, records, bytes_max))
+    }
+
+    /// Adds to the key index every key it lacks, when it holds fewer keys
+    /// than the node has records (data written before the index existed);
+    /// returns how many keys were indexed (0 when the index was whole).
+    pub(super) async fn ensure_key_index(&self) -> Result<u64, StoreError> {
+        let mut conn = self.conn.clone();
+        let indexed: u64 = redis::cmd("ZCARD")
+            .arg(key_index_key(&self.node))
+            .query_async(&mut conn)
+            .await?;
+        if indexed >= self.count(&Space::Data).await? {
+            return Ok(0);
+        }
+        let mut cursor = 0;
+        let mut added = 0u64;
+        loop {
+            let page = self.scan(&Space::Data, cursor, MIGRATE_BATCH_LEN).await?;
+            if !page.records.is_empty() {
+                let mut cmd = redis::cmd("ZADD");
+                cmd.arg(key_index_key(&self.node));
+                for (key, _) in &page.records {
+                    cmd.arg(0).arg(key);
+                }
+                added += cmd.query_async::<u64>(&mut conn).await?;
+            }
+            if page.next_cursor == 0 {
+                break;
+            }
+            cursor = page.next_cursor;
+        }
+        Ok(added)
     }
 
     pub(super) async fn ping(&self) -> Result<(), StoreError> {

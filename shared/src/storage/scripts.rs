@@ -2,7 +2,9 @@
 //!
 //! A write to a node's data is one step, as Garage's `update_entry_with`:
 //! compare versions, store the record if newer, update its hash-tree leaf
-//! (`core::merkle`), the record count and the tombstone index. The leaf
+//! (`core::merkle`), the record count, the tombstone index and the key
+//! index (a sorted set of every key, score 0, so its members are in byte
+//! order for listings). The leaf
 //! digest is the first 52 bits of `SHA-1(key \0 version)` (`redis.sha1hex`),
 //! summed modulo 2^52 — exactly `core::merkle::record_digest` and
 //! `Leaf::add`; 52-bit numbers keep Lua's double arithmetic exact.
@@ -67,14 +69,14 @@ end
 "#;
 
 /// Apply records to a node's data if newer.
-/// KEYS = tree, count, tombstones, non-empty leaves, then one leaf hash per record;
+/// KEYS = tree, count, tombstones, non-empty leaves, key index, then one leaf hash per record;
 /// ARGV = key, record, leaf field per record. Returns 1 (stored) or 0
 /// (unchanged: the local copy is as new or newer) per record, in order; a
 /// key repeated in one call is decided against the newest so far.
 const APPLY_DATA: &str = r#"
 local out = {}
 for i = 1, #ARGV / 3 do
-  local hash = KEYS[4 + i]
+  local hash = KEYS[5 + i]
   local key, rec, field = ARGV[3 * i - 2], ARGV[3 * i - 1], ARGV[3 * i]
   local cur = redis.call('HGET', hash, key)
   if (not cur) or newer(rec, cur) then
@@ -86,6 +88,7 @@ for i = 1, #ARGV / 3 do
     else
       leaf_add(KEYS[1], KEYS[4], field, 1, new)
       redis.call('INCR', KEYS[2])
+      redis.call('ZADD', KEYS[5], 0, key)
     end
     local wall = tomb_wall(rec)
     if wall then
@@ -106,13 +109,14 @@ return out
 const REMOVE_DATA: &str = r#"
 local removed = 0
 for i = 1, #ARGV / 3 do
-  local hash = KEYS[4 + i]
+  local hash = KEYS[5 + i]
   local key, rec, field = ARGV[3 * i - 2], ARGV[3 * i - 1], ARGV[3 * i]
   if redis.call('HGET', hash, key) == rec then
     redis.call('HDEL', hash, key)
     leaf_add(KEYS[1], KEYS[4], field, -1, -(digest(key, rec) or 0))
     redis.call('DECR', KEYS[2])
     redis.call('ZREM', KEYS[3], key)
+    redis.call('ZREM', KEYS[5], key)
     removed = removed + 1
   end
 end
