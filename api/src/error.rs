@@ -53,6 +53,9 @@ pub enum ApiError {
     Overloaded,
     /// 503: this node's own storage does not answer.
     StorageUnavailable,
+    /// 503 with its own code: a service of this node that is off or full
+    /// (`watch_disabled`, `too_many_watchers`).
+    ServiceUnavailable { code: &'static str, message: String },
     /// 500: a bug; details are in the log.
     Internal,
 }
@@ -211,6 +214,12 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "storage_unavailable",
                 "this node's storage does not answer; try another node".to_owned(),
+                Value::Null,
+            ),
+            ApiError::ServiceUnavailable { code, message } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                *code,
+                message.clone(),
                 Value::Null,
             ),
             ApiError::Internal => (

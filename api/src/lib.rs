@@ -36,7 +36,7 @@ use crate::middleware::{
     close_after_refused_body, method_not_allowed, no_route, panic_response, request_span,
     require_secret, require_token,
 };
-use crate::routes::{admin, batch, dashboard, internal, kv};
+use crate::routes::{admin, batch, dashboard, internal, kv, watch};
 use crate::state::AppState;
 
 /// The whole router of a node.
@@ -45,7 +45,8 @@ pub fn app(coord: Arc<Coordinator>) -> Router {
     let body_limit = cfg.body_bytes_max();
     let in_flight_max = cfg.requests_in_flight_max;
     let metrics = metrics::Metrics::default();
-    let state = AppState { coord };
+    let watch = shared::node::watch::ChangeFeed::start(Arc::new(cfg.clone()), coord.store());
+    let state = AppState { coord, watch };
     let state_for_span = state.clone();
 
     // The dashboard's data and a node's status need the request window too.
@@ -71,6 +72,8 @@ pub fn app(coord: Arc<Coordinator>) -> Router {
         .route("/kv/batch/", post(batch::batch))
         .route("/kv/route/", get(kv::route))
         .route("/kv/route", get(kv::route))
+        .route("/kv/watch/", get(watch::watch))
+        .route("/kv/watch", get(watch::watch))
         .route("/kv/explain/", get(kv::explain))
         .route("/kv/explain", get(kv::explain))
         .route(

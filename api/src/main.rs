@@ -41,7 +41,9 @@ async fn run() -> anyhow::Result<()> {
     }
     let cfg = Arc::new(cfg);
     let conn = connect_with_retry(&cfg).await?;
-    let store = Store::Redis(RedisStore::new(conn.clone(), &cfg.node_id));
+    let store = Store::Redis(
+        RedisStore::new(conn.clone(), &cfg.node_id).with_change_log(cfg.watch_log_len),
+    );
     let queues =
         JobQueues::new(conn, &cfg.node_id, retry_policy(&cfg)).with_jobs_max(cfg.queue_jobs_max);
     let mut inline_mail = None;

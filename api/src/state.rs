@@ -8,9 +8,12 @@
 use std::sync::Arc;
 
 use shared::node::Coordinator;
+use shared::node::watch::ChangeFeed;
 
-/// Shared state of every handler: this node's coordinator.
+/// Shared state of every handler: this node's coordinator, and its change
+/// feed for watchers (`None` when the node keeps no change log).
 #[derive(Clone)]
 pub struct AppState {
     pub coord: Arc<Coordinator>,
+    pub watch: Option<Arc<ChangeFeed>>,
 }

@@ -321,6 +321,7 @@ async fn openapi_document_is_served_and_names_every_client_route() {
         ("/kv/", ["get", "post", "put", "delete"].as_slice()),
         ("/kv/{key}", &["get", "put", "delete"]),
         ("/kv/batch", &["post"]),
+        ("/kv/watch/", &["get"]),
         ("/kv/route/", &["get"]),
         ("/kv/explain/", &["get"]),
         ("/snapshot/", &["get"]),
@@ -345,6 +346,20 @@ async fn openapi_document_is_served_and_names_every_client_route() {
     assert!(doc["components"]["schemas"]["Error"].is_object());
     assert!(doc["components"]["securitySchemes"]["bearerAuth"].is_object());
     assert!(doc["components"]["parameters"]["ConsistencyHeader"].is_object());
+}
+
+/// Without a change log (the memory store keeps none) a watch is refused
+/// with its own code; bad watch parameters are 400 before that.
+#[tokio::test]
+async fn watch_without_a_change_log_is_503_and_bad_parameters_400() {
+    let app = test_app(&[]);
+    let (status, body) = call(&app, Method::GET, "/kv/watch/?prefix=a", None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "watch_disabled", "{body}");
+    for query in ["last_event_id=12", "prefix=a&key=b"] {
+        let (status, body) = call(&app, Method::GET, &format!("/kv/watch/?{query}"), None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+    }
 }
 
 /// The dashboard's files are open and self-contained; its data is a client

@@ -2,7 +2,7 @@
 //! every request bounded by the `--timeout`, and the [`CliError`] that maps
 //! what went wrong to an exit code.
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::time::Duration;
 
 use reqwest::blocking::Client as Http;
@@ -191,6 +191,58 @@ impl Client {
 
     pub fn get(&self, path: &str) -> Result<Answer, CliError> {
         self.send(Method::GET, path, None)
+    }
+
+    /// Follows a stream of server-sent events (`path` as in [`Client::send`]),
+    /// calling `each(event, id, data)` for every event until the stream ends
+    /// or `each` fails. Only connecting is bounded by `--timeout`: the
+    /// stream itself does not end on its own.
+    pub fn follow_events(
+        &self,
+        path: &str,
+        mut each: impl FnMut(&str, Option<&str>, &str) -> Result<(), CliError>,
+    ) -> Result<(), CliError> {
+        let http = Http::builder()
+            .timeout(None)
+            .connect_timeout(self.timeout.min(Duration::from_secs(3)))
+            .no_proxy()
+            .build()
+            .map_err(|e| CliError::Input(format!("cannot build the HTTP client: {e}")))?;
+        let mut request = http.get(format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().map_err(|e| self.transport_error(&e))?;
+        let status = response.status().as_u16();
+        if status != StatusCode::OK.as_u16() {
+            let mut bytes = Vec::new();
+            let _ = response.take(ANSWER_BYTES_MAX).read_to_end(&mut bytes);
+            let body = serde_json::from_slice(&bytes).map_err(|_| CliError::NotJson {
+                url: self.base.clone(),
+                status,
+            })?;
+            return Answer { status, body }.ok().map(|_| ());
+        }
+        let (mut event, mut id, mut data) = ("message".to_owned(), None::<String>, String::new());
+        for line in BufReader::new(response).lines() {
+            let line = line.map_err(|e| CliError::Connect {
+                url: self.base.clone(),
+                reason: format!("the stream broke off: {e}"),
+            })?;
+            if line.is_empty() {
+                if !data.is_empty() {
+                    each(&event, id.as_deref(), &data)?;
+                }
+                (event, data) = ("message".to_owned(), String::new());
+            } else if let Some(v) = line.strip_prefix("event:") {
+                event = v.trim().to_owned();
+            } else if let Some(v) = line.strip_prefix("id:") {
+                id = Some(v.trim().to_owned());
+            } else if let Some(v) = line.strip_prefix("data:") {
+                data.push_str(v.strip_prefix(' ').unwrap_or(v));
+            }
+        }
+        Ok(())
     }
 
     fn transport_error(&self, e: &reqwest::Error) -> CliError {

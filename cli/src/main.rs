@@ -160,6 +160,16 @@ enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// Follow the changes the asked node stores (server-sent events), one
+    /// line each, until interrupted.
+    Watch {
+        /// Only keys that start with this.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Resume after this event id (the first column a watch printed).
+        #[arg(long)]
+        last_event_id: Option<String>,
+    },
     /// Which nodes own a key, primary first, and their health.
     Route { key: String },
     /// Every node's own view of a key (record, hints, queued jobs), and whether the replicas agree.
@@ -342,6 +352,37 @@ fn run(cli: &Cli) -> Result<(), CliError> {
             };
             let text = render::listing(&body);
             (body, text)
+        }
+        Command::Watch {
+            prefix,
+            last_event_id,
+        } => {
+            let mut path = "/kv/watch/?".to_owned();
+            if let Some(p) = prefix {
+                path.push_str(&format!("prefix={}&", encode(p)));
+            }
+            if let Some(id) = last_event_id {
+                path.push_str(&format!("last_event_id={}", encode(id)));
+            }
+            return client.follow_events(&path, |event, id, data| {
+                let body: Value = serde_json::from_str(data).unwrap_or(Value::Null);
+                if event == "error" {
+                    return Err(CliError::Http {
+                        status: 503,
+                        code: body["code"].as_str().unwrap_or("error").to_owned(),
+                        message: body["message"].as_str().unwrap_or("").to_owned(),
+                        body,
+                    });
+                }
+                if g.json {
+                    emit(&format!(
+                        "{}\n",
+                        json!({"id": id, "event": event, "data": body})
+                    ))
+                } else {
+                    emit(&render::watch_line(event, id, &body))
+                }
+            });
         }
         Command::Route { key } => {
             let body = client

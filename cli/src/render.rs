@@ -436,6 +436,21 @@ pub fn listing_rows(body: &Value) -> String {
     table(head, &rows)
 }
 
+/// `watch`: one event as a line: id, kind, key, version, value.
+pub fn watch_line(event: &str, id: Option<&str>, data: &Value) -> String {
+    let value = if data["deleted"] == true {
+        "-".to_owned()
+    } else {
+        preview(&data["value"])
+    };
+    format!(
+        "{}  {event:<6}  {}  {}  {value}\n",
+        id.unwrap_or("-"),
+        text(&data["key"]),
+        text(&data["version"]),
+    )
+}
+
 /// An error answer's extra fields (which nodes answered, where a failed
 /// write was stored or queued), one line each.
 pub fn error_details(body: &Value) -> String {

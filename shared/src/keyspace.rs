@@ -37,6 +37,13 @@ pub fn key_index_key(node: &str) -> String {
     format!("kv:{node}:keys")
 }
 
+/// Stream of the changes a node stored (key and version per entry, in
+/// apply order), trimmed to about `KV_WATCH_LOG_LEN` entries: what
+/// `GET /kv/watch/` sends and resumes from.
+pub fn changes_key(node: &str) -> String {
+    format!("kv:{node}:changes")
+}
+
 /// How many records a node holds (kept by every write and removal).
 pub fn count_key(node: &str) -> String {
     format!("kv:{node}:count")

@@ -310,6 +310,51 @@ async fn kvctl_drives_the_seed_scenarios() {
     let out = k.at(0, &["list", "--limit", "0"]);
     assert_eq!(out.code, Some(2), "a bad limit: {out:?}");
 
+    // Watch: one line per change until interrupted; a bad resume point is bad input.
+    let mut watch = k
+        .command()
+        .args(["--url", &k.urls[0], "watch", "--prefix", "kw/"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = watch.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Written until the watch (subscribed once its request arrives) shows it.
+    let line = wait_for(
+        "kvctl watch prints the change",
+        Duration::from_secs(20),
+        || {
+            let k = &k;
+            let rx = &rx;
+            async move {
+                ok(&k.at(1, &["put", "kw/1", r#"{"w": 1}"#]));
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                rx.try_iter().find(|l| l.contains("kw/1"))
+            }
+        },
+    )
+    .await;
+    let _ = watch.kill();
+    let _ = watch.wait();
+    assert!(
+        line.contains("put") && line.contains(r#"{"w":1}"#),
+        "{line}"
+    );
+    let out = k.at(0, &["watch", "--last-event-id", "nope"]);
+    assert_eq!(out.code, Some(2), "a bad resume point: {out:?}");
+
     // V. Format and bad input: JSON errors, exit 2.
     let out = k.at(0, &["put", "k", "not json"]);
     assert_eq!(out.code, Some(2), "a value that is not JSON: {out:?}");

@@ -165,7 +165,9 @@ async fn run() -> anyhow::Result<()> {
         return Ok(());
     }
 
-    let store = Store::Redis(RedisStore::new(conn.clone(), &cfg.node_id));
+    let store = Store::Redis(
+        RedisStore::new(conn.clone(), &cfg.node_id).with_change_log(cfg.watch_log_len),
+    );
     let queues =
         JobQueues::new(conn, &cfg.node_id, retry_policy(&cfg)).with_jobs_max(cfg.queue_jobs_max);
     // Jobs that raise notifications (heartbeat alerts) push them on the queues.

@@ -4,6 +4,7 @@
 //! - [`kv`]: the client's `/kv/` routes (read, write, delete, `/kv/route/`).
 //! - [`admin`]: `/snapshot/`, `/restore/`, `/cluster/` and `/health`.
 //! - [`internal`]: the node-to-node `/internal/*` routes.
+//! - [`watch`]: `/kv/watch/`, the changes this node stores as server-sent events.
 //! - [`dashboard`]: the `/ui/` page and `/cluster/views`, the data it polls.
 //!
 //! This module holds what they share: strict query parsing, key checks and
@@ -15,6 +16,7 @@ pub mod batch;
 pub mod dashboard;
 pub mod internal;
 pub mod kv;
+pub mod watch;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

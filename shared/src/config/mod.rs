@@ -34,7 +34,7 @@ use crate::core::limits::{
     PEER_REQUEST_TIMEOUT_MS_DEFAULT, REDIS_CONNECT_TIMEOUT_MS_DEFAULT,
     REDIS_RESPONSE_TIMEOUT_MS_DEFAULT, REPLICATION_FACTOR_DEFAULT, REQUESTS_IN_FLIGHT_MAX_DEFAULT,
     TOMBSTONE_GRACE_S_DEFAULT, VALUE_BYTES_MAX_CEILING, VALUE_BYTES_MAX_DEFAULT,
-    VNODES_PER_NODE_DEFAULT,
+    VNODES_PER_NODE_DEFAULT, WATCH_LOG_LEN_DEFAULT, WATCH_LOG_LEN_MAX,
 };
 use crate::core::quorum::Consistency;
 use crate::core::schedule::Schedules;
@@ -108,6 +108,9 @@ pub struct Config {
     pub worker_concurrency: usize,
     /// `KV_HINTS_PER_NODE_MAX` (default 100000): hints kept per unreachable owner.
     pub hints_per_node_max: u64,
+    /// `KV_WATCH_LOG_LEN` (default 100000; 0 = no change log, no watch):
+    /// changes a node keeps for watchers to resume from.
+    pub watch_log_len: u64,
     /// `KV_HINT_WINDOW_S` (default 10800): hints stop being kept for an owner down longer.
     pub hint_window: Duration,
     /// `KV_HINT_DELIVERY_INTERVAL_MS` (default 1000): how often kept hints are offered to their owners.
@@ -300,6 +303,13 @@ impl Config {
         }
         let hints_per_node_max: u64 =
             parse_or(&get, "KV_HINTS_PER_NODE_MAX", HINTS_PER_NODE_MAX_DEFAULT)?;
+        let watch_log_len: u64 = parse_or(&get, "KV_WATCH_LOG_LEN", WATCH_LOG_LEN_DEFAULT)?;
+        if watch_log_len > WATCH_LOG_LEN_MAX {
+            return Err(err(
+                "KV_WATCH_LOG_LEN",
+                format!("must be at most {WATCH_LOG_LEN_MAX}"),
+            ));
+        }
         let hint_window_s: f64 = parse_or(&get, "KV_HINT_WINDOW_S", HINT_WINDOW_S_DEFAULT as f64)?;
         if !(0.0..=30.0 * 86400.0).contains(&hint_window_s) {
             return Err(err(
@@ -430,6 +440,7 @@ impl Config {
             job_backoff_max,
             worker_concurrency,
             hints_per_node_max,
+            watch_log_len,
             hint_window: Duration::from_secs_f64(hint_window_s),
             hint_delivery_interval,
             anti_entropy_interval,

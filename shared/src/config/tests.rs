@@ -88,6 +88,8 @@ fn bad_values_name_the_variable() {
         ),
         (&[("KV_BACKGROUND_SYNC", "maybe")], "KV_BACKGROUND_SYNC"),
         (&[("KV_PEER_TIMEOUT_MS", "0")], "KV_PEER_TIMEOUT_MS"),
+        (&[("KV_WATCH_LOG_LEN", "20000000")], "KV_WATCH_LOG_LEN"),
+        (&[("KV_WATCH_LOG_LEN", "-1")], "KV_WATCH_LOG_LEN"),
     ];
     for (vars, var) in cases {
         let e = config(vars).unwrap_err();

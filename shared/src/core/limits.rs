@@ -111,3 +111,18 @@ pub const LIST_LIMIT_MAX: usize = 1000;
 /// Bytes of keys and values in one page of a listing: a page ends after
 /// the item that reaches it (so it always holds at least one item).
 pub const LIST_PAGE_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Changes a node keeps in its change log for watchers when the operator
+/// sets no `KV_WATCH_LOG_LEN` (each entry holds a key and a version).
+pub const WATCH_LOG_LEN_DEFAULT: u64 = 100_000;
+/// Largest `KV_WATCH_LOG_LEN` accepted.
+pub const WATCH_LOG_LEN_MAX: u64 = 10_000_000;
+/// Watchers one node serves at once; more get 503 `too_many_watchers`.
+pub const WATCHERS_MAX: usize = 256;
+/// Change batches buffered per watcher; a watcher further behind is told
+/// (`too_slow`) and disconnected, so it never holds up writes.
+pub const WATCH_BUFFER_BATCHES: usize = 256;
+/// How long one change-log read waits for new changes (ms): below the
+/// Redis response timeout, so a blocking read is never cut short.
+pub const WATCH_POLL_BLOCK_MS: u64 = 1_000;
+/// Changes read from the log per round trip (a resume, or the live feed).
+pub const WATCH_READ_LEN: usize = 500;

@@ -18,6 +18,7 @@
 //! - [`validate`]: key and node-id checks shared by the API and the peers.
 //! - [`request`]: strict parsing of client query strings and write bodies.
 //! - [`status`]: what a node tells the dashboard, and its bounded request window.
+//! - [`watch`]: change-log positions, watch events, and when a resumed watch missed changes.
 
 pub mod batch;
 pub mod condition;
@@ -39,3 +40,4 @@ pub mod ryw;
 pub mod schedule;
 pub mod status;
 pub mod validate;
+pub mod watch;

@@ -15,7 +15,8 @@
 //! - `fence`: the clock fence and the persisted clock mark;
 //! - [`notify`]: notification e-mails, queued or handed to the in-process sender;
 //! - [`stats`]: the counter table, summed over the node's processes in Redis;
-//! - [`status`]: what the dashboard shows of each node, gathered from every peer.
+//! - [`status`]: what the dashboard shows of each node, gathered from every peer;
+//! - [`watch`]: the live change feed of the API process, for watchers.
 //!
 //! Any node coordinates any request. Handlers (axum) and job functions
 //! (`crate::work`, which take a [`Node`]) are thin wrappers over this.
@@ -34,6 +35,7 @@ pub mod ryw;
 pub mod stats;
 pub mod status;
 pub mod sync;
+pub mod watch;
 pub mod write;
 
 use std::collections::BTreeMap;

@@ -30,6 +30,7 @@ use crate::config::Config;
 use crate::core::listing::{KeyRange, NodePage};
 use crate::core::merkle::Leaf;
 use crate::core::record::{DecodeError, Record};
+use crate::core::watch::{Change, LogPosition};
 
 pub use self::memory::MemoryStore;
 pub use self::redis_store::RedisStore;
@@ -144,6 +145,29 @@ impl Store {
         match self {
             Store::Redis(s) => s.range(range, limit, bytes_max).await,
             Store::Memory(s) => Ok(s.range(range, limit, bytes_max).await),
+        }
+    }
+
+    /// Up to `count` entries of the change log after `after` (`None`: from
+    /// the oldest kept). The memory store keeps no change log.
+    pub async fn changes_after(
+        &self,
+        after: Option<LogPosition>,
+        count: usize,
+    ) -> Result<Vec<Change>, StoreError> {
+        match self {
+            Store::Redis(s) => s.changes_after(after, count).await,
+            Store::Memory(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// The change log's newest position and the newest one it trimmed away.
+    pub async fn change_log_bounds(
+        &self,
+    ) -> Result<(Option<LogPosition>, Option<LogPosition>), StoreError> {
+        match self {
+            Store::Redis(s) => s.change_log_bounds().await,
+            Store::Memory(_) => Ok((None, None)),
         }
     }
 

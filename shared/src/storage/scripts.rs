@@ -69,15 +69,18 @@ end
 "#;
 
 /// Apply records to a node's data if newer.
-/// KEYS = tree, count, tombstones, non-empty leaves, key index, then one leaf hash per record;
-/// ARGV = key, record, leaf field per record. Returns 1 (stored) or 0
+/// KEYS = tree, count, tombstones, non-empty leaves, key index, change log,
+/// then one leaf hash per record; ARGV = the change log's length (0: no
+/// log), then key, record, leaf field per record. Each record stored is
+/// appended to the change log (key and version), trimmed to about that length. Returns 1 (stored) or 0
 /// (unchanged: the local copy is as new or newer) per record, in order; a
 /// key repeated in one call is decided against the newest so far.
 const APPLY_DATA: &str = r#"
 local out = {}
-for i = 1, #ARGV / 3 do
-  local hash = KEYS[5 + i]
-  local key, rec, field = ARGV[3 * i - 2], ARGV[3 * i - 1], ARGV[3 * i]
+local loglen = tonumber(ARGV[1])
+for i = 1, (#ARGV - 1) / 3 do
+  local hash = KEYS[6 + i]
+  local key, rec, field = ARGV[3 * i - 1], ARGV[3 * i], ARGV[3 * i + 1]
   local cur = redis.call('HGET', hash, key)
   if (not cur) or newer(rec, cur) then
     redis.call('HSET', hash, key, rec)
@@ -96,6 +99,12 @@ for i = 1, #ARGV / 3 do
     elseif cur and tomb_wall(cur) then
       redis.call('ZREM', KEYS[3], key)
     end
+    if loglen > 0 then
+      local version = string.match(rec, "^(%d+:%d+:[^\n]*)\n")
+      if version then
+        redis.call('XADD', KEYS[6], 'MAXLEN', '~', loglen, '*', 'k', key, 'v', version)
+      end
+    end
     out[#out + 1] = 1
   else
     out[#out + 1] = 0
@@ -105,12 +114,13 @@ return out
 "#;
 
 /// Remove records from a node's data only if still exactly as given.
-/// KEYS and ARGV as [`APPLY_DATA`]. Returns how many were removed.
+/// KEYS and ARGV as [`APPLY_DATA`] (a removal is not logged as a change:
+/// only collected tombstones are removed). Returns how many were removed.
 const REMOVE_DATA: &str = r#"
 local removed = 0
-for i = 1, #ARGV / 3 do
-  local hash = KEYS[5 + i]
-  local key, rec, field = ARGV[3 * i - 2], ARGV[3 * i - 1], ARGV[3 * i]
+for i = 1, (#ARGV - 1) / 3 do
+  local hash = KEYS[6 + i]
+  local key, rec, field = ARGV[3 * i - 1], ARGV[3 * i], ARGV[3 * i + 1]
   if redis.call('HGET', hash, key) == rec then
     redis.call('HDEL', hash, key)
     leaf_add(KEYS[1], KEYS[4], field, -1, -(digest(key, rec) or 0))
