@@ -223,6 +223,8 @@ async fn ranges_keys_only_and_bad_input() {
         ("limit=1001", "bad_limit"),
         ("limit=x", "bad_limit"),
         ("cursor=zz", "bad_cursor"),
+        ("cursor=", "bad_cursor"),
+        ("start=", "bad_key"),
         ("prefix=a&keys_only=yes", "bad_query"),
         ("prefix=a&value=1", "bad_query"),
         ("prefix=a&consistency=most", "bad_consistency"),

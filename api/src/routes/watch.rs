@@ -84,7 +84,7 @@ pub async fn watch(
         }
     }
     let prefix = match params.get("prefix").map(String::as_str) {
-        None | Some("") => None,
+        None => None,
         Some(p) => {
             checked_key(&state, p)?;
             Some(p.to_owned())

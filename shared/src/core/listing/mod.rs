@@ -223,7 +223,7 @@ pub enum ListError {
 pub const LIST_PARAMS: [&str; 6] = ["prefix", "start", "end", "cursor", "limit", "keys_only"];
 
 /// Reads a listing's parameters: `prefix`, `start`, `end` (each a valid
-/// key, or empty for none), `cursor` (as a page returned it), `limit` (1 to
+/// key: an empty one is refused, as the OpenAPI document says), `cursor` (as a page returned it), `limit` (1 to
 /// [`LIST_LIMIT_MAX`], default [`LIST_LIMIT_DEFAULT`]) and `keys_only`.
 pub fn parse_list_query(
     params: &BTreeMap<String, String>,
@@ -231,7 +231,7 @@ pub fn parse_list_query(
 ) -> Result<ListQuery, ListError> {
     let bound = |name: &'static str| -> Result<Option<String>, ListError> {
         match params.get(name).map(String::as_str) {
-            None | Some("") => Ok(None),
+            None => Ok(None),
             Some(v) => validate_key(v, key_bytes_max)
                 .map(|()| Some(v.to_owned()))
                 .map_err(|e| ListError::BadBound {
@@ -256,7 +256,7 @@ pub fn parse_list_query(
         Some(_) => return Err(ListError::BadFlag),
     };
     let after = match params.get("cursor").map(String::as_str) {
-        None | Some("") => None,
+        None => None,
         Some(c) => Some(decode_cursor(c, key_bytes_max).ok_or(ListError::BadCursor)?),
     };
     Ok(ListQuery {

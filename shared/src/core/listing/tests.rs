@@ -237,6 +237,11 @@ fn query_parameters_are_checked() {
         Err(ListError::BadBound { name: "prefix", .. })
     ));
     assert_eq!(q(&[("keys_only", "yes")]), Err(ListError::BadFlag));
+    assert!(matches!(
+        q(&[("start", "")]),
+        Err(ListError::BadBound { name: "start", .. })
+    ));
+    assert_eq!(q(&[("cursor", "")]), Err(ListError::BadCursor));
 }
 
 /// A node's store: key index → (wall, value or tombstone).
