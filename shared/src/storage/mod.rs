@@ -15,6 +15,7 @@
 //! [`Store::corrupt_skipped`]), so one bad record never fails unrelated keys
 //! or halts a scan.
 
+mod change_log;
 mod memory;
 mod redis_store;
 mod scripts;
