@@ -21,7 +21,7 @@ use shared::core::ring::key_position;
 use shared::node::{ReadReport, WriteReport};
 use shared::peer::{FORWARDED_HEADER, ForwardedWrite, SECRET_HEADER};
 
-use super::{Params, checked_key, flag, params, read_body};
+use super::{Params, checked_key, flag, only_params, params, read_body};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -335,16 +335,9 @@ async fn list(
     headers: &HeaderMap,
     params: &Params,
 ) -> Result<Response, ApiError> {
-    for name in params.keys() {
-        if !LIST_PARAMS.contains(&name.as_str()) && name != "consistency" {
-            return Err(ApiError::bad_request(
-                "bad_query",
-                format!(
-                    "{name} is not a listing parameter (prefix, start, end, cursor, limit, keys_only, consistency)"
-                ),
-            ));
-        }
-    }
+    let mut allowed = LIST_PARAMS.to_vec();
+    allowed.push("consistency");
+    only_params(params, &allowed, "a listing")?;
     let cfg = state.coord.config();
     let query = parse_list_query(params, cfg.key_bytes_max)?;
     let consistency = consistency(params, headers, cfg.read_consistency)?;

@@ -122,6 +122,21 @@ fn number<T: std::str::FromStr>(params: &Params, name: &str, default: T) -> Resu
     }
 }
 
+/// Refuses a query parameter `what` (a listing, a watch) does not take,
+/// naming the ones it does, rather than silently ignoring a typo.
+fn only_params(params: &Params, allowed: &[&str], what: &str) -> Result<(), ApiError> {
+    match params.keys().find(|name| !allowed.contains(&name.as_str())) {
+        None => Ok(()),
+        Some(name) => Err(ApiError::bad_request(
+            "bad_query",
+            format!(
+                "{name} is not a parameter of {what} ({})",
+                allowed.join(", ")
+            ),
+        )),
+    }
+}
+
 /// A boolean query parameter: exactly `true` or `false` (as the OpenAPI
 /// document says), absent meaning false.
 fn flag(params: &Params, name: &str) -> Result<bool, ApiError> {

@@ -4,7 +4,7 @@
 //! Each event: `id` = its change-log position (send it back as
 //! `Last-Event-ID`, or `?last_event_id=`, to resume after it), `event` =
 //! `put` or `delete`, `data` = `{"key", "version", "value", "deleted"}`
-//! with the key's record as it is when sent. A resumed watch first gets
+//! with the key's record as read just after the change (at least as new). A resumed watch first gets
 //! every change after its position still in the log (a `reset` event
 //! first when the log was trimmed past it: list the keys again), then the
 //! live ones. A watcher too slow for the feed gets a `too_slow` event and
@@ -19,13 +19,14 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, StreamExt};
 use shared::core::limits::WATCH_READ_LEN;
+use shared::core::record::Record;
 use shared::core::watch::{Change, LogPosition, WatchEvent, missed_on_resume};
 use shared::node::watch::ChangeBatch;
-use shared::storage::Store;
+use shared::storage::{Store, StoreError};
 use tokio::sync::{OwnedSemaphorePermit, broadcast};
 use tracing::debug;
 
-use super::{Params, checked_key, params};
+use super::{Params, checked_key, only_params, params};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -68,6 +69,14 @@ fn resume_point(params: &Params, headers: &HeaderMap) -> Result<Option<LogPositi
     }
 }
 
+impl Watch {
+    /// Ends the watch after one `error` event saying why.
+    fn end(mut self, code: &str, message: &str) -> (Vec<Event>, Watch) {
+        self.phase = Phase::Done;
+        (vec![error_event(code, message)], self)
+    }
+}
+
 /// `GET /kv/watch/?prefix=P[&last_event_id=ID]`.
 pub async fn watch(
     State(state): State<AppState>,
@@ -75,14 +84,7 @@ pub async fn watch(
     q: RawQuery,
 ) -> Result<Response, ApiError> {
     let params = params(q)?;
-    for name in params.keys() {
-        if name != "prefix" && name != "last_event_id" {
-            return Err(ApiError::bad_request(
-                "bad_query",
-                format!("{name} is not a watch parameter (prefix, last_event_id)"),
-            ));
-        }
-    }
+    only_params(&params, &["prefix", "last_event_id"], "a watch")?;
     let prefix = match params.get("prefix").map(String::as_str) {
         None => None,
         Some(p) => {
@@ -137,75 +139,55 @@ pub async fn watch(
 /// The next events of a watch (possibly none), or `None` when it ends.
 async fn next_events(mut w: Watch) -> Option<(Vec<Event>, Watch)> {
     loop {
-        let changes: Vec<Change> = match w.phase {
+        // Each change with the key's record: the live feed reads the records
+        // once per batch for every watcher; a backlog page reads its own.
+        let changes: Vec<(Change, Option<Record>)> = match w.phase {
             Phase::Done => return None,
-            Phase::Backlog => match w.store.changes_after(Some(w.after), WATCH_READ_LEN).await {
-                Ok(page) => {
-                    if page.len() < WATCH_READ_LEN {
+            Phase::Backlog => match backlog_page(&w.store, w.after, w.prefix.as_deref()).await {
+                Ok((page, last, full)) => {
+                    w.after = last;
+                    if !full {
                         w.phase = Phase::Live;
                     }
                     page
                 }
                 Err(error) => {
-                    debug!(%error, "watch: cannot read the change log");
-                    w.phase = Phase::Done;
-                    return Some((
-                        vec![error_event(
-                            "storage_unavailable",
-                            "this node's storage does not answer; reconnect with Last-Event-ID",
-                        )],
-                        w,
-                    ));
-                }
-            },
-            Phase::Live => match w.rx.recv().await {
-                Ok(batch) => batch
-                    .iter()
-                    .filter(|c| c.position > w.after)
-                    .cloned()
-                    .collect(),
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    debug!(missed, "watch: a watcher fell behind the feed");
-                    w.phase = Phase::Done;
-                    return Some((
-                        vec![error_event(
-                            "too_slow",
-                            "this watcher fell behind the change feed; reconnect with Last-Event-ID",
-                        )],
-                        w,
-                    ));
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
-            },
-        };
-        if let Some(last) = changes.last() {
-            w.after = last.position;
-        }
-        let wanted: Vec<Change> = changes
-            .into_iter()
-            .filter(|c| w.prefix.as_deref().is_none_or(|p| c.key.starts_with(p)))
-            .collect();
-        if wanted.is_empty() {
-            continue;
-        }
-        let keys: Vec<String> = wanted.iter().map(|c| c.key.clone()).collect();
-        let records = match w.store.get_many(&keys).await {
-            Ok(records) => records,
-            Err(error) => {
-                debug!(%error, "watch: cannot read the changed records");
-                w.phase = Phase::Done;
-                return Some((
-                    vec![error_event(
+                    debug!(%error, "watch: cannot read the change log or its records");
+                    return Some(w.end(
                         "storage_unavailable",
                         "this node's storage does not answer; reconnect with Last-Event-ID",
-                    )],
-                    w,
-                ));
+                    ));
+                }
+            },
+            Phase::Live => {
+                match w.rx.recv().await {
+                    Ok(batch) => {
+                        let mut page = Vec::new();
+                        let seen = w.after;
+                        for (change, record) in batch.iter().filter(|(c, _)| c.position > seen) {
+                            w.after = change.position;
+                            if w.prefix
+                                .as_deref()
+                                .is_none_or(|p| change.key.starts_with(p))
+                            {
+                                page.push((change.clone(), record.clone()));
+                            }
+                        }
+                        page
+                    }
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        debug!(missed, "watch: a watcher fell behind the feed");
+                        return Some(w.end("too_slow", "this watcher fell behind the change feed; reconnect with Last-Event-ID"));
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
             }
         };
-        let events = wanted
+        if changes.is_empty() {
+            continue;
+        }
+        let events = changes
             .iter()
-            .zip(&records)
             .map(|(change, record)| {
                 let event = WatchEvent::new(change, record.as_ref());
                 let data = serde_json::to_string(&event).unwrap_or_default();
@@ -217,6 +199,27 @@ async fn next_events(mut w: Watch) -> Option<(Vec<Event>, Watch)> {
             .collect();
         return Some((events, w));
     }
+}
+
+/// One page of the change log after `after`: the changes of `prefix` with
+/// their records, the page's last position (where the next page starts,
+/// whether or not its changes were of the prefix), and whether the page
+/// was full (more may follow).
+async fn backlog_page(
+    store: &Store,
+    after: LogPosition,
+    prefix: Option<&str>,
+) -> Result<(Vec<(Change, Option<Record>)>, LogPosition, bool), StoreError> {
+    let page = store.changes_after(Some(after), WATCH_READ_LEN).await?;
+    let full = page.len() >= WATCH_READ_LEN;
+    let last = page.last().map_or(after, |c| c.position);
+    let wanted: Vec<Change> = page
+        .into_iter()
+        .filter(|c| prefix.is_none_or(|p| c.key.starts_with(p)))
+        .collect();
+    let keys: Vec<String> = wanted.iter().map(|c| c.key.clone()).collect();
+    let records = store.get_many(&keys).await?;
+    Ok((wanted.into_iter().zip(records).collect(), last, full))
 }
 
 fn error_event(code: &str, message: &str) -> Event {

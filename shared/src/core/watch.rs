@@ -5,8 +5,8 @@
 //! repair, hints delivered, anti-entropy) is appended to its change log —
 //! a Redis stream holding the key and the version, trimmed to
 //! `KV_WATCH_LOG_LEN` entries — in the same atomic step as the record. A
-//! watcher is sent each change of its prefix with the key's record as it
-//! is when sent (at least as new as the change), and the change's position
+//! watcher is sent each change of its prefix with the key's record as read
+//! just after the change (at least as new as it), and the change's position
 //! as the event id. A watcher that reconnects with `Last-Event-ID` is sent
 //! every change after that position still in the log; when the log was
 //! trimmed past it, it is told (`reset`) so it can list the keys again.

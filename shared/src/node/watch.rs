@@ -17,11 +17,14 @@ use crate::config::Config;
 use crate::core::limits::{
     WATCH_BUFFER_BATCHES, WATCH_POLL_BLOCK_MS, WATCH_READ_LEN, WATCHERS_MAX,
 };
+use crate::core::record::Record;
 use crate::core::watch::Change;
 use crate::storage::{RedisStore, Store, connect_redis};
 
-/// A batch of changes, shared by every watcher.
-pub type ChangeBatch = Arc<Vec<Change>>;
+/// A batch of changes, each with its key's record as read just after the
+/// change (at least as new), shared by every watcher: the records are read
+/// once per batch, not once per watcher.
+pub type ChangeBatch = Arc<Vec<(Change, Option<Record>)>>;
 
 /// The node's change feed (see the module docs).
 pub struct ChangeFeed {
@@ -89,10 +92,26 @@ async fn run(cfg: Arc<Config>, store: Store, tx: broadcast::Sender<ChangeBatch>)
         .await;
         match read {
             Ok(changes) => {
-                if let Some(last) = changes.last() {
-                    after = last.position;
-                    // No receiver is not an error: nobody watches.
-                    let _ = tx.send(Arc::new(changes));
+                let Some(last) = changes.last().map(|c| c.position) else {
+                    continue;
+                };
+                if tx.receiver_count() == 0 {
+                    // Nobody watches: nothing to read or send.
+                    after = last;
+                    continue;
+                }
+                let keys: Vec<String> = changes.iter().map(|c| c.key.clone()).collect();
+                match store.get_many(&keys).await {
+                    Ok(records) => {
+                        after = last;
+                        // A watcher that left since is not an error.
+                        let _ = tx.send(Arc::new(changes.into_iter().zip(records).collect()));
+                    }
+                    Err(error) => {
+                        // Not advanced: the same changes are read again.
+                        warn!(%error, "change feed: reading the changed records failed; retrying");
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                    }
                 }
             }
             Err(error) => {

@@ -105,13 +105,9 @@ impl RedisStore {
     }
 }
 
-/// A Redis reply as text (bulk or simple string).
+/// A Redis reply as text (bulk or simple string), as the crate converts it.
 fn text(v: &redis::Value) -> Option<String> {
-    match v {
-        redis::Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-        redis::Value::SimpleString(s) => Some(s.clone()),
-        _ => None,
-    }
+    redis::from_redis_value_ref(v).ok()
 }
 
 /// Stream entries `[[id, [field, value, ...]], ...]` as changes; an entry
