@@ -40,6 +40,7 @@ Exit codes:
 Examples:
   kvctl put username123 mci_admin --string
   kvctl put config '{\"replicas\": 3}'
+  kvctl put session:42 '{\"user\": 7}' --ttl 3600
   echo '[1, 2]' | kvctl put list
   kvctl get username123 --url http://127.0.0.1:8002
   kvctl get username123 --json | jq .version
@@ -127,6 +128,9 @@ enum Command {
         /// Take the value as a raw string, not JSON (one trailing newline of stdin is dropped).
         #[arg(long)]
         string: bool,
+        /// Expire the value this many seconds after the write (1 to 315360000).
+        #[arg(long, value_name = "SECONDS")]
+        ttl: Option<u64>,
     },
     /// Delete a key on every replica (a versioned tombstone).
     Delete { key: String },
@@ -271,19 +275,19 @@ fn run(cli: &Cli) -> Result<(), CliError> {
             value,
             file,
             string,
+            ttl,
         } => {
             let value = read_value(value.as_deref(), file.as_deref(), *string)?;
             let path = match g.consistency {
                 Some(c) => format!("/kv/?consistency={}", c.as_str()),
                 None => "/kv/".to_owned(),
             };
-            let body = client
-                .send(
-                    Method::PUT,
-                    &path,
-                    Some(&json!({"key": key, "value": value})),
-                )?
-                .ok()?;
+            // The node checks the bounds and answers 400 (exit 2) past them.
+            let body = match ttl {
+                Some(ttl) => json!({"key": key, "value": value, "ttl_s": ttl}),
+                None => json!({"key": key, "value": value}),
+            };
+            let body = client.send(Method::PUT, &path, Some(&body))?.ok()?;
             let text = render::write(&body);
             (body, text)
         }

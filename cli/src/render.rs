@@ -106,6 +106,9 @@ pub fn write(body: &Value) -> String {
         text(&body["key"]),
         text(&body["version"])
     );
+    if let Some(at) = body["expires_at"].as_u64() {
+        let _ = writeln!(out, "  expires at {at} (ms since the Unix epoch)");
+    }
     let _ = writeln!(
         out,
         "  acknowledged by {} ({} needs {}; replicas {})",

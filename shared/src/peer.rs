@@ -52,6 +52,8 @@ pub struct ForwardedWrite {
     pub key: String,
     /// `None`: a delete.
     pub value: Option<Box<serde_json::value::RawValue>>,
+    /// The value's time to live in seconds, if any.
+    pub ttl_s: Option<u64>,
     pub consistency: crate::core::quorum::Consistency,
     pub condition: crate::core::condition::Condition,
 }
@@ -372,11 +374,16 @@ impl PeerClient {
             Some(value) => (
                 Method::PUT,
                 Bytes::from(
-                    serde_json::to_vec(&serde_json::json!({ "key": write.key, "value": value }))
-                        .map_err(|e| PeerError::Decode {
-                            node: node.to_owned(),
-                            reason: format!("cannot encode request: {e}"),
-                        })?,
+                    serde_json::to_vec(&match write.ttl_s {
+                        None => serde_json::json!({ "key": write.key, "value": value }),
+                        Some(ttl_s) => {
+                            serde_json::json!({ "key": write.key, "value": value, "ttl_s": ttl_s })
+                        }
+                    })
+                    .map_err(|e| PeerError::Decode {
+                        node: node.to_owned(),
+                        reason: format!("cannot encode request: {e}"),
+                    })?,
                 ),
             ),
             None => (Method::DELETE, Bytes::new()),

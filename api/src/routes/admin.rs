@@ -55,11 +55,13 @@ pub async fn snapshot(State(state): State<AppState>, q: RawQuery) -> Result<Resp
     let page = state.coord.scan_local(cursor, limit).await?;
     let total_records = state.coord.store().record_count().await?;
     let next_cursor = (page.next_cursor != 0).then(|| page.next_cursor.to_string());
+    // An expired value is deleted: shown only with the tombstones.
+    let now_ms = state.coord.reference_now_ms();
     let (count, data) = if versions {
         let data: BTreeMap<String, Record> = page
             .records
             .into_iter()
-            .filter(|(_, r)| tombstones || !r.is_tombstone())
+            .filter(|(_, r)| tombstones || r.is_live_at(now_ms))
             .collect();
         (
             data.len(),
@@ -69,6 +71,7 @@ pub async fn snapshot(State(state): State<AppState>, q: RawQuery) -> Result<Resp
         let data: BTreeMap<String, Box<RawValue>> = page
             .records
             .into_iter()
+            .filter(|(_, r)| r.is_live_at(now_ms))
             .filter_map(|(k, r)| r.value.map(|v| (k, v)))
             .collect();
         (

@@ -119,17 +119,17 @@ async fn run(
                 (status, serde_json::to_value(body))
             }),
         ),
-        BatchOp::Put { key, value } => (
+        BatchOp::Put { key, value, ttl_s } => (
             "put",
             coord
-                .write(key, Some(value), write_level)
+                .write(key, Some(value), ttl_s, write_level)
                 .await
                 .map(|report| (StatusCode::OK, serde_json::to_value(report))),
         ),
         BatchOp::Delete { key } => (
             "delete",
             coord
-                .write(key, None, write_level)
+                .write(key, None, None, write_level)
                 .await
                 .map(|report| (StatusCode::OK, serde_json::to_value(report))),
         ),

@@ -15,8 +15,8 @@ use serde_json::value::RawValue;
 use shared::core::condition::Condition;
 use shared::core::listing::{LIST_PARAMS, encode_cursor, parse_list_query};
 use shared::core::quorum::Consistency;
-use shared::core::record::{Record, Version};
-use shared::core::request::{WriteBody, WriteLimits, parse_write_body};
+use shared::core::record::Version;
+use shared::core::request::{WriteBody, WriteLimits, merge_ttl, parse_ttl, parse_write_body};
 use shared::core::ring::key_position;
 use shared::node::{ReadReport, WriteReport};
 use shared::peer::{FORWARDED_HEADER, ForwardedWrite, SECRET_HEADER};
@@ -169,22 +169,42 @@ fn forwarded(state: &AppState, headers: &HeaderMap) -> bool {
             .is_some_and(|v| shared::secret_eq(v.as_bytes(), secret.as_bytes()))
 }
 
+/// A write's time to live: `ttl_s` in the body and/or `?ttl_s=` (the same
+/// number if both); refused on a delete, which has no value to expire.
+fn write_ttl(
+    params: &Params,
+    value: Option<&RawValue>,
+    body_ttl: Option<u64>,
+) -> Result<Option<u64>, ApiError> {
+    let query_ttl = params.get("ttl_s").map(|t| parse_ttl(t)).transpose()?;
+    let ttl_s = merge_ttl(body_ttl, query_ttl)?;
+    if value.is_none() && ttl_s.is_some() {
+        return Err(ApiError::bad_request(
+            "bad_ttl",
+            "ttl_s applies to a write of a value, not to a delete",
+        ));
+    }
+    Ok(ttl_s)
+}
+
 async fn do_write(
     state: &AppState,
     headers: &HeaderMap,
     params: &Params,
     key: String,
-    value: Option<Box<RawValue>>,
+    (value, body_ttl): (Option<Box<RawValue>>, Option<u64>),
     consistency: Consistency,
 ) -> Result<Response, ApiError> {
+    let ttl_s = write_ttl(params, value.as_deref(), body_ttl)?;
     let Some(condition) = condition(params, headers)? else {
-        let report = state.coord.write(key, value, consistency).await?;
+        let report = state.coord.write(key, value, ttl_s, consistency).await?;
         return Ok(write_response(report));
     };
     if !forwarded(state, headers) {
         let write = ForwardedWrite {
             key,
             value,
+            ttl_s,
             consistency,
             condition,
         };
@@ -204,13 +224,13 @@ async fn do_write(
         } = write;
         let report = state
             .coord
-            .write_if(key, value, consistency, condition)
+            .write_if(key, value, ttl_s, consistency, condition)
             .await?;
         return Ok(write_response(report));
     }
     let report = state
         .coord
-        .write_if(key, value, consistency, condition)
+        .write_if(key, value, ttl_s, consistency, condition)
         .await?;
     Ok(write_response(report))
 }
@@ -244,49 +264,47 @@ async fn do_read(
     Ok((status, Json(body)).into_response())
 }
 
-/// A read's status and body: 200 with the value, or 404 (with the
-/// tombstone's version when the key was deleted).
+/// A read's status and body: 200 with the value (and its `expires_at`
+/// when it has one), or 404 — with the version and `deleted: true` when
+/// the key was deleted, or `expired: true` when its value expired by the
+/// time the read decided.
 pub(super) fn read_answer(report: &ReadReport) -> (StatusCode, ReadAnswer<'_>) {
-    match &report.record {
-        Some(Record {
-            version,
-            value: Some(value),
-        }) => (
-            StatusCode::OK,
-            ReadAnswer {
-                key: &report.key,
-                value: Some(value),
-                deleted: None,
-                version: Some(version),
-            },
-        ),
-        // A tombstone names its version, so a client can tell which delete it saw.
-        Some(Record {
-            version,
-            value: None,
-        }) => (
-            StatusCode::NOT_FOUND,
-            ReadAnswer {
-                key: &report.key,
-                value: None,
-                deleted: Some(true),
-                version: Some(version),
-            },
-        ),
-        None => (
+    let Some(record) = &report.record else {
+        return (
             StatusCode::NOT_FOUND,
             ReadAnswer {
                 key: &report.key,
                 value: None,
                 deleted: None,
+                expired: None,
                 version: None,
+                expires_at: None,
             },
-        ),
-    }
+        );
+    };
+    let live = record.is_live_at(report.read_at_ms);
+    let status = if live {
+        StatusCode::OK
+    } else {
+        StatusCode::NOT_FOUND
+    };
+    (
+        status,
+        ReadAnswer {
+            key: &report.key,
+            value: record.value.as_deref().filter(|_| live),
+            deleted: record.is_tombstone().then_some(true),
+            expired: (!live && !record.is_tombstone()).then_some(true),
+            // A tombstone names its version, so a client can tell which delete it saw.
+            version: Some(&record.version),
+            expires_at: record.expires_at,
+        },
+    )
 }
 
 /// The body of a read's answer: `value` is `null` when there is none;
-/// `deleted` and `version` appear only when they apply.
+/// `deleted`, `expired`, `version` and `expires_at` appear only when they
+/// apply.
 #[derive(Serialize)]
 pub(super) struct ReadAnswer<'a> {
     key: &'a str,
@@ -294,10 +312,15 @@ pub(super) struct ReadAnswer<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     deleted: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    expired: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     version: Option<&'a Version>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at: Option<u64>,
 }
 
-/// `POST /kv/`, `PUT /kv/`: body `{"key": "...", "value": ...}`.
+/// `POST /kv/`, `PUT /kv/`: body `{"key": "...", "value": ..., "ttl_s": N}`
+/// (`ttl_s` optional, or `?ttl_s=N`).
 pub async fn put_body(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -306,8 +329,16 @@ pub async fn put_body(
 ) -> Result<Response, ApiError> {
     let params = params(q)?;
     let consistency = consistency(&params, &headers, state.coord.config().write_consistency)?;
-    let WriteBody { key, value } = write_body(&state, &headers, body, None).await?;
-    do_write(&state, &headers, &params, key, Some(value), consistency).await
+    let WriteBody { key, value, ttl_s } = write_body(&state, &headers, body, None).await?;
+    do_write(
+        &state,
+        &headers,
+        &params,
+        key,
+        (Some(value), ttl_s),
+        consistency,
+    )
+    .await
 }
 
 /// `GET /kv/?key=K`, or a listing: `GET /kv/?prefix=P&limit=L&cursor=C`
@@ -353,6 +384,7 @@ async fn list(
                 record.value.as_deref()
             },
             version: &record.version,
+            expires_at: record.expires_at,
         })
         .collect();
     Ok(Json(ListAnswer {
@@ -370,6 +402,8 @@ struct ListItem<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     value: Option<&'a RawValue>,
     version: &'a Version,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -389,7 +423,7 @@ pub async fn delete_query(
     let params = params(q)?;
     let key = key_param(&state, &params)?;
     let consistency = consistency(&params, &headers, state.coord.config().write_consistency)?;
-    do_write(&state, &headers, &params, key, None, consistency).await
+    do_write(&state, &headers, &params, key, (None, None), consistency).await
 }
 
 /// `GET /kv/{key}`.
@@ -406,7 +440,7 @@ pub async fn get_path(
     do_read(&state, key, consistency, min).await
 }
 
-/// `PUT /kv/{key}`: body `{"value": ...}`.
+/// `PUT /kv/{key}`: body `{"value": ...}`, `?ttl_s=N` or `"ttl_s"` optional.
 pub async fn put_path(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -417,8 +451,16 @@ pub async fn put_path(
     let params = params(q)?;
     let key = path_key(&state, path)?;
     let consistency = consistency(&params, &headers, state.coord.config().write_consistency)?;
-    let WriteBody { key, value } = write_body(&state, &headers, body, Some(&key)).await?;
-    do_write(&state, &headers, &params, key, Some(value), consistency).await
+    let WriteBody { key, value, ttl_s } = write_body(&state, &headers, body, Some(&key)).await?;
+    do_write(
+        &state,
+        &headers,
+        &params,
+        key,
+        (Some(value), ttl_s),
+        consistency,
+    )
+    .await
 }
 
 /// `DELETE /kv/{key}`.
@@ -431,7 +473,7 @@ pub async fn delete_path(
     let params = params(q)?;
     let key = path_key(&state, path)?;
     let consistency = consistency(&params, &headers, state.coord.config().write_consistency)?;
-    do_write(&state, &headers, &params, key, None, consistency).await
+    do_write(&state, &headers, &params, key, (None, None), consistency).await
 }
 
 /// `GET /kv/route/?key=K`: the key's preference list, primary first.

@@ -10,15 +10,23 @@ use serde_json::value::RawValue;
 use thiserror::Error;
 
 use super::limits::BATCH_OPS_MAX;
-use super::request::{WriteLimits, checked_value, type_name};
+use super::request::{WriteLimits, checked_value, ttl_of, type_name};
 use super::validate::validate_key;
 
 /// One operation of a batch.
 #[derive(Debug, Clone)]
 pub enum BatchOp {
-    Get { key: String },
-    Put { key: String, value: Box<RawValue> },
-    Delete { key: String },
+    Get {
+        key: String,
+    },
+    Put {
+        key: String,
+        value: Box<RawValue>,
+        ttl_s: Option<u64>,
+    },
+    Delete {
+        key: String,
+    },
 }
 
 impl BatchOp {
@@ -95,9 +103,13 @@ fn parse_op(op: Value, limits: WriteLimits) -> Result<BatchOp, String> {
     };
     validate_key(&key, limits.key_bytes_max).map_err(|e| e.to_string())?;
     let value = fields.remove("value");
+    let ttl_s = fields.remove("ttl_s");
     if let Some(unknown) = fields.keys().next() {
         let unknown: String = unknown.chars().take(64).collect();
         return Err(format!("unknown field {unknown:?}"));
+    }
+    if ttl_s.is_some() && kind != "put" {
+        return Err(format!("ttl_s applies to a put, not to a {kind:.32}"));
     }
     match (kind.as_str(), value) {
         ("get", None) => Ok(BatchOp::Get { key }),
@@ -105,6 +117,11 @@ fn parse_op(op: Value, limits: WriteLimits) -> Result<BatchOp, String> {
         ("put", Some(value)) => Ok(BatchOp::Put {
             key,
             value: checked_value(value, limits).map_err(|e| e.to_string())?,
+            ttl_s: ttl_s
+                .as_ref()
+                .map(ttl_of)
+                .transpose()
+                .map_err(|e| e.to_string())?,
         }),
         ("put", None) => Err("a put needs a value (any JSON, null included)".to_owned()),
         ("get" | "delete", Some(_)) => Err(format!("a {kind} takes no value")),
@@ -138,7 +155,7 @@ mod tests {
         .unwrap();
         assert_eq!(ops.len(), 3);
         assert!(
-            matches!(&ops[0], BatchOp::Put { key, value } if key == "a" && value.get() == r#"{"x":1}"#)
+            matches!(&ops[0], BatchOp::Put { key, value, ttl_s: None } if key == "a" && value.get() == r#"{"x":1}"#)
         );
         assert!(matches!(&ops[1], BatchOp::Get { key } if key == "a"));
         assert!(matches!(&ops[2], BatchOp::Delete { key } if key == "b"));
@@ -171,6 +188,16 @@ mod tests {
                 r#"{"ops": [{"op": "get", "key": "a", "value": 1}]}"#,
                 0,
                 "takes no value",
+            ),
+            (
+                r#"{"ops": [{"op": "delete", "key": "a", "ttl_s": 5}]}"#,
+                0,
+                "applies to a put",
+            ),
+            (
+                r#"{"ops": [{"op": "put", "key": "a", "value": 1, "ttl_s": 0}]}"#,
+                0,
+                "ttl_s must be",
             ),
             (r#"{"ops": [{"op": "get", "key": ""}]}"#, 0, "key"),
             (

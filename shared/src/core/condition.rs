@@ -60,22 +60,23 @@ impl Condition {
         }
     }
 
-    /// Whether `current` (the newest record a read found) meets the condition.
-    pub fn check(&self, current: Option<&Record>) -> Result<(), Mismatch> {
-        let live = current.filter(|r| !r.is_tombstone());
+    /// Whether `current` (the newest record a read found at `now_ms`)
+    /// meets the condition; a value expired by then counts as deleted.
+    pub fn check(&self, current: Option<&Record>, now_ms: u64) -> Result<(), Mismatch> {
+        let live = current.filter(|r| r.is_live_at(now_ms));
         let ok = match self {
             Condition::IfVersion(v) => live.is_some_and(|r| r.version == *v),
             Condition::IfAbsent => live.is_none(),
             Condition::IfPresent => live.is_some(),
             Condition::Never => false,
-            Condition::All(parts) => parts.iter().all(|c| c.check(current).is_ok()),
+            Condition::All(parts) => parts.iter().all(|c| c.check(current, now_ms).is_ok()),
         };
         if ok {
             Ok(())
         } else {
             Err(Mismatch {
                 current: current.map(|r| r.version.clone()),
-                deleted: current.is_some_and(Record::is_tombstone),
+                deleted: current.is_some_and(|r| !r.is_live_at(now_ms)),
             })
         }
     }
@@ -99,23 +100,23 @@ mod tests {
     #[test]
     fn if_version_needs_exactly_that_live_version() {
         let c = Condition::IfVersion(v(5));
-        assert!(c.check(Some(&value(5))).is_ok());
+        assert!(c.check(Some(&value(5)), 0).is_ok());
         assert_eq!(
-            c.check(Some(&value(6))),
+            c.check(Some(&value(6)), 0),
             Err(Mismatch {
                 current: Some(v(6)),
                 deleted: false
             })
         );
         assert_eq!(
-            c.check(Some(&Record::tombstone(v(5)))),
+            c.check(Some(&Record::tombstone(v(5))), 0),
             Err(Mismatch {
                 current: Some(v(5)),
                 deleted: true
             })
         );
         assert_eq!(
-            c.check(None),
+            c.check(None, 0),
             Err(Mismatch {
                 current: None,
                 deleted: false
@@ -126,35 +127,59 @@ mod tests {
     #[test]
     fn if_absent_accepts_missing_and_deleted_keys() {
         let c = Condition::IfAbsent;
-        assert!(c.check(None).is_ok());
-        assert!(c.check(Some(&Record::tombstone(v(3)))).is_ok());
-        assert!(c.check(Some(&value(3))).is_err());
+        assert!(c.check(None, 0).is_ok());
+        assert!(c.check(Some(&Record::tombstone(v(3))), 0).is_ok());
+        assert!(c.check(Some(&value(3)), 0).is_err());
     }
 
     #[test]
     fn if_present_and_never() {
-        assert!(Condition::IfPresent.check(Some(&value(1))).is_ok());
+        assert!(Condition::IfPresent.check(Some(&value(1)), 0).is_ok());
         assert!(
             Condition::IfPresent
-                .check(Some(&Record::tombstone(v(1))))
+                .check(Some(&Record::tombstone(v(1))), 0)
                 .is_err()
         );
-        assert!(Condition::IfPresent.check(None).is_err());
-        assert!(Condition::Never.check(Some(&value(1))).is_err());
-        assert!(Condition::Never.check(None).is_err());
+        assert!(Condition::IfPresent.check(None, 0).is_err());
+        assert!(Condition::Never.check(Some(&value(1)), 0).is_err());
+        assert!(Condition::Never.check(None, 0).is_err());
+    }
+
+    #[test]
+    fn an_expired_value_is_deleted_for_every_condition() {
+        let ttl = Record::stamped(
+            v(5),
+            Some(RawValue::from_string("1".into()).unwrap()),
+            Some(1),
+        );
+        let at = ttl.expires_at.unwrap();
+        assert!(Condition::IfVersion(v(5)).check(Some(&ttl), at - 1).is_ok());
+        assert!(Condition::IfAbsent.check(Some(&ttl), at - 1).is_err());
+        let gone = Condition::IfVersion(v(5))
+            .check(Some(&ttl), at)
+            .unwrap_err();
+        assert_eq!(
+            gone,
+            Mismatch {
+                current: Some(v(5)),
+                deleted: true
+            }
+        );
+        assert!(Condition::IfAbsent.check(Some(&ttl), at).is_ok());
+        assert!(Condition::IfPresent.check(Some(&ttl), at).is_err());
     }
 
     #[test]
     fn all_needs_every_part() {
         let both = Condition::all(vec![Condition::IfVersion(v(5)), Condition::IfAbsent]).unwrap();
-        assert!(both.check(None).is_err());
-        assert!(both.check(Some(&value(5))).is_err());
+        assert!(both.check(None, 0).is_err());
+        assert!(both.check(Some(&value(5)), 0).is_err());
         let same = Condition::all(vec![Condition::IfVersion(v(5)), Condition::IfVersion(v(5))]);
         assert_eq!(same, Some(Condition::IfVersion(v(5))));
         let two =
             Condition::all(vec![Condition::IfVersion(v(5)), Condition::IfVersion(v(6))]).unwrap();
-        assert!(two.check(Some(&value(5))).is_err());
-        assert!(two.check(Some(&value(6))).is_err());
+        assert!(two.check(Some(&value(5)), 0).is_err());
+        assert!(two.check(Some(&value(6)), 0).is_err());
         assert_eq!(Condition::all(vec![]), None);
     }
 
@@ -169,9 +194,9 @@ mod tests {
                 parts.push(Condition::IfAbsent);
             }
             let record = current.map(|w| if deleted { Record::tombstone(v(w)) } else { value(w) });
-            let each = parts.iter().all(|c| c.check(record.as_ref()).is_ok());
+            let each = parts.iter().all(|c| c.check(record.as_ref(), 0).is_ok());
             match Condition::all(parts) {
-                Some(c) => prop_assert_eq!(c.check(record.as_ref()).is_ok(), each),
+                Some(c) => prop_assert_eq!(c.check(record.as_ref(), 0).is_ok(), each),
                 None => prop_assert!(each),
             }
         }
@@ -183,8 +208,8 @@ mod tests {
         fn a_version_passes_once(w in 1u64..1000, next in 1u64..1000) {
             let c = Condition::IfVersion(v(w));
             let after = value(w + next);
-            prop_assert!(c.check(Some(&value(w))).is_ok());
-            prop_assert!(c.check(Some(&after)).is_err());
+            prop_assert!(c.check(Some(&value(w)), 0).is_ok());
+            prop_assert!(c.check(Some(&after), 0).is_err());
         }
     }
 }

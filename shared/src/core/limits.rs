@@ -126,3 +126,9 @@ pub const WATCH_BUFFER_BATCHES: usize = 256;
 pub const WATCH_POLL_BLOCK_MS: u64 = 1_000;
 /// Changes read from the log per round trip (a resume, or the live feed).
 pub const WATCH_READ_LEN: usize = 500;
+
+/// Shortest time to live a write may carry, in seconds.
+pub const TTL_S_MIN: u64 = 1;
+/// Longest time to live a write may carry, in seconds (ten years: longer
+/// is "forever", which is a write without a TTL).
+pub const TTL_S_MAX: u64 = 10 * 365 * 24 * 3600;

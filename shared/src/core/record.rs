@@ -17,9 +17,21 @@
 //! safe, in any order, any number of times. The property tests below check
 //! all three laws.
 //!
+//! **Expiry.** A value may carry `expires_at` (ms since the Unix epoch),
+//! fixed when the coordinator stamps the write (its version's wall time plus
+//! the time to live), so every replica holding that version agrees on it.
+//! From that moment the record reads as missing ([`Record::is_live_at`]) and
+//! counts as a tombstone deleted then ([`Record::dead_since`]): collected
+//! like one, by the same two-phase rule. A later write supersedes it as any
+//! record; expiry never creates a version of its own, so it cannot shadow a
+//! write made after it.
+//!
 //! **Storage encoding** (used verbatim by the Redis Lua script):
-//! `"{wall_ms}:{logical}:{node}\n"` followed by `T` for a tombstone or `V`
-//! and the compact JSON text of the value.
+//! `"{wall_ms}:{logical}:{node}\n"` followed by `T` for a tombstone, `V`
+//! and the compact JSON text of the value, or `E{expires_at}\n` and the
+//! JSON text for a value that expires. The merge order breaks a tie of
+//! versions on the bytes after the version line (`T` < `V…`, and `E…`
+//! below both), which is what the Lua script compares too.
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -96,17 +108,27 @@ impl<'de> Deserialize<'de> for Version {
     }
 }
 
+/// The expiry time of a write stamped at `wall_ms` with a time to live of
+/// `ttl_s` seconds, in ms since the Unix epoch.
+pub fn expiry_ms(wall_ms: u64, ttl_s: u64) -> u64 {
+    wall_ms.saturating_add(ttl_s.saturating_mul(1000))
+}
+
 /// A value (compact JSON text) or a tombstone, with its version.
 ///
-/// On the wire a value is `{"version": "...", "value": <json>}` and a
-/// tombstone `{"version": "...", "deleted": true}`, so a stored JSON `null`
-/// is never confused with a delete.
+/// On the wire a value is `{"version": "...", "value": <json>}` (with
+/// `"expires_at": ms` when it expires) and a tombstone
+/// `{"version": "...", "deleted": true}`, so a stored JSON `null` is never
+/// confused with a delete.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(try_from = "RecordWire", into = "RecordWire")]
 pub struct Record {
     pub version: Version,
     /// `None` is a tombstone.
     pub value: Option<Box<RawValue>>,
+    /// When the value stops being readable (ms since the Unix epoch);
+    /// always `None` for a tombstone.
+    pub expires_at: Option<u64>,
 }
 
 impl Record {
@@ -114,6 +136,7 @@ impl Record {
         Record {
             version,
             value: Some(value),
+            expires_at: None,
         }
     }
 
@@ -121,6 +144,21 @@ impl Record {
         Record {
             version,
             value: None,
+            expires_at: None,
+        }
+    }
+
+    /// A client's write stamped with `version`: a value (expiring `ttl_s`
+    /// seconds after the version's wall time when given) or a delete.
+    pub fn stamped(version: Version, value: Option<Box<RawValue>>, ttl_s: Option<u64>) -> Self {
+        let expires_at = match (&value, ttl_s) {
+            (Some(_), Some(ttl_s)) => Some(expiry_ms(version.ts.wall_ms, ttl_s)),
+            _ => None,
+        };
+        Record {
+            version,
+            value,
+            expires_at,
         }
     }
 
@@ -128,16 +166,38 @@ impl Record {
         self.value.is_none()
     }
 
+    /// Whether the record holds a value a read at `now_ms` returns: not a
+    /// tombstone, and not expired (expiry is inclusive: at `expires_at` the
+    /// value is gone).
+    pub fn is_live_at(&self, now_ms: u64) -> bool {
+        self.value.is_some() && self.expires_at.is_none_or(|at| now_ms < at)
+    }
+
+    /// Since when the key is deleted (ms): a tombstone's wall time, or an
+    /// expiring value's `expires_at`; `None` for a value that never expires.
+    pub fn dead_since(&self) -> Option<u64> {
+        match (&self.value, self.expires_at) {
+            (None, _) => Some(self.version.ts.wall_ms),
+            (Some(_), at) => at,
+        }
+    }
+
     fn payload(&self) -> Option<&str> {
         self.value.as_deref().map(RawValue::get)
     }
 
+    /// The bytes after the version line in the storage encoding.
+    fn tail(&self) -> String {
+        match (self.payload(), self.expires_at) {
+            (None, _) => "T".to_owned(),
+            (Some(json), None) => format!("V{json}"),
+            (Some(json), Some(at)) => format!("E{at}\n{json}"),
+        }
+    }
+
     /// The storage encoding described in the module docs.
     pub fn encode(&self) -> String {
-        match self.payload() {
-            Some(json) => format!("{}\nV{}", self.version, json),
-            None => format!("{}\nT", self.version),
-        }
+        format!("{}\n{}", self.version, self.tail())
     }
 
     pub fn decode(encoded: &str) -> Result<Record, DecodeError> {
@@ -145,14 +205,28 @@ impl Record {
             .split_once('\n')
             .ok_or(DecodeError::Record("no version line"))?;
         let version: Version = version.parse()?;
+        let json = |text: &str| {
+            RawValue::from_string(text.to_owned()).map_err(|e| DecodeError::Json(e.to_string()))
+        };
         match payload.as_bytes().first() {
             Some(b'T') if payload.len() == 1 => Ok(Record::tombstone(version)),
-            Some(b'V') => {
-                let value = RawValue::from_string(payload[1..].to_owned())
-                    .map_err(|e| DecodeError::Json(e.to_string()))?;
-                Ok(Record::value(version, value))
+            Some(b'V') => Ok(Record::value(version, json(&payload[1..])?)),
+            Some(b'E') => {
+                let (at, text) = payload[1..]
+                    .split_once('\n')
+                    .ok_or(DecodeError::Record("no line after the expiry time"))?;
+                let at = at
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|_| at.bytes().all(|b| b.is_ascii_digit()))
+                    .ok_or(DecodeError::Record("expiry time is not a number"))?;
+                Ok(Record {
+                    version,
+                    value: Some(json(text)?),
+                    expires_at: Some(at),
+                })
             }
-            _ => Err(DecodeError::Record("payload must start with T or V")),
+            _ => Err(DecodeError::Record("payload must start with T, V or E")),
         }
     }
 }
@@ -169,6 +243,8 @@ struct RecordWire {
     value: Option<Box<RawValue>>,
     #[serde(default, skip_serializing_if = "is_false")]
     deleted: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expires_at: Option<u64>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -184,11 +260,16 @@ impl TryFrom<RecordWire> for Record {
     type Error = &'static str;
 
     fn try_from(wire: RecordWire) -> Result<Self, Self::Error> {
-        match (wire.value, wire.deleted) {
-            (Some(value), false) => Ok(Record::value(wire.version, value)),
-            (None, true) => Ok(Record::tombstone(wire.version)),
-            (Some(_), true) => Err("a record is either a value or deleted, not both"),
-            (None, false) => Err("a record needs a value or deleted: true"),
+        match (wire.value, wire.deleted, wire.expires_at) {
+            (Some(value), false, expires_at) => Ok(Record {
+                version: wire.version,
+                value: Some(value),
+                expires_at,
+            }),
+            (None, true, None) => Ok(Record::tombstone(wire.version)),
+            (None, true, Some(_)) => Err("a deleted record has no expires_at"),
+            (Some(_), true, _) => Err("a record is either a value or deleted, not both"),
+            (None, false, _) => Err("a record needs a value or deleted: true"),
         }
     }
 }
@@ -200,6 +281,7 @@ impl From<Record> for RecordWire {
             version: record.version,
             value: record.value,
             deleted,
+            expires_at: record.expires_at,
         }
     }
 }
@@ -219,11 +301,16 @@ impl PartialOrd for Record {
 }
 
 impl Ord for Record {
-    /// The merge order: version first; payload only breaks exact version ties.
+    /// The merge order: version first; the encoded tail (kind, expiry,
+    /// payload) only breaks exact version ties, byte by byte as Lua does.
     fn cmp(&self, other: &Self) -> Ordering {
-        self.version
-            .cmp(&other.version)
-            .then_with(|| self.payload().cmp(&other.payload()))
+        self.version.cmp(&other.version).then_with(|| {
+            if self.expires_at == other.expires_at && self.payload() == other.payload() {
+                Ordering::Equal
+            } else {
+                self.tail().cmp(&other.tail())
+            }
+        })
     }
 }
 
@@ -268,13 +355,53 @@ mod tests {
         let v = Version::new(Timestamp::new(7, 1), "n1");
         let value = Record::value(v.clone(), raw(r#"{"a":[1,"x\ny"]}"#));
         assert_eq!(Record::decode(&value.encode()).unwrap(), value);
-        let tomb = Record::tombstone(v);
+        let tomb = Record::tombstone(v.clone());
         assert_eq!(tomb.encode(), "7:1:n1\nT");
         assert_eq!(Record::decode(&tomb.encode()).unwrap(), tomb);
         assert!(Record::decode("7:1:n1").is_err());
         assert!(Record::decode("7:1:n1\nX").is_err());
         assert!(Record::decode("7:1:n1\nV{").is_err());
         assert!(Record::decode("7:1:n1\nTT").is_err());
+        let expiring = Record::stamped(v.clone(), Some(raw("[1]")), Some(30));
+        assert_eq!(expiring.expires_at, Some(30_007));
+        assert_eq!(expiring.encode(), "7:1:n1\nE30007\n[1]");
+        assert_eq!(Record::decode(&expiring.encode()).unwrap(), expiring);
+        assert!(Record::decode("7:1:n1\nE12").is_err());
+        assert!(Record::decode("7:1:n1\nE+12\n1").is_err());
+        assert!(Record::decode("7:1:n1\nEx\n1").is_err());
+        assert!(Record::decode("7:1:n1\nE1\n{").is_err());
+        // A delete never carries an expiry, whatever TTL came with it.
+        assert_eq!(Record::stamped(v, None, Some(5)).expires_at, None);
+    }
+
+    #[test]
+    fn expiry_is_a_deletion_at_expires_at() {
+        let v = Version::new(Timestamp::new(1_000, 0), "n1");
+        let r = Record::stamped(v.clone(), Some(raw("1")), Some(2));
+        assert!(r.is_live_at(2_999));
+        assert!(!r.is_live_at(3_000), "gone at the instant it expires");
+        assert_eq!(r.dead_since(), Some(3_000));
+        let forever = Record::value(v.clone(), raw("1"));
+        assert!(forever.is_live_at(u64::MAX));
+        assert_eq!(forever.dead_since(), None);
+        let tomb = Record::tombstone(v);
+        assert!(!tomb.is_live_at(0));
+        assert_eq!(tomb.dead_since(), Some(1_000));
+        assert_eq!(expiry_ms(u64::MAX - 1, 10), u64::MAX, "saturates");
+    }
+
+    #[test]
+    fn the_wire_form_carries_the_expiry_and_refuses_it_on_a_delete() {
+        let v = Version::new(Timestamp::new(5, 0), "n1");
+        let r = Record::stamped(v, Some(raw("\"x\"")), Some(1));
+        let json = serde_json::to_string(&r).unwrap();
+        assert_eq!(
+            json,
+            r#"{"version":"5:0:n1","value":"x","expires_at":1005}"#
+        );
+        assert_eq!(serde_json::from_str::<Record>(&json).unwrap(), r);
+        let bad = r#"{"version":"5:0:n1","deleted":true,"expires_at":1}"#;
+        assert!(serde_json::from_str::<Record>(bad).is_err());
     }
 
     #[test]
@@ -301,11 +428,25 @@ mod tests {
         (
             version(),
             proptest::option::of(prop_oneof![Just("1"), Just("\"x\""), Just("null")]),
+            proptest::option::of(prop_oneof![Just(9u64), Just(10), Just(100)]),
         )
-            .prop_map(|(v, p)| Record {
+            .prop_map(|(v, p, at)| Record {
                 version: v,
+                expires_at: at.filter(|_| p.is_some()),
                 value: p.map(raw),
             })
+    }
+
+    /// The Lua script's `newer` (storage/scripts.rs), over encodings: the
+    /// two leading numbers numerically, then the rest byte by byte.
+    fn lua_order(a: &str, b: &str) -> Ordering {
+        let split = |s: &str| {
+            let mut parts = s.splitn(3, ':');
+            let wall: u64 = parts.next().unwrap().parse().unwrap();
+            let logical: u32 = parts.next().unwrap().parse().unwrap();
+            (wall, logical, parts.next().unwrap().as_bytes().to_vec())
+        };
+        split(a).cmp(&split(b))
     }
 
     proptest! {
@@ -319,6 +460,12 @@ mod tests {
             let left = merge(merge(a.clone(), b.clone()), c.clone());
             let right = merge(a, merge(b, c));
             prop_assert_eq!(left.encode(), right.encode());
+        }
+
+        #[test]
+        fn the_merge_order_is_the_lua_scripts_order(a in record(), b in record()) {
+            prop_assert_eq!(a.cmp(&b), lua_order(&a.encode(), &b.encode()));
+            prop_assert_eq!(Record::decode(&a.encode()).unwrap().encode(), a.encode());
         }
 
         #[test]

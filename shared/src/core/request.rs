@@ -9,8 +9,8 @@
 //! - The query string must percent-decode to UTF-8 (no silent U+FFFD in a
 //!   key), and a parameter may appear only once (`?key=a&key=b` has no
 //!   single meaning).
-//! - The body is one JSON object with `key` and `value`, each at most once,
-//!   and no other field.
+//! - The body is one JSON object with `key`, `value` and optionally
+//!   `ttl_s`, each at most once, and no other field.
 //! - Objects inside the value may not repeat a member name either. JSON
 //!   parsers disagree on which copy wins (RFC 8259 §4 leaves it open), so
 //!   storing such a value would silently drop one copy, and another client
@@ -25,7 +25,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Number, Value};
 use thiserror::Error;
 
-use super::limits::{QUERY_PARAMS_MAX, VALUE_DEPTH_MAX};
+use super::limits::{QUERY_PARAMS_MAX, TTL_S_MAX, TTL_S_MIN, VALUE_DEPTH_MAX};
 use super::validate::{KeyError, json_depth, validate_key};
 
 /// Why a request was refused. Every variant is a client error (HTTP 400);
@@ -54,6 +54,10 @@ pub enum RequestError {
     ValueTooDeep { depth: usize, depth_max: usize },
     #[error("value is {len_bytes} bytes of JSON; the limit is {max_bytes} bytes")]
     ValueTooLarge { len_bytes: usize, max_bytes: usize },
+    #[error("ttl_s must be a whole number of seconds from {TTL_S_MIN} to {TTL_S_MAX}, got {got}")]
+    BadTtl { got: String },
+    #[error("ttl_s is given in the body ({body}) and the query ({query}) with different values")]
+    TtlMismatch { body: u64, query: u64 },
 }
 
 impl RequestError {
@@ -70,6 +74,7 @@ impl RequestError {
             RequestError::MissingValue => "missing_value",
             RequestError::ValueTooDeep { .. } => "value_too_deep",
             RequestError::ValueTooLarge { .. } => "value_too_large",
+            RequestError::BadTtl { .. } | RequestError::TtlMismatch { .. } => "bad_ttl",
         }
     }
 }
@@ -81,11 +86,43 @@ pub struct WriteLimits {
     pub value_bytes_max: usize,
 }
 
-/// A checked write: a valid key and the value's compact JSON text.
+/// A checked write: a valid key, the value's compact JSON text and its
+/// time to live in seconds, if any.
 #[derive(Debug, Clone)]
 pub struct WriteBody {
     pub key: String,
     pub value: Box<RawValue>,
+    pub ttl_s: Option<u64>,
+}
+
+/// Checks a time to live given as query text (`?ttl_s=30`): digits only,
+/// within [`TTL_S_MIN`]..=[`TTL_S_MAX`].
+pub fn parse_ttl(text: &str) -> Result<u64, RequestError> {
+    text.parse::<u64>()
+        .ok()
+        .filter(|_| text.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|s| (TTL_S_MIN..=TTL_S_MAX).contains(s))
+        .ok_or_else(|| RequestError::BadTtl {
+            got: format!("{:?}", quoted(text)),
+        })
+}
+
+/// Checks a time to live given in a JSON body: an integer in bounds.
+pub fn ttl_of(value: &Value) -> Result<u64, RequestError> {
+    value
+        .as_u64()
+        .filter(|s| (TTL_S_MIN..=TTL_S_MAX).contains(s))
+        .ok_or_else(|| RequestError::BadTtl {
+            got: quoted(&value.to_string()),
+        })
+}
+
+/// The one time to live of a write given in its body and/or its query.
+pub fn merge_ttl(body: Option<u64>, query: Option<u64>) -> Result<Option<u64>, RequestError> {
+    match (body, query) {
+        (Some(b), Some(q)) if b != q => Err(RequestError::TtlMismatch { body: b, query: q }),
+        (b, q) => Ok(b.or(q)),
+    }
 }
 
 /// Longest piece of client input quoted back in an error message.
@@ -222,7 +259,8 @@ pub fn parse_write_body(
     };
     validate_key(&key, limits.key_bytes_max)?;
     let value = checked_value(envelope.value.ok_or(RequestError::MissingValue)?, limits)?;
-    Ok(WriteBody { key, value })
+    let ttl_s = envelope.ttl_s.as_ref().map(ttl_of).transpose()?;
+    Ok(WriteBody { key, value, ttl_s })
 }
 
 /// Checks a value against the depth and size limits and returns it as
@@ -264,10 +302,12 @@ pub fn type_name(v: &Value) -> &'static str {
     }
 }
 
-/// The write envelope: `key` and `value` at most once each, nothing else.
+/// The write envelope: `key`, `value` and `ttl_s` at most once each,
+/// nothing else.
 struct Envelope {
     key: Option<Value>,
     value: Option<Value>,
+    ttl_s: Option<Value>,
 }
 
 impl<'de> de::Deserialize<'de> for Envelope {
@@ -282,21 +322,23 @@ impl<'de> Visitor<'de> for EnvelopeVisitor {
     type Value = Envelope;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON object with fields key and value")
+        f.write_str("a JSON object with fields key, value and (optionally) ttl_s")
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Envelope, A::Error> {
         let mut envelope = Envelope {
             key: None,
             value: None,
+            ttl_s: None,
         };
         while let Some(name) = map.next_key::<String>()? {
             let slot = match name.as_str() {
                 "key" => &mut envelope.key,
                 "value" => &mut envelope.value,
+                "ttl_s" => &mut envelope.ttl_s,
                 other => {
                     return Err(de::Error::custom(format!(
-                        "unknown field {:?}; expected key and value",
+                        "unknown field {:?}; expected key, value and (optionally) ttl_s",
                         quoted(other)
                     )));
                 }
@@ -454,6 +496,23 @@ mod tests {
             (r#"{"key":"q","value":1}"#, Some("p"), "key_mismatch"),
             (r#"{"key":"k"}"#, None, "missing_value"),
             (r#"{"key":"k","value":null}"#, None, "ok"),
+            (r#"{"key":"k","value":1,"ttl_s":1}"#, None, "ok"),
+            (r#"{"key":"k","value":1,"ttl_s":315360000}"#, None, "ok"),
+            (
+                r#"{"key":"k","value":1,"ttl_s":315360001}"#,
+                None,
+                "bad_ttl",
+            ),
+            (r#"{"key":"k","value":1,"ttl_s":0}"#, None, "bad_ttl"),
+            (r#"{"key":"k","value":1,"ttl_s":-5}"#, None, "bad_ttl"),
+            (r#"{"key":"k","value":1,"ttl_s":1.5}"#, None, "bad_ttl"),
+            (r#"{"key":"k","value":1,"ttl_s":"10"}"#, None, "bad_ttl"),
+            (r#"{"key":"k","value":1,"ttl_s":null}"#, None, "bad_ttl"),
+            (
+                r#"{"key":"k","value":1,"ttl_s":1,"ttl_s":1}"#,
+                None,
+                "bad_json",
+            ),
         ];
         for (body, path, want) in cases {
             assert_eq!(code(body, path), want, "{body}");
@@ -486,6 +545,31 @@ mod tests {
             "bad_json",
             "invalid UTF-8"
         );
+    }
+
+    #[test]
+    fn ttls() {
+        let body = parse_write_body(br#"{"key":"k","value":1,"ttl_s":30}"#, None, LIMITS).unwrap();
+        assert_eq!(body.ttl_s, Some(30));
+        assert_eq!(parse_ttl("30"), Ok(30));
+        assert_eq!(parse_ttl("315360000"), Ok(TTL_S_MAX));
+        for bad in [
+            "",
+            "0",
+            "+5",
+            "-1",
+            "1.0",
+            " 5",
+            "315360001",
+            "99999999999999999999x",
+        ] {
+            assert_eq!(parse_ttl(bad).unwrap_err().code(), "bad_ttl", "{bad:?}");
+        }
+        assert_eq!(merge_ttl(Some(5), None), Ok(Some(5)));
+        assert_eq!(merge_ttl(None, Some(6)), Ok(Some(6)));
+        assert_eq!(merge_ttl(Some(5), Some(5)), Ok(Some(5)));
+        assert_eq!(merge_ttl(None, None), Ok(None));
+        assert_eq!(merge_ttl(Some(5), Some(6)).unwrap_err().code(), "bad_ttl");
     }
 
     #[test]

@@ -76,6 +76,10 @@ pub struct WatchEvent<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value: Option<&'a RawValue>,
     pub deleted: bool,
+    /// When the value expires (ms since the Unix epoch), if it does. An
+    /// expiry is not an event of its own: it is known from the put.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
 }
 
 impl<'a> WatchEvent<'a> {
@@ -90,12 +94,14 @@ impl<'a> WatchEvent<'a> {
                 version: &record.version,
                 value: record.value.as_deref(),
                 deleted: record.value.is_none(),
+                expires_at: record.expires_at,
             },
             _ => WatchEvent {
                 key: &change.key,
                 version: &change.version,
                 value: None,
                 deleted: true,
+                expires_at: None,
             },
         }
     }

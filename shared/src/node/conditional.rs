@@ -91,22 +91,24 @@ impl Coordinator {
 
     /// Runs a conditional write here, as the key's referee: under the key's
     /// lock, reads it at `consistency`, checks `condition` against the
-    /// newest record, and writes (or deletes, `value = None`) if it holds.
+    /// newest record (an expired value is deleted), and writes (or
+    /// deletes, `value = None`) if it holds.
     pub async fn write_if(
         self: &Arc<Self>,
         key: String,
         value: Option<Box<RawValue>>,
+        ttl_s: Option<u64>,
         consistency: Consistency,
         condition: Condition,
     ) -> Result<WriteReport, CoordError> {
         let _referee = self.condition_locks.lock(&key).await;
-        let current = self.read(key.clone(), consistency).await?.record;
-        if let Err(mismatch) = condition.check(current.as_ref()) {
+        let read = self.read(key.clone(), consistency).await?;
+        if let Err(mismatch) = condition.check(read.record.as_ref(), read.read_at_ms) {
             return Err(CoordError::PreconditionFailed {
                 current: mismatch.current.map(|v| v.to_string()),
                 deleted: mismatch.deleted,
             });
         }
-        self.write(key, value, consistency).await
+        self.write(key, value, ttl_s, consistency).await
     }
 }

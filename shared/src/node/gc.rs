@@ -1,5 +1,6 @@
 //! Tombstone collection, in two phases as Garage's `TableGc` does, so a
-//! deleted key cannot come back (Riak's kv679):
+//! deleted key cannot come back (Riak's kv679). An expired value is a
+//! tombstone from its `expires_at` on and is collected the same way:
 //!
 //! 1. Every other replica of the key is sent the tombstone (an apply: it
 //!    stores it, or already holds it or something newer). A replica that
@@ -86,14 +87,15 @@ impl Node {
         if found.is_empty() {
             return Ok(0);
         }
-        // The records themselves, still tombstones past the grace.
+        // The records themselves, still deleted (a tombstone or an expired
+        // value) before the horizon: a newer write may have replaced them.
         let keys: Vec<String> = found.into_iter().map(|(key, _)| key).collect();
         let candidates: Vec<KeyedRecord> = keys
             .iter()
             .zip(store.get_many(&keys).await?)
             .filter_map(|(key, record)| {
                 record
-                    .filter(|r| r.is_tombstone() && r.version.ts.wall_ms < horizon_ms)
+                    .filter(|r| r.dead_since().is_some_and(|ms| ms < horizon_ms))
                     .map(|record| KeyedRecord {
                         key: key.clone(),
                         record,

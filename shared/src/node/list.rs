@@ -19,7 +19,7 @@ use crate::core::record::Record;
 /// One page of the cluster's keys.
 #[derive(Debug, Clone)]
 pub struct ListReport {
-    /// Each key's newest record (never a tombstone), in key order.
+    /// Each key's newest record (never a tombstone or an expired value), in key order.
     pub items: Vec<(String, Record)>,
     /// Where the next page starts (after this key); `None` when done.
     pub next_after: Option<String>,
@@ -89,40 +89,47 @@ impl Coordinator {
             items: query.limit,
             bytes: LIST_PAGE_BYTES_MAX,
         };
-        let merged =
-            merge_pages(&pages, |key| self.replicas(key), required, bounds).map_err(|short| {
-                Stats::add(&self.stats.unavailable, 1);
-                let answered = short
-                    .owners
-                    .iter()
-                    .filter(|o| pages.contains_key(*o))
-                    .cloned()
-                    .collect();
-                let failed =
-                    failed
-                        .iter()
-                        .filter(|f| short.owners.contains(&f.node))
-                        .map(NodeFailure::from)
-                        .chain(down.iter().filter(|n| short.owners.contains(n)).map(|n| {
-                            NodeFailure {
-                                node: n.clone(),
-                                code: "down",
-                                error: "believed down by this node; not asked",
-                            }
-                        }))
-                        .collect();
-                CoordError::Unavailable(Box::new(Unavailable {
-                    operation: "list",
-                    consistency,
-                    required: short.required,
-                    replicas: short.owners,
-                    answered,
-                    failed,
-                    stored_on: Vec::new(),
-                    queued_for: Vec::new(),
-                    hinted_for: Vec::new(),
-                }))
-            })?;
+        let merged = merge_pages(
+            &pages,
+            |key| self.replicas(key),
+            required,
+            bounds,
+            reference_ms,
+        )
+        .map_err(|short| {
+            Stats::add(&self.stats.unavailable, 1);
+            let answered = short
+                .owners
+                .iter()
+                .filter(|o| pages.contains_key(*o))
+                .cloned()
+                .collect();
+            let failed = failed
+                .iter()
+                .filter(|f| short.owners.contains(&f.node))
+                .map(NodeFailure::from)
+                .chain(
+                    down.iter()
+                        .filter(|n| short.owners.contains(n))
+                        .map(|n| NodeFailure {
+                            node: n.clone(),
+                            code: "down",
+                            error: "believed down by this node; not asked",
+                        }),
+                )
+                .collect();
+            CoordError::Unavailable(Box::new(Unavailable {
+                operation: "list",
+                consistency,
+                required: short.required,
+                replicas: short.owners,
+                answered,
+                failed,
+                stored_on: Vec::new(),
+                queued_for: Vec::new(),
+                hinted_for: Vec::new(),
+            }))
+        })?;
         for (node, key, record) in merged.repairs {
             self.spawn_repair(node, key, record);
         }

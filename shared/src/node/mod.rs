@@ -298,6 +298,12 @@ impl Node {
             .collect()
     }
 
+    /// This node's reference time (ms): its clock, corrected by the peers'
+    /// median offset when fenced. Expiry is decided against it.
+    pub fn reference_now_ms(&self) -> u64 {
+        self.replicas.io.reference_now_ms()
+    }
+
     /// This node's clock against its peers' (fenced or not).
     pub fn clock_view(&self) -> replicas::ClockView {
         self.replicas.io.clock_view()

@@ -24,6 +24,9 @@ pub struct ReadReport {
     pub answered: Vec<String>,
     /// Replicas sent the newest record because they answered with older data.
     pub repaired: Vec<String>,
+    /// When the read decided (ms, this node's reference clock): a value
+    /// whose `expires_at` is not after it reads as missing.
+    pub read_at_ms: u64,
 }
 
 impl Coordinator {
@@ -115,6 +118,7 @@ impl Coordinator {
             replicas,
             answered: plan.answered_nodes(),
             repaired: stale,
+            read_at_ms: reference_ms,
         })
     }
 

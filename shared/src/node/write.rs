@@ -31,6 +31,9 @@ pub struct WriteReport {
     pub key: String,
     pub version: Version,
     pub deleted: bool,
+    /// When the value expires (ms since the Unix epoch), for a write with a TTL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
     pub consistency: Consistency,
     pub required: usize,
     pub replicas: Vec<String>,
@@ -46,7 +49,9 @@ pub struct WriteReport {
 }
 
 impl Coordinator {
-    /// Writes (or, with `value = None`, deletes) a key at the given consistency.
+    /// Writes (or, with `value = None`, deletes) a key at the given
+    /// consistency; a value with `ttl_s` expires that many seconds after
+    /// the version's wall time (see `core::record`).
     ///
     /// Background sync on: the record goes to just enough replicas for the
     /// consistency level (this node first), and each failure is replaced by
@@ -61,6 +66,7 @@ impl Coordinator {
         self: &Arc<Self>,
         key: String,
         value: Option<Box<RawValue>>,
+        ttl_s: Option<u64>,
         consistency: Consistency,
     ) -> Result<WriteReport, CoordError> {
         Stats::add(&self.stats.writes, 1);
@@ -80,10 +86,7 @@ impl Coordinator {
                 drift_max_ms: clock.drift_max_ms,
             });
         }
-        let mut record = Record {
-            version: self.next_version(),
-            value,
-        };
+        let mut record = Record::stamped(self.next_version(), value, ttl_s);
         let mut attempt = 1;
         loop {
             let (report, shadowed_by) = self
@@ -109,10 +112,7 @@ impl Coordinator {
                 attempt += 1;
                 Stats::add(&self.stats.writes_restamped, 1);
                 self.learn_version(&holder, &key).await;
-                record = Record {
-                    version: self.next_version(),
-                    value: record.value,
-                };
+                record = Record::stamped(self.next_version(), record.value, ttl_s);
                 continue;
             }
             if let Some(mail) = self.write_mail(&report.key, &record) {
@@ -268,6 +268,7 @@ impl Coordinator {
         let report = WriteReport {
             key,
             deleted: record.is_tombstone(),
+            expires_at: record.expires_at,
             version: record.version,
             consistency,
             required: outcome.required,

@@ -153,8 +153,7 @@ impl MemoryStore {
             .get(&Space::Data)
             .into_iter()
             .flatten()
-            .filter(|(_, r)| r.is_tombstone())
-            .map(|(k, r)| (r.version.ts.wall_ms, k.clone()))
+            .filter_map(|(k, r)| Some((r.dead_since()?, k.clone())))
             .filter(|(wall, _)| *wall >= from.0 && *wall < horizon_ms)
             .collect();
         all.sort();

@@ -227,9 +227,9 @@ impl Store {
         }
     }
 
-    /// Up to `limit` tombstones deleted before `horizon_ms`, oldest first,
-    /// starting at `from.0` ms and skipping the first `from.1` of those:
-    /// (key, delete wall time in ms).
+    /// Up to `limit` tombstones (and expiring values) deleted before
+    /// `horizon_ms`, oldest first, starting at `from.0` ms and skipping the
+    /// first `from.1` of those: (key, delete time in ms, `Record::dead_since`).
     pub async fn tombstones(
         &self,
         from: (u64, usize),

@@ -2,7 +2,8 @@
 //!
 //! A write to a node's data is one step, as Garage's `update_entry_with`:
 //! compare versions, store the record if newer, update its hash-tree leaf
-//! (`core::merkle`), the record count, the tombstone index and the key
+//! (`core::merkle`), the record count, the tombstone index (tombstones and
+//! expiring values, scored by the time they are deleted) and the key
 //! index (a sorted set of every key, score 0, so its members are in byte
 //! order for listings). The leaf
 //! digest is the first 52 bits of `SHA-1(key \0 version)` (`redis.sha1hex`),
@@ -37,7 +38,9 @@ local function newer(a, b)
 end
 "#;
 
-/// Leaf arithmetic and the tombstone test, shared by the data scripts.
+/// Leaf arithmetic and the deletion time (a tombstone's wall time, an
+/// expiring value's expiry: `Record::dead_since`), shared by the data
+/// scripts.
 const TREE: &str = r#"
 local M = 4503599627370496
 local function digest(key, rec)
@@ -45,8 +48,9 @@ local function digest(key, rec)
   if not version then return nil end
   return tonumber(string.sub(redis.sha1hex(key .. "\0" .. version), 1, 13), 16)
 end
-local function tomb_wall(rec)
+local function dead_since(rec)
   return string.match(rec, "^(%d+):%d+:[^\n]*\nT$")
+    or string.match(rec, "^%d+:%d+:[^\n]*\nE(%d+)\n")
 end
 local function leaf_add(tree, leaves, field, dcount, ddigest)
   local cur = redis.call('HGET', tree, field)
@@ -93,10 +97,10 @@ for i = 1, (#ARGV - 1) / 3 do
       redis.call('INCR', KEYS[2])
       redis.call('ZADD', KEYS[5], 0, key)
     end
-    local wall = tomb_wall(rec)
-    if wall then
-      redis.call('ZADD', KEYS[3], wall, key)
-    elseif cur and tomb_wall(cur) then
+    local dead = dead_since(rec)
+    if dead then
+      redis.call('ZADD', KEYS[3], dead, key)
+    elseif cur and dead_since(cur) then
       redis.call('ZREM', KEYS[3], key)
     end
     if loglen > 0 then

@@ -111,7 +111,8 @@ pub struct NodePage {
 /// A merged page of the cluster's keys.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Merged {
-    /// The newest record of each key, tombstones left out, in key order.
+    /// The newest record of each key, tombstones and expired values left
+    /// out, in key order.
     pub items: Vec<(String, Record)>,
     /// Where the next page starts (after this key); `None` when done.
     pub next_after: Option<String>,
@@ -137,12 +138,14 @@ pub struct PageBounds {
 }
 
 /// Merges the pages of the nodes that answered (`node id → page`) into one
-/// page of the cluster's keys: see the module's documentation.
+/// page of the cluster's keys as of `now_ms` (a value expired by then is
+/// left out like a tombstone): see the module's documentation.
 pub fn merge_pages<F>(
     pages: &BTreeMap<String, NodePage>,
     owners_of: F,
     required: usize,
     bounds: PageBounds,
+    now_ms: u64,
 ) -> Result<Merged, ShortOfQuorum>
 where
     F: Fn(&str) -> Vec<String>,
@@ -184,7 +187,7 @@ where
                     .push((owner.clone(), key.to_owned(), newest.clone()));
             }
         }
-        if let Some(value) = &newest.value {
+        if let Some(value) = newest.value.as_ref().filter(|_| newest.is_live_at(now_ms)) {
             bytes = bytes.saturating_add(key.len() + value.get().len());
             merged.items.push((key.to_owned(), newest.clone()));
             if merged.items.len() >= bounds.items || bytes >= bounds.bytes {

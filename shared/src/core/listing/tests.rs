@@ -45,6 +45,10 @@ fn node_page(store: &BTreeMap<String, Record>, range: &KeyRange, limit: usize) -
     }
 }
 
+/// The time the merges are made at, between the two expiry times the
+/// property test's records carry.
+const NOW: u64 = 10;
+
 const BOUNDS: PageBounds = PageBounds {
     items: 100,
     bytes: usize::MAX,
@@ -122,7 +126,7 @@ fn a_page_never_passes_the_horizon_and_leaves_tombstones_out() {
             scanned_to: None,
         },
     );
-    let merged = merge_pages(&pages, everyone, 2, BOUNDS).unwrap_or_else(|e| panic!("{e}"));
+    let merged = merge_pages(&pages, everyone, 2, BOUNDS, NOW).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(merged.items, vec![("k1".to_owned(), rec(2, Some(2)))]);
     assert_eq!(merged.next_after.as_deref(), Some("k2"));
     // a is behind on k1; b lacks the tombstone of k2.
@@ -144,12 +148,12 @@ fn a_key_without_enough_owners_answering_refuses_the_page() {
             scanned_to: None,
         },
     );
-    let err = merge_pages(&pages, everyone, 2, BOUNDS).err();
+    let err = merge_pages(&pages, everyone, 2, BOUNDS, NOW).err();
     assert_eq!(
         err.map(|e| (e.key, e.answered, e.required)),
         Some(("k".to_owned(), 1, 2))
     );
-    assert!(merge_pages(&pages, everyone, 1, BOUNDS).is_ok());
+    assert!(merge_pages(&pages, everyone, 1, BOUNDS, NOW).is_ok());
 }
 
 #[test]
@@ -169,7 +173,7 @@ fn the_byte_bound_ends_a_page_after_the_item_that_reaches_it() {
         bytes: 13,
     };
     let merged =
-        merge_pages(&pages, |_| vec!["a".into()], 1, bounds).unwrap_or_else(|e| panic!("{e}"));
+        merge_pages(&pages, |_| vec!["a".into()], 1, bounds, NOW).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(merged.items.len(), 3);
     assert_eq!(merged.next_after.as_deref(), Some("k2"));
 }
@@ -189,7 +193,7 @@ fn the_last_full_page_says_there_is_nothing_more() {
         bytes: usize::MAX,
     };
     let merged =
-        merge_pages(&pages, |_| vec!["a".into()], 1, bounds).unwrap_or_else(|e| panic!("{e}"));
+        merge_pages(&pages, |_| vec!["a".into()], 1, bounds, NOW).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(merged.next_after, None);
 }
 
@@ -246,8 +250,14 @@ fn query_parameters_are_checked() {
 
 /// A node's store: key index → (wall, value or tombstone).
 fn stores() -> impl Strategy<Value = Vec<BTreeMap<String, Record>>> {
-    let record = (1u64..4, proptest::option::weighted(0.8, 0u32..100))
-        .prop_map(|(wall, value)| rec(wall, value));
+    let expiry = proptest::option::weighted(0.3, prop_oneof![Just(NOW), Just(NOW + 1)]);
+    let record = (1u64..4, proptest::option::weighted(0.8, 0u32..100), expiry).prop_map(
+        |(wall, value, expires_at)| {
+            let mut r = rec(wall, value);
+            r.expires_at = expires_at.filter(|_| r.value.is_some());
+            r
+        },
+    );
     let store =
         proptest::collection::btree_map((0u8..40).prop_map(|i| format!("k{i:02}")), record, 0..30);
     proptest::collection::vec(store, 3)
@@ -255,8 +265,8 @@ fn stores() -> impl Strategy<Value = Vec<BTreeMap<String, Record>>> {
 
 proptest! {
     /// Paging through a range with any page size and per-node limit
-    /// visits exactly the keys whose newest record is a value, each
-    /// once, in order, with that newest record.
+    /// visits exactly the keys whose newest record is a value not expired
+    /// at the merge's time, each once, in order, with that newest record.
     #[test]
     fn paging_visits_every_live_key_once_in_order(
         stores in stores(),
@@ -278,7 +288,7 @@ proptest! {
                 }
             }
         }
-        expected.retain(|_, r| r.value.is_some());
+        expected.retain(|_, r| r.is_live_at(NOW));
         let bounds = PageBounds { items: page_items, bytes: usize::MAX };
         let mut seen: Vec<(String, Record)> = Vec::new();
         let mut range = base.clone();
@@ -288,7 +298,7 @@ proptest! {
                 .zip(&stores)
                 .map(|(n, s)| ((*n).to_owned(), node_page(s, &range, node_limit)))
                 .collect();
-            let merged = merge_pages(&pages, everyone, 3, bounds)
+            let merged = merge_pages(&pages, everyone, 3, bounds, NOW)
                 .unwrap_or_else(|e| panic!("{e}"));
             prop_assert!(merged.items.len() <= page_items);
             seen.extend(merged.items);

@@ -190,6 +190,7 @@ fn read_repairs_names_stale_and_missing_answers() {
             "n0",
         ),
         value: None,
+        expires_at: None,
     };
     let answers = vec![
         ("a".to_owned(), Some(rec(5))),
