@@ -1,7 +1,8 @@
 //! `GET /kv/watch/`: the changes a node stores, as server-sent events,
 //! against three real nodes — every change of the prefix in version order
 //! per key, through a node failure; a watcher that reconnects with
-//! `Last-Event-ID` misses nothing; bad input is 400.
+//! `Last-Event-ID` misses nothing; a watcher that stops reading is told
+//! `too_slow` and disconnected without slowing writes; bad input is 400.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -186,4 +187,47 @@ async fn a_watcher_that_reconnects_with_last_event_id_misses_nothing() {
             "{body}"
         );
     }
+}
+
+/// A watcher that stops reading while writes go on: the feed never waits
+/// for it (every write is acknowledged), and once it is more than the
+/// buffer's 256 batches behind it gets an `error` event `too_slow` and the
+/// stream ends; a new watch works at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_too_slow_for_the_feed_is_told_and_disconnected() {
+    let c = Cluster::start(Options::default().env("KV_BACKGROUND_SYNC", "off")).await;
+    let mut w = Watcher::open(&c, 0, "prefix=slow%2F", None).await;
+    // 64 KiB values, one write per request: each lands in its own feed
+    // batch. The socket buffers hold some megabytes of events; 1,000
+    // writes (64 MiB of events) overflow them and the 256 batches behind.
+    let value = json!("v".repeat(64 * 1024));
+    let keys: Vec<String> = (0..1000).map(|i| format!("slow/{i:04}")).collect();
+    put_all(&c, 0, &keys, value, "one").await;
+    let mut events = 0usize;
+    let last = loop {
+        let ev = w
+            .next(Duration::from_secs(30))
+            .await
+            .expect("the stream ends with an error event, not silence");
+        events += 1;
+        if ev.event != "put" {
+            break ev;
+        }
+        assert!(
+            events <= keys.len(),
+            "every change was delivered: never too slow?"
+        );
+    };
+    assert_eq!(last.event, "error", "{last:?}");
+    assert_eq!(last.data["code"], "too_slow", "{last:?}");
+    assert!(
+        w.next(Duration::from_secs(10)).await.is_none(),
+        "the stream ends after too_slow"
+    );
+    eprintln!("too_slow after {} of {} put events", events - 1, keys.len());
+    // The node still serves watchers.
+    let mut again = Watcher::open(&c, 0, "prefix=slow%2F", None).await;
+    put_all(&c, 1, &["slow/after".to_owned()], json!(1), "all").await;
+    let ev = again.next(Duration::from_secs(20)).await.expect("an event");
+    assert_eq!(ev.data["key"], "slow/after", "{ev:?}");
 }
