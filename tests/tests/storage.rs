@@ -291,10 +291,10 @@ async fn check_derived(store: &Store) {
         "the stored tree matches the records"
     );
     assert_eq!(store.record_count().await.unwrap(), all.len() as u64);
+    // Tombstones at their wall time, expiring values at their expiry.
     let mut tombs: Vec<(String, u64)> = all
         .iter()
-        .filter(|(_, r)| r.is_tombstone())
-        .map(|(k, r)| (k.clone(), r.version.ts.wall_ms))
+        .filter_map(|(k, r)| Some((k.clone(), r.dead_since()?)))
         .collect();
     tombs.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
     let indexed = store
@@ -379,6 +379,24 @@ async fn derived_suite(store: Store) {
             .unwrap(),
         0
     );
+    check_derived(&store).await;
+    // Expiring values: indexed at their expiry among the tombstones; a
+    // newer value without a TTL leaves the index, a newer expiring one
+    // moves in it, a delete takes the tombstone's time.
+    let expiring = |wall: u64, ttl: u64, i: usize| {
+        let mut r = rec(wall, 0, "n3", Some("4"));
+        r.expires_at = Some(wall + ttl);
+        (format!("e{i}"), r)
+    };
+    let first: Vec<(String, Record)> = (0..12).map(|i| expiring(400, 50, i)).collect();
+    store.apply(&first).await.unwrap();
+    check_derived(&store).await;
+    let mut next: Vec<(String, Record)> = (0..4).map(|i| expiring(500, 70, i)).collect();
+    next.extend((4..8).map(|i| (format!("e{i}"), rec(500, 0, "n3", Some("5")))));
+    next.extend((8..12).map(|i| (format!("e{i}"), rec(500, 0, "n3", None))));
+    assert!(store.apply(&next).await.unwrap().iter().all(|s| *s));
+    check_derived(&store).await;
+    assert_eq!(store.remove_if_same(&Space::Data, &next[..2]).await.unwrap(), 2);
     check_derived(&store).await;
     // The tombstone index pages from a time on, skipping some of that time.
     let first = store.tombstones((0, 0), 1_000, 2).await.unwrap();

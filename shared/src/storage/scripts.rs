@@ -40,17 +40,26 @@ end
 
 /// Leaf arithmetic and the deletion time (a tombstone's wall time, an
 /// expiring value's expiry: `Record::dead_since`), shared by the data
-/// scripts.
+/// scripts. `version_of` finds a record's version line and where its
+/// payload starts in one match (nil for a corrupt record, which is not in
+/// the tree, as `core::merkle` skips it); the rest works from that.
 const TREE: &str = r#"
 local M = 4503599627370496
-local function digest(key, rec)
-  local version = string.match(rec, "^(%d+:%d+:[^\n]*)\n")
-  if not version then return nil end
+local function version_of(rec)
+  return string.match(rec, "^(%d+:%d+:[^\n]*)\n()")
+end
+local function digest_of(key, version)
   return tonumber(string.sub(redis.sha1hex(key .. "\0" .. version), 1, 13), 16)
 end
-local function dead_since(rec)
-  return string.match(rec, "^(%d+):%d+:[^\n]*\nT$")
-    or string.match(rec, "^%d+:%d+:[^\n]*\nE(%d+)\n")
+local function digest(key, rec)
+  local version = version_of(rec)
+  return version and digest_of(key, version)
+end
+local function dead_since(rec, p)
+  local kind = string.byte(rec, p)
+  if kind == 84 and #rec == p then return string.match(rec, "^(%d+)") end
+  if kind == 69 then return string.match(rec, "^(%d+)\n", p + 1) end
+  return nil
 end
 local function leaf_add(tree, leaves, field, dcount, ddigest)
   local cur = redis.call('HGET', tree, field)
@@ -88,26 +97,25 @@ for i = 1, (#ARGV - 1) / 3 do
   local cur = redis.call('HGET', hash, key)
   if (not cur) or newer(rec, cur) then
     redis.call('HSET', hash, key, rec)
-    local new = digest(key, rec) or 0
-    local old = cur and digest(key, cur)
-    if old then
-      leaf_add(KEYS[1], KEYS[4], field, 0, new - old)
+    local version, p = version_of(rec)
+    local new = version and digest_of(key, version) or 0
+    local cur_version, cur_p
+    if cur then cur_version, cur_p = version_of(cur) end
+    if cur_version then
+      leaf_add(KEYS[1], KEYS[4], field, 0, new - digest_of(key, cur_version))
     else
       leaf_add(KEYS[1], KEYS[4], field, 1, new)
       redis.call('INCR', KEYS[2])
       redis.call('ZADD', KEYS[5], 0, key)
     end
-    local dead = dead_since(rec)
+    local dead = p and dead_since(rec, p)
     if dead then
       redis.call('ZADD', KEYS[3], dead, key)
-    elseif cur and dead_since(cur) then
+    elseif cur_p and dead_since(cur, cur_p) then
       redis.call('ZREM', KEYS[3], key)
     end
-    if loglen > 0 then
-      local version = string.match(rec, "^(%d+:%d+:[^\n]*)\n")
-      if version then
-        redis.call('XADD', KEYS[6], 'MAXLEN', '~', loglen, '*', 'k', key, 'v', version)
-      end
+    if loglen > 0 and version then
+      redis.call('XADD', KEYS[6], 'MAXLEN', '~', loglen, '*', 'k', key, 'v', version)
     end
     out[#out + 1] = 1
   else
