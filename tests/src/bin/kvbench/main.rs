@@ -8,6 +8,9 @@
 //! For before/after runs of one change: `BENCH_ONLY=store` measures this
 //! store alone, `BENCH_APPENDFSYNC=always` then only its `always` PUT point,
 //! and `BENCH_GET=0` leaves out its GET points.
+//! `BENCH_YCSB=0` skips the YCSB-style mixed workloads (`ycsb.rs`; at the
+//! largest of `BENCH_CONNECTIONS`, over `BENCH_YCSB_KEYS` keys, default
+//! 100000).
 //! Binaries come from `KV_BIN_DIR` (the Makefile points it at target/release).
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stdout)]
@@ -18,6 +21,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kv_tests::{Cluster, Options, free_port, json, wait_for};
+
+mod ycsb;
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -141,7 +146,7 @@ fn measure(
         errors: runs.iter().map(|r| r.3).sum(),
     };
     eprintln!(
-        "  {system:<28} {op:<5} c={conns:<3} {:>9.0} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {}",
+        "  {system:<28} {op:<6} c={conns:<3} {:>9.0} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {}",
         point.ops_s, point.p50_ms, point.p99_ms, point.errors
     );
     point
@@ -554,6 +559,10 @@ async fn main() {
             ));
         }
     }
+    if std::env::var("BENCH_YCSB").map_or(true, |v| v != "0") {
+        let conns = connections().into_iter().max().unwrap_or(64);
+        ycsb::run(&mut points, conns, only_store).await;
+    }
     eprintln!("raw redis-server: redis-benchmark, no pipelining");
     if !only_store {
         redis_benchmark(&mut points);
@@ -584,6 +593,16 @@ async fn main() {
                 "GET kvstore/etcd",
                 ("kvstore (AOF everysec)", "GET", conns),
                 ("etcd", "GET", conns),
+            ),
+            (
+                "YCSB-A kvstore/etcd",
+                ("kvstore (AOF everysec)", "YCSB-A", conns),
+                ("etcd", "YCSB-A", conns),
+            ),
+            (
+                "YCSB-B kvstore/etcd",
+                ("kvstore (AOF everysec)", "YCSB-B", conns),
+                ("etcd", "YCSB-B", conns),
             ),
             (
                 "PUT kvstore/redis SET",
