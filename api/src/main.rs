@@ -1,13 +1,15 @@
 //! The `api` binary: one node's HTTP API.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use shared::config::Config;
+use shared::core::limits::REDIS_STARTUP_WAIT_MS;
 use shared::mail::Mailer;
 use shared::node::{Coordinator, MAIL_INLINE_IN_FLIGHT_MAX};
 use shared::queue::{JobQueues, retry_policy};
-use shared::storage::{RedisStore, Store, connect_redis};
+use shared::storage::{RedisStore, Store, connect_redis_ready};
 use shared::work::mail::run_inline;
 use shared::work::periodic::{Dispatch, spawn_counter_flush, spawn_scheduler};
 use tokio::net::TcpListener;
@@ -18,9 +20,6 @@ use tracing::{info, warn};
 /// allocator in `make bench` (see README, Performance).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// How long the node keeps trying to reach its Redis at start.
-const REDIS_STARTUP_WAIT_S: u64 = 30;
 
 #[tokio::main]
 async fn main() {
@@ -40,7 +39,9 @@ async fn run() -> anyhow::Result<()> {
         warn!("KV_CLUSTER_SECRET is not set: using the development default; set it in production");
     }
     let cfg = Arc::new(cfg);
-    let conn = connect_with_retry(&cfg).await?;
+    let conn = connect_redis_ready(&cfg, Duration::from_millis(REDIS_STARTUP_WAIT_MS))
+        .await
+        .with_context(|| format!("REDIS_URL: cannot reach {}", cfg.redis_url_redacted()))?;
     let store = Store::Redis(
         RedisStore::new(conn.clone(), &cfg.node_id).with_change_log(cfg.watch_log_len),
     );
@@ -172,26 +173,5 @@ fn healthcheck() -> i32 {
         0
     } else {
         1
-    }
-}
-
-async fn connect_with_retry(cfg: &Config) -> anyhow::Result<redis::aio::ConnectionManager> {
-    let deadline =
-        tokio::time::Instant::now() + std::time::Duration::from_secs(REDIS_STARTUP_WAIT_S);
-    let mut delay = std::time::Duration::from_millis(100);
-    loop {
-        match connect_redis(cfg).await {
-            Ok(conn) => return Ok(conn),
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                warn!(redis = %cfg.redis_url_redacted(), error = %e, "redis not reachable yet; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(std::time::Duration::from_secs(2));
-            }
-            Err(e) => {
-                return Err(e).with_context(|| {
-                    format!("REDIS_URL: cannot reach {}", cfg.redis_url_redacted())
-                });
-            }
-        }
     }
 }

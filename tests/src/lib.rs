@@ -229,6 +229,9 @@ pub struct Node {
     /// Extra environment for this node only, applied on its next (re)start
     /// after `Options::env` (e.g. a clock offset).
     pub env: Vec<(String, String)>,
+    /// Extra `redis-server` arguments for this node, applied on its next
+    /// Redis start (e.g. `--key-load-delay` to slow its loading down).
+    pub redis_args: Vec<String>,
     pub api_port: u16,
     pub redis_port: u16,
     dir: PathBuf,
@@ -267,6 +270,7 @@ impl Cluster {
                 redis_port: free_port_on(&host),
                 host,
                 env: Vec::new(),
+                redis_args: Vec::new(),
                 dir: dir.join(format!("node{i}")),
                 redis: Proc(None),
                 api: Proc(None),
@@ -362,7 +366,27 @@ impl Cluster {
     }
 
     /// Starts (or restarts) node `i`'s Redis, with AOF, and waits for PING.
+    /// Starts node `i`'s Redis and waits until it answers PING (which it
+    /// does only once its data is loaded).
     pub async fn start_redis(&mut self, i: usize) {
+        self.spawn_redis(i);
+        let url = self.redis_url(i);
+        wait_for("redis to answer PING", Duration::from_secs(10), || {
+            let url = url.clone();
+            async move {
+                let client = redis::Client::open(url).ok()?;
+                let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+                redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .ok()
+            }
+        })
+        .await;
+    }
+
+    /// Starts node `i`'s Redis without waiting for it.
+    pub fn spawn_redis(&mut self, i: usize) {
         let appendfsync = self.opts.appendfsync;
         let node = &mut self.nodes[i];
         let data = node.dir.join("redis");
@@ -387,24 +411,12 @@ impl Cluster {
             ])
             .arg("--dir")
             .arg(&data)
+            .args(&node.redis_args)
             .stdout(Stdio::from(log))
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server must be installed (apt-get install redis-server)");
         node.redis = Proc(Some(child));
-        let url = self.redis_url(i);
-        wait_for("redis to answer PING", Duration::from_secs(10), || {
-            let url = url.clone();
-            async move {
-                let client = redis::Client::open(url).ok()?;
-                let mut conn = client.get_multiplexed_async_connection().await.ok()?;
-                redis::cmd("PING")
-                    .query_async::<String>(&mut conn)
-                    .await
-                    .ok()
-            }
-        })
-        .await;
     }
 
     fn node_env(&self, i: usize) -> Vec<(String, String)> {

@@ -448,3 +448,41 @@ fn version_gt(a: &str, b: &str) -> bool {
     };
     parse(a) > parse(b)
 }
+
+/// A node whose Redis is still loading its data (a large append-only file
+/// after a restart; slowed here with `--key-load-delay`) when its API and
+/// worker start: they wait, saying so in the log, and then serve — before,
+/// the API exited at once on Redis' `LOADING` answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_starts_while_its_redis_is_still_loading() {
+    let mut c = Cluster::start(Options {
+        nodes: 1,
+        workers: 1,
+        ..Options::default()
+    })
+    .await;
+    let (status, body) = c.put(0, "before", json!("kept")).await;
+    assert_eq!(status, 200, "{body}");
+    // 20,000 keys at 150 µs each: about three seconds of loading.
+    let mut conn = c.redis(0).await;
+    let mut pipe = redis::pipe();
+    for i in 0..20_000 {
+        pipe.cmd("SET").arg(format!("filler:{i}")).arg("x").ignore();
+    }
+    pipe.query_async::<()>(&mut conn).await.expect("fill");
+    c.kill_workers(0);
+    c.kill_api(0);
+    c.kill_redis(0);
+    c.nodes[0].redis_args = vec!["--key-load-delay".to_owned(), "150".to_owned()];
+    c.spawn_redis(0);
+    c.restart_api(0).await;
+    c.restart_workers(0);
+    assert!(
+        c.api_log(0).contains("redis not ready yet"),
+        "the API started after Redis had loaded: the test did not exercise the wait"
+    );
+    let (status, body) = c.get(0, "before").await;
+    assert_eq!((status, &body["value"]), (200, &json!("kept")), "{body}");
+    let (status, body) = c.put(0, "after", json!(1)).await;
+    assert_eq!(status, 200, "{body}");
+}

@@ -15,11 +15,12 @@ use apalis::prelude::{
     BackendExt, BoxDynError, Data, WorkerBuilder, WorkerBuilderExt, WorkerError,
 };
 use shared::core::jobs::{Lenient, PeriodicJob, PeriodicTask, ReplicateJob};
+use shared::core::limits::REDIS_STARTUP_WAIT_MS;
 use shared::core::mail::MailJob;
 use shared::mail::Mailer;
 use shared::node::Node;
 use shared::queue::{EMAIL, JobQueues, PERIODIC, POLL_INTERVAL_MS, REPLICATE, retry_policy};
-use shared::storage::{RedisStore, Store, connect_redis};
+use shared::storage::{RedisStore, Store, connect_redis_ready};
 use shared::work::mail::mail_and_settle;
 use shared::work::periodic::{run_periodic_job, spawn_counter_flush};
 use shared::work::replicate::{JobOutcome, replicate_and_settle, retry_or_dead_letter};
@@ -153,7 +154,7 @@ async fn main() {
 async fn run() -> anyhow::Result<()> {
     let cfg = shared::process::start().context("configuration error")?;
     let cfg = Arc::new(cfg);
-    let conn = connect_redis(&cfg)
+    let conn = connect_redis_ready(&cfg, Duration::from_millis(REDIS_STARTUP_WAIT_MS))
         .await
         .with_context(|| format!("REDIS_URL: cannot reach {}", cfg.redis_url_redacted()))?;
     let name = worker_name(&cfg.node_id);

@@ -132,3 +132,7 @@ pub const TTL_S_MIN: u64 = 1;
 /// Longest time to live a write may carry, in seconds (ten years: longer
 /// is "forever", which is a write without a TTL).
 pub const TTL_S_MAX: u64 = 10 * 365 * 24 * 3600;
+
+/// How long a process waits at start for its Redis to be reachable and
+/// done loading its data (a large append-only file takes seconds).
+pub const REDIS_STARTUP_WAIT_MS: u64 = 60_000;

@@ -439,3 +439,36 @@ pub async fn connect_redis(cfg: &Config) -> Result<ConnectionManager, redis::Red
         .set_max_delay(std::time::Duration::from_millis(500));
     client.get_connection_manager_with_config(manager_cfg).await
 }
+
+/// [`connect_redis`] at a process's start: retries, with backoff, until
+/// Redis is reachable *and* serves data commands — a Redis restarted with a
+/// large append-only file answers `LOADING` for seconds, and a process that
+/// gave up then would not start at all. Gives up after `wait`.
+pub async fn connect_redis_ready(
+    cfg: &Config,
+    wait: std::time::Duration,
+) -> Result<ConnectionManager, redis::RedisError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut delay = std::time::Duration::from_millis(100);
+    loop {
+        let attempt = async {
+            let mut conn = connect_redis(cfg).await?;
+            // A data command: refused while the dataset loads (PING is not).
+            redis::cmd("EXISTS")
+                .arg(crate::keyspace::count_key(&cfg.node_id))
+                .query_async::<u64>(&mut conn)
+                .await?;
+            Ok::<_, redis::RedisError>(conn)
+        }
+        .await;
+        match attempt {
+            Ok(conn) => return Ok(conn),
+            Err(error) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(redis = %cfg.redis_url_redacted(), %error, "redis not ready yet (unreachable or loading its data); retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(2));
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
