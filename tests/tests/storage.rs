@@ -396,7 +396,13 @@ async fn derived_suite(store: Store) {
     next.extend((8..12).map(|i| (format!("e{i}"), rec(500, 0, "n3", None))));
     assert!(store.apply(&next).await.unwrap().iter().all(|s| *s));
     check_derived(&store).await;
-    assert_eq!(store.remove_if_same(&Space::Data, &next[..2]).await.unwrap(), 2);
+    assert_eq!(
+        store
+            .remove_if_same(&Space::Data, &next[..2])
+            .await
+            .unwrap(),
+        2
+    );
     check_derived(&store).await;
     // The tombstone index pages from a time on, skipping some of that time.
     let first = store.tombstones((0, 0), 1_000, 2).await.unwrap();
