@@ -4,7 +4,9 @@
 //!
 //! Environment: `BENCH_SECONDS` per point (default 10), `BENCH_REPEATS`
 //! (default 3, the median is reported), `BENCH_CONNECTIONS` (default
-//! "16 64"), `BENCH_MEMORY_KEYS` (default 100000; 0 skips that part).
+//! "16 64"), `BENCH_MEMORY_KEYS` (default 100000; 0 skips that part; with
+//! those keys loaded it also measures PUT and GET over all of them, so
+//! `BENCH_MEMORY_KEYS=1000000` gives the 1M-key figures).
 //! For before/after runs of one change: `BENCH_ONLY=store` measures this
 //! store alone, `BENCH_APPENDFSYNC=always` then only its `always` PUT point,
 //! and `BENCH_GET=0` leaves out its GET points.
@@ -449,6 +451,20 @@ async fn memory_and_restore(keys: usize) {
             i + 1,
             api.map_or(f64::NAN, rss_mib),
             workers.join(", ")
+        );
+    }
+    // Throughput over the whole loaded key space, against the 10k-key
+    // points of the table: how PUT and GET cost grows with the data.
+    let conns = connections().into_iter().max().unwrap_or(64);
+    let keys_text = keys.to_string();
+    let env = [("KEYS", keys_text.as_str()), ("PREFIX", "m")];
+    let label = format!("kvstore, {keys} keys");
+    let url = c.url(0);
+    for (op, script) in [("PUT", "store_put.lua"), ("GET", "store_get.lua")] {
+        let p = measure(&label, op, &url, script, conns, &env);
+        println!(
+            "{label}: {op} c={conns} {:.0} ops/s, p50 {:.2} ms, p99 {:.2} ms, errors {}",
+            p.ops_s, p.p50_ms, p.p99_ms, p.errors
         );
     }
     let mut c = Arc::try_unwrap(c).ok().unwrap();
