@@ -350,13 +350,20 @@ async fn bad_ttls_are_refused_and_change_nothing() {
         .expect("expires_at");
     let (status, body) = get(&c, 1, "batched").await;
     assert_eq!((status, body["expires_at"].as_u64()), (200, Some(expires)));
-    let (status, answer) = c
-        .request(
-            Method::PUT,
-            2,
+    // One place per form: the body on /kv/, the query on /kv/{key}; the
+    // other place is refused even when it agrees.
+    for (path, body) in [
+        (
             "/kv/?ttl_s=60",
-            Some(json!({"key": "both", "value": 1, "ttl_s": 60})),
-        )
-        .await;
-    assert_eq!(status, 200, "{answer}");
+            json!({"key": "both", "value": 1, "ttl_s": 60}),
+        ),
+        ("/kv/both?ttl_s=60", json!({"value": 1, "ttl_s": 60})),
+        ("/kv/both", json!({"value": 1, "ttl_s": 60})),
+    ] {
+        let (status, answer) = c.request(Method::PUT, 2, path, Some(body)).await;
+        assert_eq!(status, 400, "{path}: {answer}");
+        assert_eq!(answer["error"]["code"], "bad_ttl", "{answer}");
+    }
+    let (status, body) = get(&c, 0, "both").await;
+    assert_eq!(status, 404, "{body}");
 }

@@ -16,7 +16,7 @@ use shared::core::condition::Condition;
 use shared::core::listing::{LIST_PARAMS, encode_cursor, parse_list_query};
 use shared::core::quorum::Consistency;
 use shared::core::record::Version;
-use shared::core::request::{WriteBody, WriteLimits, merge_ttl, parse_ttl, parse_write_body};
+use shared::core::request::{WriteBody, WriteLimits, parse_write_body, place_ttl};
 use shared::core::ring::key_position;
 use shared::node::{ReadReport, WriteReport};
 use shared::peer::{FORWARDED_HEADER, ForwardedWrite, SECRET_HEADER};
@@ -169,33 +169,38 @@ fn forwarded(state: &AppState, headers: &HeaderMap) -> bool {
             .is_some_and(|v| shared::secret_eq(v.as_bytes(), secret.as_bytes()))
 }
 
-/// A write's time to live: `ttl_s` in the body and/or `?ttl_s=` (the same
-/// number if both); refused on a delete, which has no value to expire.
+/// A write's time to live (see [`place_ttl`]); refused on a delete,
+/// which has no value to expire.
 fn write_ttl(
     params: &Params,
+    path_form: bool,
     value: Option<&RawValue>,
     body_ttl: Option<u64>,
 ) -> Result<Option<u64>, ApiError> {
-    let query_ttl = params.get("ttl_s").map(|t| parse_ttl(t)).transpose()?;
-    let ttl_s = merge_ttl(body_ttl, query_ttl)?;
-    if value.is_none() && ttl_s.is_some() {
+    let query = params.get("ttl_s").map(String::as_str);
+    if value.is_none() && query.is_some() {
         return Err(ApiError::bad_request(
             "bad_ttl",
             "ttl_s applies to a write of a value, not to a delete",
         ));
     }
-    Ok(ttl_s)
+    Ok(place_ttl(path_form, body_ttl, query)?)
 }
+
+/// What a write stores: a value with the time to live its body gave, or
+/// `None` (a delete).
+type Change = Option<(Box<RawValue>, Option<u64>)>;
 
 async fn do_write(
     state: &AppState,
     headers: &HeaderMap,
     params: &Params,
-    key: String,
-    (value, body_ttl): (Option<Box<RawValue>>, Option<u64>),
+    (key, path_form): (String, bool),
+    change: Change,
     consistency: Consistency,
 ) -> Result<Response, ApiError> {
-    let ttl_s = write_ttl(params, value.as_deref(), body_ttl)?;
+    let (value, body_ttl) = change.map_or((None, None), |(v, t)| (Some(v), t));
+    let ttl_s = write_ttl(params, path_form, value.as_deref(), body_ttl)?;
     let Some(condition) = condition(params, headers)? else {
         let report = state.coord.write(key, value, ttl_s, consistency).await?;
         return Ok(write_response(report));
@@ -330,15 +335,8 @@ pub async fn put_body(
     let params = params(q)?;
     let consistency = consistency(&params, &headers, state.coord.config().write_consistency)?;
     let WriteBody { key, value, ttl_s } = write_body(&state, &headers, body, None).await?;
-    do_write(
-        &state,
-        &headers,
-        &params,
-        key,
-        (Some(value), ttl_s),
-        consistency,
-    )
-    .await
+    let change = Some((value, ttl_s));
+    do_write(&state, &headers, &params, (key, false), change, consistency).await
 }
 
 /// `GET /kv/?key=K`, or a listing: `GET /kv/?prefix=P&limit=L&cursor=C`
@@ -423,7 +421,7 @@ pub async fn delete_query(
     let params = params(q)?;
     let key = key_param(&state, &params)?;
     let consistency = consistency(&params, &headers, state.coord.config().write_consistency)?;
-    do_write(&state, &headers, &params, key, (None, None), consistency).await
+    do_write(&state, &headers, &params, (key, false), None, consistency).await
 }
 
 /// `GET /kv/{key}`.
@@ -452,15 +450,8 @@ pub async fn put_path(
     let key = path_key(&state, path)?;
     let consistency = consistency(&params, &headers, state.coord.config().write_consistency)?;
     let WriteBody { key, value, ttl_s } = write_body(&state, &headers, body, Some(&key)).await?;
-    do_write(
-        &state,
-        &headers,
-        &params,
-        key,
-        (Some(value), ttl_s),
-        consistency,
-    )
-    .await
+    let change = Some((value, ttl_s));
+    do_write(&state, &headers, &params, (key, true), change, consistency).await
 }
 
 /// `DELETE /kv/{key}`.
@@ -473,7 +464,7 @@ pub async fn delete_path(
     let params = params(q)?;
     let key = path_key(&state, path)?;
     let consistency = consistency(&params, &headers, state.coord.config().write_consistency)?;
-    do_write(&state, &headers, &params, key, (None, None), consistency).await
+    do_write(&state, &headers, &params, (key, true), None, consistency).await
 }
 
 /// `GET /kv/route/?key=K`: the key's preference list, primary first.

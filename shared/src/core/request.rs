@@ -56,8 +56,8 @@ pub enum RequestError {
     ValueTooLarge { len_bytes: usize, max_bytes: usize },
     #[error("ttl_s must be a whole number of seconds from {TTL_S_MIN} to {TTL_S_MAX}, got {got}")]
     BadTtl { got: String },
-    #[error("ttl_s is given in the body ({body}) and the query ({query}) with different values")]
-    TtlMismatch { body: u64, query: u64 },
+    #[error("{0}")]
+    TtlPlace(&'static str),
 }
 
 impl RequestError {
@@ -74,7 +74,7 @@ impl RequestError {
             RequestError::MissingValue => "missing_value",
             RequestError::ValueTooDeep { .. } => "value_too_deep",
             RequestError::ValueTooLarge { .. } => "value_too_large",
-            RequestError::BadTtl { .. } | RequestError::TtlMismatch { .. } => "bad_ttl",
+            RequestError::BadTtl { .. } | RequestError::TtlPlace(_) => "bad_ttl",
         }
     }
 }
@@ -117,11 +117,23 @@ pub fn ttl_of(value: &Value) -> Result<u64, RequestError> {
         })
 }
 
-/// The one time to live of a write given in its body and/or its query.
-pub fn merge_ttl(body: Option<u64>, query: Option<u64>) -> Result<Option<u64>, RequestError> {
-    match (body, query) {
-        (Some(b), Some(q)) if b != q => Err(RequestError::TtlMismatch { body: b, query: q }),
-        (b, q) => Ok(b.or(q)),
+/// Where a write's time to live goes: in the body of the body form
+/// (`/kv/`), in the query of the path form (`/kv/{key}?ttl_s=`) — one
+/// place each, so a request never carries two that could disagree.
+pub fn place_ttl(
+    path_form: bool,
+    body: Option<u64>,
+    query: Option<&str>,
+) -> Result<Option<u64>, RequestError> {
+    match (path_form, body, query) {
+        (false, _, Some(_)) => Err(RequestError::TtlPlace(
+            "on /kv/, give ttl_s in the body, not the query",
+        )),
+        (true, Some(_), _) => Err(RequestError::TtlPlace(
+            "on /kv/{key}, give ttl_s as ?ttl_s=, not in the body",
+        )),
+        (false, body, None) => Ok(body),
+        (true, None, query) => query.map(parse_ttl).transpose(),
     }
 }
 
@@ -565,11 +577,23 @@ mod tests {
         ] {
             assert_eq!(parse_ttl(bad).unwrap_err().code(), "bad_ttl", "{bad:?}");
         }
-        assert_eq!(merge_ttl(Some(5), None), Ok(Some(5)));
-        assert_eq!(merge_ttl(None, Some(6)), Ok(Some(6)));
-        assert_eq!(merge_ttl(Some(5), Some(5)), Ok(Some(5)));
-        assert_eq!(merge_ttl(None, None), Ok(None));
-        assert_eq!(merge_ttl(Some(5), Some(6)).unwrap_err().code(), "bad_ttl");
+        assert_eq!(place_ttl(false, Some(5), None), Ok(Some(5)));
+        assert_eq!(place_ttl(false, None, None), Ok(None));
+        assert_eq!(place_ttl(true, None, Some("6")), Ok(Some(6)));
+        assert_eq!(place_ttl(true, None, None), Ok(None));
+        assert_eq!(
+            place_ttl(true, None, Some("0")).unwrap_err().code(),
+            "bad_ttl"
+        );
+        for (path_form, body, query) in [
+            (false, None, Some("5")),
+            (false, Some(5), Some("5")),
+            (true, Some(5), None),
+            (true, Some(5), Some("5")),
+        ] {
+            let err = place_ttl(path_form, body, query).unwrap_err();
+            assert_eq!(err.code(), "bad_ttl", "{path_form} {body:?} {query:?}");
+        }
     }
 
     #[test]
