@@ -124,6 +124,8 @@ pub const WATCH_BUFFER_BATCHES: usize = 256;
 /// How long one change-log read waits for new changes (ms): below the
 /// Redis response timeout, so a blocking read is never cut short.
 pub const WATCH_POLL_BLOCK_MS: u64 = 1_000;
+/// How often a change feed nobody watches reads the log's newest position.
+pub const WATCH_IDLE_POLL_MS: u64 = 1_000;
 /// Changes read from the log per round trip (a resume, or the live feed).
 pub const WATCH_READ_LEN: usize = 500;
 

@@ -6,16 +6,24 @@
 //! [`WATCH_BUFFER_BATCHES`] batches. A watcher that falls further behind
 //! loses its place (the broadcast tells it so) and is disconnected; the
 //! feed never waits for a watcher, so watchers never slow writes.
+//!
+//! While nobody watches, the feed reads only the log's newest position
+//! (once per [`WATCH_IDLE_POLL_MS`], or at once when a watcher arrives),
+//! not its entries: parsing every entry of a busy log was 3.7% of the
+//! coordinating API's instructions under PUT load with no watcher at all.
+//! The newest position is read *before* the feed looks for watchers, so a
+//! watcher that subscribes meanwhile (and then reads the newest position
+//! itself) never starts before the feed: nothing falls between them.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, broadcast};
 use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::core::limits::{
-    WATCH_BUFFER_BATCHES, WATCH_POLL_BLOCK_MS, WATCH_READ_LEN, WATCHERS_MAX,
+    WATCH_BUFFER_BATCHES, WATCH_IDLE_POLL_MS, WATCH_POLL_BLOCK_MS, WATCH_READ_LEN, WATCHERS_MAX,
 };
 use crate::core::record::Record;
 use crate::core::watch::Change;
@@ -30,6 +38,8 @@ pub type ChangeBatch = Arc<Vec<(Change, Option<Record>)>>;
 pub struct ChangeFeed {
     tx: broadcast::Sender<ChangeBatch>,
     watchers: Arc<Semaphore>,
+    /// Wakes an idle feed when a watcher arrives.
+    wake: Arc<Notify>,
 }
 
 /// How long the feed waits before reading again after a Redis error.
@@ -43,11 +53,13 @@ impl ChangeFeed {
             return None;
         }
         let (tx, _) = broadcast::channel(WATCH_BUFFER_BATCHES);
+        let wake = Arc::new(Notify::new());
         let feed = Arc::new(ChangeFeed {
             tx: tx.clone(),
             watchers: Arc::new(Semaphore::new(WATCHERS_MAX)),
+            wake: Arc::clone(&wake),
         });
-        tokio::spawn(run(cfg, store.clone(), tx));
+        tokio::spawn(run(cfg, store.clone(), tx, wake));
         Some(feed)
     }
 
@@ -55,13 +67,21 @@ impl ChangeFeed {
     /// receiver, or `None` when [`WATCHERS_MAX`] are watching.
     pub fn subscribe(&self) -> Option<(OwnedSemaphorePermit, broadcast::Receiver<ChangeBatch>)> {
         let permit = Arc::clone(&self.watchers).try_acquire_owned().ok()?;
-        Some((permit, self.tx.subscribe()))
+        let rx = self.tx.subscribe();
+        self.wake.notify_one();
+        Some((permit, rx))
     }
 }
 
 /// Reads the change log from its newest entry on, for ever, and
-/// broadcasts what it reads (dropped when nobody watches).
-async fn run(cfg: Arc<Config>, store: Store, tx: broadcast::Sender<ChangeBatch>) {
+/// broadcasts what it reads; follows only the newest position while nobody
+/// watches (see the module docs).
+async fn run(
+    cfg: Arc<Config>,
+    store: Store,
+    tx: broadcast::Sender<ChangeBatch>,
+    wake: Arc<Notify>,
+) {
     let mut after = loop {
         match store.change_log_bounds().await {
             Ok((last, _)) => break last.unwrap_or_default(),
@@ -82,6 +102,27 @@ async fn run(cfg: Arc<Config>, store: Store, tx: broadcast::Sender<ChangeBatch>)
     };
     info!(node = %cfg.node_id, %after, "change feed started");
     loop {
+        if tx.receiver_count() == 0 {
+            // Newest position first, watchers second (see the module docs).
+            match store.change_log_bounds().await {
+                Ok((newest, _)) if tx.receiver_count() == 0 => {
+                    if let Some(newest) = newest {
+                        after = after.max(newest);
+                    }
+                    tokio::select! {
+                        () = wake.notified() => {}
+                        () = tokio::time::sleep(Duration::from_millis(WATCH_IDLE_POLL_MS)) => {}
+                    }
+                    continue;
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    warn!(%error, "change feed: cannot read the change log; retrying");
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                    continue;
+                }
+            }
+        }
         let read = RedisStore::wait_changes(
             &mut conn,
             &cfg.node_id,
@@ -96,7 +137,7 @@ async fn run(cfg: Arc<Config>, store: Store, tx: broadcast::Sender<ChangeBatch>)
                     continue;
                 };
                 if tx.receiver_count() == 0 {
-                    // Nobody watches: nothing to read or send.
+                    // The last watcher left: nothing to read or send.
                     after = last;
                     continue;
                 }
