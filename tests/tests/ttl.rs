@@ -42,6 +42,13 @@ fn version_wall(body: &Value) -> u64 {
     version.split(':').next().unwrap().parse().unwrap()
 }
 
+/// A batch of one put of `key` with `ttl_s`, through node1.
+async fn batch_put(c: &Cluster, key: &str, ttl_s: u64) -> (u16, Value) {
+    let op = json!({"op": "put", "key": key, "value": 1, "ttl_s": ttl_s});
+    c.request(Method::POST, 0, "/kv/batch", Some(json!({ "ops": [op] })))
+        .await
+}
+
 async fn get(c: &Cluster, i: usize, key: &str) -> (u16, Value) {
     c.request(Method::GET, i, &format!("/kv/{key}"), None).await
 }
@@ -321,29 +328,15 @@ async fn bad_ttls_are_refused_and_change_nothing() {
     }
     let (status, answer) = c.request(Method::DELETE, 2, "/kv/bad?ttl_s=5", None).await;
     assert_eq!((status, &answer["error"]["code"]), (400, &json!("bad_ttl")));
-    let (status, answer) = c
-        .request(
-            Method::POST,
-            0,
-            "/kv/batch",
-            Some(json!({"ops": [{"op": "put", "key": "bad", "value": 1, "ttl_s": 0}]})),
-        )
-        .await;
+    let (status, answer) = batch_put(&c, "bad", 0).await;
     assert_eq!(status, 400, "{answer}");
     for node in 0..3 {
         let (status, body) = get(&c, node, "bad").await;
         assert_eq!(status, 404, "a refused write changed something: {body}");
         assert!(body.get("version").is_none(), "{body}");
     }
-    // A batch put carries a TTL too, and the same one in both forms is fine.
-    let (status, answer) = c
-        .request(
-            Method::POST,
-            0,
-            "/kv/batch",
-            Some(json!({"ops": [{"op": "put", "key": "batched", "value": 1, "ttl_s": 60}]})),
-        )
-        .await;
+    // A batch put carries a TTL too.
+    let (status, answer) = batch_put(&c, "batched", 60).await;
     assert_eq!(status, 200, "{answer}");
     let expires = answer["results"][0]["expires_at"]
         .as_u64()

@@ -210,9 +210,9 @@ async fn preload(url: &str, etcd: bool) {
     }
 }
 
-async fn bench_store(points: &mut Vec<Point>, appendfsync: &'static str, gets: bool) {
-    let label = format!("kvstore (AOF {appendfsync})");
-    let c = Cluster::start(
+/// The store as every part of the bench runs it: 3 nodes, one worker each.
+async fn bench_cluster(appendfsync: &'static str) -> Cluster {
+    Cluster::start(
         Options {
             workers: 1,
             appendfsync,
@@ -220,7 +220,12 @@ async fn bench_store(points: &mut Vec<Point>, appendfsync: &'static str, gets: b
         }
         .env("RUST_LOG", "warn"),
     )
-    .await;
+    .await
+}
+
+async fn bench_store(points: &mut Vec<Point>, appendfsync: &'static str, gets: bool) {
+    let label = format!("kvstore (AOF {appendfsync})");
+    let c = bench_cluster(appendfsync).await;
     let url = c.url(0);
     preload(&url, false).await;
     for conns in connections() {
@@ -398,15 +403,7 @@ fn rss_mib(pid: u32) -> f64 {
 }
 
 async fn memory_and_restore(keys: usize) {
-    let c = Cluster::start(
-        Options {
-            workers: 1,
-            appendfsync: "everysec",
-            ..Options::default()
-        }
-        .env("RUST_LOG", "warn"),
-    )
-    .await;
+    let c = bench_cluster("everysec").await;
     let c = Arc::new(c);
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();

@@ -4,9 +4,9 @@
 
 use std::time::Instant;
 
-use kv_tests::{Cluster, Options, json};
+use kv_tests::json;
 
-use super::{Point, b64, env_or, http_client, measure, start_etcd};
+use super::{Point, b64, bench_cluster, env_or, http_client, measure, start_etcd};
 
 /// The workloads: name and percentage of reads.
 pub const WORKLOADS: [(&str, &str); 2] = [("YCSB-A", "50"), ("YCSB-B", "95")];
@@ -66,15 +66,7 @@ pub async fn run(points: &mut Vec<Point>, conns: usize, only_store: bool) {
     let keys_text = keys.to_string();
     eprintln!("YCSB A and B: {keys} keys of 1 KiB, zipfian, {conns} connections");
     {
-        let c = Cluster::start(
-            Options {
-                workers: 1,
-                appendfsync: "everysec",
-                ..Options::default()
-            }
-            .env("RUST_LOG", "warn"),
-        )
-        .await;
+        let c = bench_cluster("everysec").await;
         let url = c.url(0);
         load(&url, keys, false).await;
         for (name, reads) in WORKLOADS {
