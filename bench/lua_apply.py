@@ -1,0 +1,81 @@
+#!/usr/bin/env python3
+"""Time the data apply script (shared/src/storage/scripts.rs) on its own.
+
+Starts a private redis-server (no persistence) on a free loopback port,
+loads NEWER + TREE + APPLY_DATA as the store does, applies 20,000 records
+in calls of 8 (new keys), then the same keys again with newer versions
+(overwrites), and prints Redis' own time per record (INFO commandstats,
+so client and network time are left out). Extra arguments are files with
+variants of the whole script to time beside it, in the same run, so
+figures compare side by side.
+
+Needs: redis-server on PATH and the Python `redis` package
+(`pip install redis`). Usage: bench/lua_apply.py [variant.lua ...]
+"""
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+
+import redis
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SRC = open(os.path.join(ROOT, "shared/src/storage/scripts.rs")).read()
+
+
+def const(name):
+    return re.search(r'const %s: &str = r#"(.*?)"#;' % name, SRC, re.S).group(1)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main():
+    variants = {"scripts.rs": const("NEWER") + const("TREE") + const("APPLY_DATA")}
+    for path in sys.argv[1:]:
+        variants[os.path.basename(path)] = open(path).read()
+    port = free_port()
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        r = redis.Redis(port=port)
+        for _ in range(100):
+            try:
+                r.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        per_call, records = 8, 20_000
+        for name, text in variants.items():
+            r.flushall()
+            r.config_resetstat()
+            sha = r.script_load(text)
+            total = 0
+            for round_ in range(2):  # new keys, then overwrites
+                for first in range(0, records, per_call):
+                    keys = ["kv:n1:tree", "kv:n1:count", "kv:n1:tombs", "kv:n1:leaves", "kv:n1:keys", "kv:n1:changes"]
+                    argv = ["100000"]
+                    for i in range(first, first + per_call):
+                        key = "k%d" % i
+                        leaf = "%04x" % (hash(key) & 0xFFFF)
+                        keys.append("kv:n1:d:" + leaf)
+                        version = "%d:0:n1" % (1_764_480_000_000 + round_ * 1000 + i)
+                        argv += [key, '%s\nV"%s"' % (version, "x" * 98), leaf]
+                    r.evalsha(sha, len(keys), *keys, *argv)
+                    total += per_call
+            usec = r.info("commandstats")["cmdstat_evalsha"]["usec"]
+            print("%-14s %.2f us per record (%d records)" % (name, usec / total, total))
+    finally:
+        server.kill()
+        server.wait()
+
+
+if __name__ == "__main__":
+    main()
