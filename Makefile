@@ -1,17 +1,21 @@
 # The two commands of the README: `make run` and `make test`.
+
+# Nodes of the `make run` cluster (node1..nodeN on ports 8001.., Redis 6381..).
+NODES ?= 3
 .PHONY: run node-stop node-start status build release test lint fmt clean-cluster compose-up compose-test bench chaos schemathesis fuzz scale
 
 CARGO ?= cargo
 # Where cargo puts its builds (CARGO_TARGET_DIR when set, as cargo does).
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 
-# Build in release mode and start a 3-node local cluster in the foreground,
+# Build in release mode and start a local cluster of NODES nodes (default 3)
+# in the foreground,
 # supervised: a process that dies is reported and the rest keep serving.
 # Refuses (before building) when one already runs.
 run:
-	@./scripts/run-cluster.sh preflight
+	@KV_NODES=$(NODES) ./scripts/run-cluster.sh preflight
 	$(MAKE) --no-print-directory release
-	./scripts/run-cluster.sh
+	KV_NODES=$(NODES) ./scripts/run-cluster.sh
 
 # One node of the running `make run` cluster: its API and workers stop (its
 # Redis keeps running), or start again with the same configuration and data.

@@ -24,6 +24,7 @@
 #   KV_BIN_DIR         where the api/worker binaries are (default
 #                      $CARGO_TARGET_DIR/release, else target/release)
 #   KV_CLUSTER_DIR     data, logs and the supervisor's state (default .cluster/)
+#   KV_NODES           nodes in the cluster (default 3, at most 16): node1..nodeN
 #   KV_WORKERS         worker processes per node (default 1; 0 = none)
 #   KV_API_BASE_PORT   first API port (default 8001; node i uses base+i-1)
 #   KV_REDIS_BASE_PORT first Redis port (default 6381; node i uses base+i-1)
@@ -50,7 +51,9 @@ api_base="${KV_API_BASE_PORT:-8001}"
 redis_base="${KV_REDIS_BASE_PORT:-6381}"
 fsync="${KV_FSYNC:-everysec}"
 env_file="${KV_ENV_FILE-$root/.env}"
-nodes=(node1 node2 node3)
+node_count="${KV_NODES:-3}"
+# Bound of KV_NODES: the default ports stay below 8017 and 6397.
+NODES_MAX=16
 
 # Bounds of every wait, in tenths of a second.
 REDIS_START_WAIT=100   # a Redis answering PING
@@ -70,6 +73,15 @@ die() { echo "$*" >&2; exit 1; }
 for v in workers api_base redis_base; do
   [[ ${!v} =~ ^[0-9]+$ ]] || die "KV_${v^^} must be a number, got '${!v}'"
 done
+# The node ids node1..nodeN (N from KV_NODES, or from the running supervisor).
+set_nodes() {
+  [[ $node_count =~ ^[0-9]+$ ]] && [ "$node_count" -ge 1 ] && [ "$node_count" -le "$NODES_MAX" ] \
+    || die "KV_NODES must be a number from 1 to $NODES_MAX, got '$node_count'"
+  nodes=()
+  local i
+  for ((i = 1; i <= node_count; i++)); do nodes+=("node$i"); done
+}
+set_nodes
 case "$fsync" in
   always|everysec) ;;
   *) echo "KV_FSYNC must be always or everysec, got '$fsync'" >&2; exit 2 ;;
@@ -102,7 +114,11 @@ already_running() {
 
 # The running cluster's ports and worker count, as its supervisor wrote them.
 read_ports() {
-  [ -r "$ports" ] && read -r api_base redis_base workers <"$ports"
+  if [ -r "$ports" ]; then
+    read -r api_base redis_base workers node_count <"$ports"
+    node_count="${node_count:-3}"
+    set_nodes
+  fi
   return 0
 }
 
@@ -125,10 +141,11 @@ node_pidfiles() {
 
 client() {
   local cmd=$1 node=${2:-}
+  # The running cluster's nodes and ports, not this shell's KV_NODES.
+  read_ports
   [ -n "$node" ] || die "usage: $0 $cmd NODE (one of ${nodes[*]})"
   local i; i="$(node_index "$node")" || die "unknown node '$node' (one of ${nodes[*]})"
   send_control "$cmd $node"
-  read_ports
   local n
   if [ "$cmd" = stop ]; then
     for ((n = 0; n < CONTROL_WAIT; n++)); do
@@ -234,7 +251,7 @@ fi
 # Passed to redis-server in a config file on stdin, so it is not in `ps`.
 export REDISCLI_AUTH="$REDIS_PASSWORD"
 
-echo "$api_base $redis_base $workers" >"$ports"
+echo "$api_base $redis_base $workers $node_count" >"$ports"
 rm -f "$control"
 mkfifo -m 600 "$control"
 # Read and write, so the supervisor never blocks opening it and never sees

@@ -7,6 +7,8 @@
 //! primary is node2 written through node1, node2 started, and node2's own
 //! snapshot holds the key (and the writes it missed while its API was
 //! dead). Ctrl-C (SIGINT to the whole process group) stops every process.
+//! And `make run NODES=5`: five nodes, node5 stopped and started from
+//! another shell.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
@@ -33,17 +35,24 @@ struct LocalCluster {
 
 impl LocalCluster {
     fn start() -> LocalCluster {
-        let dir = std::env::temp_dir().join(format!("kv-local-cluster-{}", std::process::id()));
+        LocalCluster::start_with(3)
+    }
+
+    /// The script with `KV_NODES=nodes` (`make run NODES=...`).
+    fn start_with(nodes: u16) -> LocalCluster {
+        let dir =
+            std::env::temp_dir().join(format!("kv-local-cluster-{}-{nodes}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let api_base = free_port_run(3);
-        let redis_base = free_port_run(3);
+        let api_base = free_port_run(nodes);
+        let redis_base = free_port_run(nodes);
         let env: Vec<(String, String)> = [
             ("KV_BIN_DIR", bin_dir().display().to_string()),
             ("KV_CLUSTER_DIR", dir.join("cluster").display().to_string()),
             ("KV_API_BASE_PORT", api_base.to_string()),
             ("KV_REDIS_BASE_PORT", redis_base.to_string()),
             ("KV_WORKERS", "1".to_owned()),
+            ("KV_NODES", nodes.to_string()),
             // The repository's own .env (a developer's) must not apply.
             ("KV_ENV_FILE", String::new()),
             ("KV_CLUSTER_SECRET", TEST_SECRET.to_owned()),
@@ -111,7 +120,9 @@ impl LocalCluster {
             .arg(repo_root())
             .arg(target)
             .arg(format!("NODE={node}"))
-            .envs(self.env.iter().cloned())
+            // Typed in another shell: without the NODES the cluster was
+            // started with (the script reads them from the supervisor).
+            .envs(self.env.iter().filter(|(k, _)| k != "KV_NODES").cloned())
             // A make started by cargo under `make test` passes its jobserver on.
             .env_remove("MAKEFLAGS")
             .env_remove("MFLAGS")
@@ -464,4 +475,71 @@ async fn local_cluster_survives_a_dead_process_and_stops_and_starts_one_node() {
         after.stdout.contains("no local cluster is running"),
         "{after:?}"
     );
+}
+
+/// `make run NODES=5`: five nodes on consecutive ports, all listed by
+/// `make status`; `make node-stop` / `make node-start` reach node5 (the
+/// node list comes from the running supervisor), and a quorum write
+/// while node5 is stopped leaves a hint for it that it then holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_cluster_of_five_nodes() {
+    let mut lc = LocalCluster::start_with(5);
+    wait_for("five nodes' /health", Duration::from_secs(90), || async {
+        for i in 0..5 {
+            if !lc.healthy(i).await {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    let status = lc.make("status", "");
+    assert_ok("make status", &status);
+    for i in 1..=5 {
+        assert!(
+            status.stdout.contains(&format!("node{i}  http://")),
+            "{status:?}"
+        );
+    }
+    let stop = lc.make("node-stop", "node5");
+    assert_ok("make node-stop NODE=node5", &stop);
+    assert!(!lc.healthy(4).await, "node5 still answers after node-stop");
+    // A key node5 replicates, written while it is stopped.
+    let mut stored = None;
+    for n in 0..200 {
+        let key = format!("five-{n}");
+        let (status, body) = lc.put(0, &key, json!(n)).await;
+        assert_eq!(status, 200, "{body}");
+        if body["replicas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r == "node5")
+        {
+            assert!(
+                body["hints"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|h| h["owner"] == "node5"),
+                "{body}"
+            );
+            stored = Some(key);
+            break;
+        }
+    }
+    let key = stored.expect("some key among 200 is replicated by node5");
+    let start = lc.make("node-start", "node5");
+    assert_ok("make node-start NODE=node5", &start);
+    wait_for(
+        "node5 holds the key written while it was stopped",
+        Duration::from_secs(60),
+        || async {
+            lc.snapshot_has(4, std::slice::from_ref(&key))
+                .await
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(lc.interrupt(), Some(0), "{}", lc.log());
 }
