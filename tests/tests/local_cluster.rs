@@ -162,6 +162,19 @@ impl LocalCluster {
             .is_ok_and(|r| r.status().is_success())
     }
 
+    /// Waits until the first `nodes` nodes answer `/health`.
+    async fn wait_healthy(&self, nodes: usize) {
+        wait_for("every node's /health", Duration::from_secs(90), || async {
+            for i in 0..nodes {
+                if !self.healthy(i).await {
+                    return None;
+                }
+            }
+            Some(())
+        })
+        .await;
+    }
+
     /// Waits until every node in `up` answers and sees the others of `up` up.
     async fn wait_up(&self, up: &[usize]) {
         wait_for(
@@ -306,15 +319,7 @@ fn pid_file_exists(dir: &Path, node: &str, role: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_cluster_survives_a_dead_process_and_stops_and_starts_one_node() {
     let mut lc = LocalCluster::start();
-    wait_for("every node's /health", Duration::from_secs(90), || async {
-        for i in 0..3 {
-            if !lc.healthy(i).await {
-                return None;
-            }
-        }
-        Some(())
-    })
-    .await;
+    lc.wait_healthy(3).await;
     lc.wait_up(&[0, 1, 2]).await;
     wait_for(
         "the supervisor to print how to use the cluster",
@@ -484,15 +489,7 @@ async fn local_cluster_survives_a_dead_process_and_stops_and_starts_one_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_local_cluster_of_five_nodes() {
     let mut lc = LocalCluster::start_with(5);
-    wait_for("five nodes' /health", Duration::from_secs(90), || async {
-        for i in 0..5 {
-            if !lc.healthy(i).await {
-                return None;
-            }
-        }
-        Some(())
-    })
-    .await;
+    lc.wait_healthy(5).await;
     let status = lc.make("status", "");
     assert_ok("make status", &status);
     for i in 1..=5 {
