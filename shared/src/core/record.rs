@@ -186,18 +186,40 @@ impl Record {
         self.value.as_deref().map(RawValue::get)
     }
 
-    /// The bytes after the version line in the storage encoding.
-    fn tail(&self) -> String {
+    /// Appends the bytes after the version line of the storage encoding.
+    fn write_tail(&self, out: &mut String) {
+        use std::fmt::Write;
         match (self.payload(), self.expires_at) {
-            (None, _) => "T".to_owned(),
-            (Some(json), None) => format!("V{json}"),
-            (Some(json), Some(at)) => format!("E{at}\n{json}"),
+            (None, _) => out.push('T'),
+            (Some(json), None) => {
+                out.push('V');
+                out.push_str(json);
+            }
+            (Some(json), Some(at)) => {
+                // Writing to a String cannot fail.
+                let _ = writeln!(out, "E{at}");
+                out.push_str(json);
+            }
         }
     }
 
-    /// The storage encoding described in the module docs.
+    /// The bytes after the version line (the merge order's tie-break).
+    fn tail(&self) -> String {
+        let mut out = String::new();
+        self.write_tail(&mut out);
+        out
+    }
+
+    /// The storage encoding described in the module docs, built in one
+    /// buffer (it runs for every record stored).
     pub fn encode(&self) -> String {
-        format!("{}\n{}", self.version, self.tail())
+        use std::fmt::Write;
+        let payload = self.payload().map_or(0, str::len);
+        let mut out = String::with_capacity(self.version.node.len() + payload + 48);
+        // Writing to a String cannot fail.
+        let _ = writeln!(out, "{}", self.version);
+        self.write_tail(&mut out);
+        out
     }
 
     pub fn decode(encoded: &str) -> Result<Record, DecodeError> {

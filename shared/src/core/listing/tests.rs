@@ -54,6 +54,20 @@ const BOUNDS: PageBounds = PageBounds {
     bytes: usize::MAX,
 };
 
+/// The pages of a cluster where only node `a` answered, with `records`
+/// and nothing more in the range.
+fn only_node_a(records: Vec<(String, Record)>) -> BTreeMap<String, NodePage> {
+    let mut pages = BTreeMap::new();
+    pages.insert(
+        "a".to_owned(),
+        NodePage {
+            records,
+            scanned_to: None,
+        },
+    );
+    pages
+}
+
 fn everyone(_: &str) -> Vec<String> {
     vec!["a".into(), "b".into(), "c".into()]
 }
@@ -140,14 +154,7 @@ fn a_page_never_passes_the_horizon_and_leaves_tombstones_out() {
 
 #[test]
 fn a_key_without_enough_owners_answering_refuses_the_page() {
-    let mut pages = BTreeMap::new();
-    pages.insert(
-        "a".to_owned(),
-        NodePage {
-            records: vec![("k".into(), rec(1, Some(1)))],
-            scanned_to: None,
-        },
-    );
+    let pages = only_node_a(vec![("k".into(), rec(1, Some(1)))]);
     let err = merge_pages(&pages, everyone, 2, BOUNDS, NOW).err();
     assert_eq!(
         err.map(|e| (e.key, e.answered, e.required)),
@@ -158,15 +165,10 @@ fn a_key_without_enough_owners_answering_refuses_the_page() {
 
 #[test]
 fn the_byte_bound_ends_a_page_after_the_item_that_reaches_it() {
-    let mut pages = BTreeMap::new();
-    pages.insert(
-        "a".to_owned(),
-        NodePage {
-            records: (0..5)
-                .map(|i| (format!("k{i}"), rec(1, Some(1000 + i))))
-                .collect(),
-            scanned_to: None,
-        },
+    let pages = only_node_a(
+        (0..5)
+            .map(|i| (format!("k{i}"), rec(1, Some(1000 + i))))
+            .collect(),
     );
     let bounds = PageBounds {
         items: 100,
@@ -180,14 +182,7 @@ fn the_byte_bound_ends_a_page_after_the_item_that_reaches_it() {
 
 #[test]
 fn the_last_full_page_says_there_is_nothing_more() {
-    let mut pages = BTreeMap::new();
-    pages.insert(
-        "a".to_owned(),
-        NodePage {
-            records: vec![("k".into(), rec(1, Some(1)))],
-            scanned_to: None,
-        },
-    );
+    let pages = only_node_a(vec![("k".into(), rec(1, Some(1)))]);
     let bounds = PageBounds {
         items: 1,
         bytes: usize::MAX,
