@@ -56,6 +56,11 @@ pub enum ApiError {
     /// 503 with its own code: a service of this node that is off or full
     /// (`watch_disabled`, `too_many_watchers`).
     ServiceUnavailable { code: &'static str, message: String },
+    /// 409 with its own code: the request conflicts with the cluster's
+    /// state (a membership change in progress, another epoch).
+    Conflict { code: &'static str, message: String },
+    /// 503 `not_a_member`: this node is not (yet) part of the cluster.
+    NotAMember,
     /// 500: a bug; details are in the log.
     Internal,
 }
@@ -70,6 +75,16 @@ impl ApiError {
 
     fn parts(&self) -> (StatusCode, &'static str, String, Value) {
         match self {
+            ApiError::Conflict { code, message } => {
+                (StatusCode::CONFLICT, code, message.clone(), Value::Null)
+            }
+            ApiError::NotAMember => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_a_member",
+                "this node is not a member of the cluster (yet): add it with POST /cluster/members, or ask a member"
+                    .to_owned(),
+                Value::Null,
+            ),
             ApiError::BadRequest { code, message } => {
                 (StatusCode::BAD_REQUEST, code, message.clone(), Value::Null)
             }
@@ -290,6 +305,25 @@ impl From<CoordError> for ApiError {
             CoordError::UnknownNode(node) => {
                 ApiError::bad_request("unknown_node", format!("unknown node {node:?}"))
             }
+            CoordError::Membership(e) => {
+                use shared::core::topology::ChangeError;
+                let code = match e {
+                    ChangeError::InProgress { .. } => "change_in_progress",
+                    ChangeError::AlreadyMember(_) => "already_member",
+                    ChangeError::NotMember(_) => "not_a_member",
+                    ChangeError::UrlTaken { .. } => "url_taken",
+                    ChangeError::LastMember => "last_member",
+                    ChangeError::TooMany => "too_many_nodes",
+                };
+                ApiError::Conflict {
+                    code,
+                    message: e.to_string(),
+                }
+            }
+            e @ CoordError::EpochMismatch { .. } => ApiError::Conflict {
+                code: "epoch_mismatch",
+                message: e.to_string(),
+            },
         }
     }
 }

@@ -26,7 +26,7 @@ use axum::Router;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware::{from_fn, from_fn_with_state};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use shared::node::Coordinator;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -36,7 +36,7 @@ use crate::middleware::{
     close_after_refused_body, method_not_allowed, no_route, panic_response, request_span,
     require_secret, require_token,
 };
-use crate::routes::{admin, batch, dashboard, internal, kv, watch};
+use crate::routes::{admin, batch, dashboard, internal, kv, members, watch};
 use crate::state::AppState;
 
 /// The whole router of a node.
@@ -88,8 +88,18 @@ pub fn app(coord: Arc<Coordinator>) -> Router {
         .route("/cluster", get(admin::cluster))
         .route("/cluster/views", views.clone())
         .route("/cluster/views/", views)
+        .route("/cluster/members", get(members::members))
+        .route("/cluster/members/", get(members::members))
         .layer(DefaultBodyLimit::max(body_limit))
+        .route_layer(from_fn_with_state(state.clone(), members::require_member))
         .route_layer(from_fn_with_state(state.clone(), require_token));
+
+    // Joins and leaves carry the cluster secret or the client token
+    // (checked in the handlers).
+    let membership = Router::new()
+        .route("/cluster/members", post(members::join))
+        .route("/cluster/members/", post(members::join))
+        .route("/cluster/members/{id}", delete(members::leave));
 
     let node = Router::new()
         .route("/internal/apply", post(internal::internal_apply))
@@ -99,6 +109,14 @@ pub fn app(coord: Arc<Coordinator>) -> Router {
         .route("/internal/explain", post(internal::internal_explain))
         .route("/internal/merkle", post(internal::internal_merkle))
         .route("/internal/buckets", post(internal::internal_buckets))
+        .route("/internal/rebalance", post(members::internal_rebalance))
+        .route("/internal/cleanup", post(members::internal_cleanup))
+        .route_layer(from_fn_with_state(state.clone(), members::check_epoch))
+        // Whatever the caller's epoch: how epochs are exchanged.
+        .route(
+            "/internal/topology",
+            get(members::internal_topology).post(members::internal_offer),
+        )
         .route("/internal/status", status)
         .layer(DefaultBodyLimit::max(
             INTERNAL_BODY_BYTES_MAX.max(body_limit),
@@ -107,6 +125,7 @@ pub fn app(coord: Arc<Coordinator>) -> Router {
 
     Router::new()
         .merge(client)
+        .merge(membership)
         .merge(node)
         .route("/health", get(admin::health))
         .route(

@@ -74,6 +74,15 @@ async fn run() -> anyhow::Result<()> {
     }
     let coord = Coordinator::build(Arc::clone(&cfg), store, Some(queues.clone()), inline_mail)
         .context("cannot build the peer HTTP client")?;
+    // The topology kept by an earlier run wins over KV_PEERS (the seed of
+    // the first start); the start-up probes below catch up with peers.
+    if coord
+        .load_topology()
+        .await
+        .context("cannot read the kept topology")?
+    {
+        info!(node = %cfg.node_id, epoch = coord.view().topology.epoch, "topology resumed from Redis");
+    }
     let mark = coord
         .resume_clock()
         .await
@@ -98,13 +107,17 @@ async fn run() -> anyhow::Result<()> {
         node = %cfg.node_id,
         listen = %cfg.listen,
         redis = %cfg.redis_url_redacted(),
-        nodes = cfg.nodes.len(),
+        nodes = coord.view().topology.nodes.len(),
+        epoch = coord.view().topology.epoch,
+        member = coord.is_member(),
         replication_factor = cfg.replication_factor,
         background_sync = cfg.background_sync,
         "node started"
     );
 
-    if cfg.nodes.len() > 1 {
+    // Probes run whatever the cluster's size now: it may grow, and a
+    // joining node learns the cluster by probing its seeds.
+    {
         let prober = Arc::clone(&coord);
         let interval = cfg.probe_interval;
         tokio::spawn(async move {
@@ -116,19 +129,26 @@ async fn run() -> anyhow::Result<()> {
             }
         });
     }
-    if cfg.restore_on_start && cfg.nodes.len() > 1 {
+    if cfg.restore_on_start && coord.view().topology.nodes.len() > 1 {
         let coord = Arc::clone(&coord);
         tokio::spawn(async move {
             coord.probe_peers(false).await;
-            coord.try_restore().await;
+            // A node started to join holds no data until it is a member;
+            // it then pulls its share as the change's step, not here.
+            if coord.is_member() {
+                coord.try_restore().await;
+            } else {
+                info!(node = %coord.node_id(), "not a member (yet): no start-up restore");
+            }
         });
     }
 
-    if cfg.nodes.len() > 1 {
+    if coord.view().topology.nodes.len() > 1 {
         // Measure the peers' clocks (and health) before the first request:
         // a node restarted with a clock far from its peers' must be fenced
         // before it stamps or judges any version. Each probe has the peer
         // timeouts; a lone node, or one whose peers are all down, goes on.
+        // A probe also tells a newer topology epoch, which is fetched.
         coord.probe_peers(false).await;
     }
     api::server::serve(

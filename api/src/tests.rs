@@ -328,6 +328,8 @@ async fn openapi_document_is_served_and_names_every_client_route() {
         ("/restore/", &["post"]),
         ("/cluster/", &["get"]),
         ("/cluster/views", &["get"]),
+        ("/cluster/members", &["get", "post"]),
+        ("/cluster/members/{id}", &["delete"]),
         ("/ui/", &["get"]),
         ("/health", &["get"]),
         ("/metrics", &["get"]),
@@ -437,4 +439,61 @@ async fn dashboard_files_are_open_and_its_data_needs_the_token() {
     );
     assert_eq!(peer["error"], "unreachable", "{views}");
     assert_eq!(peer["status"], Value::Null);
+}
+
+#[tokio::test]
+async fn membership_changes_need_the_secret_and_a_valid_member() {
+    let app = test_app(&[("KV_CLUSTER_SECRET", "membership-secret")]);
+    let (status, view) = call(&app, Method::GET, "/cluster/members", None).await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    assert_eq!(
+        (view["epoch"].as_u64(), view["phase"].as_str()),
+        (Some(1), Some("stable"))
+    );
+    assert_eq!(view["members"][0]["state"], "member");
+    let join = r#"{"id": "node2", "url": "http://127.0.0.1:9"}"#;
+    let (status, body) = call(&app, Method::POST, "/cluster/members", Some(join)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let with_secret = |method: Method, uri: &str, body: &str| {
+        HttpRequest::builder()
+            .method(method)
+            .uri(uri)
+            .header("content-type", "application/json")
+            .header("x-kv-cluster-secret", "membership-secret")
+            .body(Body::from(body.to_owned()))
+            .unwrap()
+    };
+    for bad in [
+        r#"{"id": "node2"}"#,
+        r#"{"id": "node 2", "url": "http://127.0.0.1:9"}"#,
+        r#"{"id": "node2", "url": "https://x:1"}"#,
+        r#"{"id": "node2", "url": "http://127.0.0.1:9", "extra": 1}"#,
+        "[]",
+    ] {
+        let (status, body) = send(&app, with_secret(Method::POST, "/cluster/members", bad)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+    }
+    let (status, body) = send(
+        &app,
+        with_secret(Method::DELETE, "/cluster/members/node1", ""),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("last_member")),
+        "{body}"
+    );
+    let (status, body) = send(
+        &app,
+        with_secret(Method::DELETE, "/cluster/members/node7", ""),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("not_a_member")),
+        "{body}"
+    );
+    // Nothing changed.
+    let (_, view) = call(&app, Method::GET, "/cluster/members", None).await;
+    assert_eq!(view["epoch"].as_u64(), Some(1), "{view}");
 }

@@ -142,3 +142,11 @@ pub fn status_checked_key(node: &str) -> String {
 pub fn status_last_seen_key(node: &str) -> String {
     format!("node_status:{node}:last_seen_ms")
 }
+
+/// The newest cluster topology a node has seen (JSON of
+/// `core::topology::Topology`), with its rank (`{epoch:020}:{digest:016x}`)
+/// beside it: a hash with fields `rank` and `json`, replaced only by a
+/// higher rank, so it survives restarts and never goes back.
+pub fn topology_key(node: &str) -> String {
+    format!("kv:{node}:topology")
+}

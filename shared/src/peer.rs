@@ -11,7 +11,7 @@
 //! made, not per call.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -35,9 +35,24 @@ use crate::core::message::{
     ReadRequest, ReadResponse,
 };
 use crate::core::status::NodeStatus;
+use crate::core::topology::Topology;
 
 /// Header that carries the cluster secret on internal routes.
 pub const SECRET_HEADER: &str = "x-kv-cluster-secret";
+
+/// Header that carries the caller's topology epoch on internal routes: a
+/// receiver at a newer epoch refuses the call with 409 `stale_epoch` and
+/// its topology (see `core::topology`).
+pub const EPOCH_HEADER: &str = "x-kv-epoch";
+/// Header naming the calling node on internal routes.
+pub const FROM_HEADER: &str = "x-kv-from";
+
+/// The body of a 409 `stale_epoch` answer.
+#[derive(Debug, serde::Deserialize)]
+struct StaleEpochBody {
+    code: String,
+    topology: Topology,
+}
 
 /// Largest response body read from a peer (a scan page of big values).
 pub const PEER_RESPONSE_BYTES_MAX: usize = 256 * 1024 * 1024;
@@ -78,6 +93,13 @@ pub enum PeerError {
     },
     #[error("{node} sent an unreadable answer: {reason}")]
     Decode { node: String, reason: String },
+    /// The peer is at a newer topology epoch and refused the call; its
+    /// topology is here, to adopt before trying again.
+    #[error("{node} is at topology epoch {}: this node's is older", topology.epoch)]
+    StaleEpoch {
+        node: String,
+        topology: Box<Topology>,
+    },
 }
 
 /// The parsed URIs of one peer's routes.
@@ -93,6 +115,9 @@ struct Endpoints {
     explain: Uri,
     status: Uri,
     health: Uri,
+    topology: Uri,
+    rebalance: Uri,
+    cleanup: Uri,
 }
 
 fn parse_uri(text: &str) -> Result<Uri, String> {
@@ -119,6 +144,9 @@ impl Endpoints {
             explain: parse("/internal/explain")?,
             status: parse("/internal/status")?,
             health: parse("/health")?,
+            topology: parse("/internal/topology")?,
+            rebalance: parse("/internal/rebalance")?,
+            cleanup: parse("/internal/cleanup")?,
         })
     }
 }
@@ -141,13 +169,20 @@ impl Outgoing<'_> {
     }
 }
 
+/// The peers' routes and the headers of a call, rebuilt when the topology
+/// changes (never per call).
+struct Table {
+    peers: BTreeMap<String, Arc<Endpoints>>,
+    /// The cluster secret, this node's id and epoch, and the content type.
+    json_headers: HeaderMap,
+}
+
 /// Client for every peer of this node.
 #[derive(Clone)]
 pub struct PeerClient {
     http: Client<HttpConnector, Full<Bytes>>,
-    peers: BTreeMap<String, Endpoints>,
-    /// The cluster secret and the content type, built once.
-    json_headers: HeaderMap,
+    table: Arc<RwLock<Arc<Table>>>,
+    secret: HeaderValue,
     request_timeout: Duration,
     /// Timeout of anti-entropy calls (a tree, a page of records).
     sync_timeout: Duration,
@@ -185,28 +220,61 @@ impl PeerClient {
             .pool_max_idle_per_host(64)
             .pool_timer(TokioTimer::new())
             .build(connector);
-        let peers = urls
-            .into_iter()
-            .map(|(node, base)| match Endpoints::new(&base) {
-                Ok(endpoints) => Ok((node, endpoints)),
-                Err(reason) => Err(PeerSetupError::Url { node, reason }),
-            })
-            .collect::<Result<_, _>>()?;
-        let mut headers = HeaderMap::new();
         let mut secret = HeaderValue::from_str(secret).map_err(|_| PeerSetupError::Secret)?;
         secret.set_sensitive(true);
-        headers.insert(SECRET_HEADER, secret);
-        let mut json_headers = headers;
-        json_headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        Ok(PeerClient {
+        let client = PeerClient {
             http,
-            peers,
-            json_headers,
+            table: Arc::new(RwLock::new(Arc::new(Table {
+                peers: BTreeMap::new(),
+                json_headers: HeaderMap::new(),
+            }))),
+            secret,
             request_timeout,
             sync_timeout: request_timeout.max(Duration::from_millis(SYNC_CALL_TIMEOUT_MS)),
             latency: Arc::default(),
             self_id: self_id.to_owned(),
-        })
+        };
+        client.set_peers(&urls, 0)?;
+        Ok(client)
+    }
+
+    /// Points the client at a topology's nodes and stamps its calls with
+    /// the topology's epoch. A URL that does not parse is refused (and
+    /// nothing changes).
+    pub fn set_peers(
+        &self,
+        urls: &BTreeMap<String, String>,
+        epoch: u64,
+    ) -> Result<(), PeerSetupError> {
+        let old = self.table();
+        let mut peers = BTreeMap::new();
+        for (node, base) in urls {
+            let endpoints = match old.peers.get(node) {
+                Some(e) if e.base == *base => Arc::clone(e),
+                _ => Arc::new(Endpoints::new(base).map_err(|reason| PeerSetupError::Url {
+                    node: node.clone(),
+                    reason,
+                })?),
+            };
+            peers.insert(node.clone(), endpoints);
+        }
+        let mut json_headers = HeaderMap::new();
+        json_headers.insert(SECRET_HEADER, self.secret.clone());
+        json_headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        json_headers.insert(EPOCH_HEADER, HeaderValue::from(epoch));
+        if let Ok(from) = HeaderValue::from_str(&self.self_id) {
+            json_headers.insert(FROM_HEADER, from);
+        }
+        let table = Arc::new(Table {
+            peers,
+            json_headers,
+        });
+        *self.table.write().unwrap_or_else(PoisonError::into_inner) = table;
+        Ok(())
+    }
+
+    fn table(&self) -> Arc<Table> {
+        Arc::clone(&self.table.read().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// Latency of the calls this process made to its peers.
@@ -214,14 +282,70 @@ impl PeerClient {
         &self.latency
     }
 
-    pub fn url(&self, node: &str) -> Option<&str> {
-        self.peers.get(node).map(|e| e.base.as_str())
+    pub fn url(&self, node: &str) -> Option<String> {
+        self.table().peers.get(node).map(|e| e.base.clone())
     }
 
-    fn endpoints(&self, node: &str) -> Result<&Endpoints, PeerError> {
-        self.peers
+    fn endpoints(&self, node: &str) -> Result<Arc<Endpoints>, PeerError> {
+        self.table()
+            .peers
             .get(node)
+            .cloned()
             .ok_or_else(|| PeerError::UnknownNode(node.to_owned()))
+    }
+
+    /// `node`'s topology (`GET /internal/topology`).
+    pub async fn topology(&self, node: &str) -> Result<Topology, PeerError> {
+        let table = self.table();
+        let endpoints = self.endpoints(node)?;
+        let call = Outgoing {
+            method: Method::GET,
+            uri: &endpoints.topology,
+            headers: &table.json_headers,
+            body: Bytes::new(),
+        };
+        Ok(self.send(node, call, self.request_timeout).await?.0)
+    }
+
+    /// Offers `node` a topology (`POST /internal/topology`); it answers
+    /// with the one it holds after adopting (the offered one, or newer).
+    pub async fn offer_topology(
+        &self,
+        node: &str,
+        topology: &Topology,
+    ) -> Result<Topology, PeerError> {
+        Ok(self.post(node, |e| &e.topology, topology).await?.0)
+    }
+
+    /// Asks `node` to pull what it gains in the change at `epoch` from its
+    /// peers (`POST /internal/rebalance`); answers when it has, within
+    /// `timeout`, with its report.
+    pub async fn rebalance<R: DeserializeOwned>(
+        &self,
+        node: &str,
+        epoch: u64,
+        timeout: Duration,
+    ) -> Result<R, PeerError> {
+        let body = serde_json::json!({ "epoch": epoch });
+        Ok(self
+            .post_within(node, |e| &e.rebalance, &body, timeout)
+            .await?
+            .0)
+    }
+
+    /// Asks `node` to drop what it no longer holds at `epoch`
+    /// (`POST /internal/cleanup`), within `timeout`.
+    pub async fn cleanup<R: DeserializeOwned>(
+        &self,
+        node: &str,
+        epoch: u64,
+        timeout: Duration,
+    ) -> Result<R, PeerError> {
+        let body = serde_json::json!({ "epoch": epoch });
+        Ok(self
+            .post_within(node, |e| &e.cleanup, &body, timeout)
+            .await?
+            .0)
     }
 
     /// Stores records on `node` (as hints for `hint_for`, when given).
@@ -311,10 +435,12 @@ impl PeerClient {
 
     /// What `node` tells the dashboard about itself (`GET /internal/status`).
     pub async fn status(&self, node: &str) -> Result<NodeStatus, PeerError> {
+        let table = self.table();
+        let endpoints = self.endpoints(node)?;
         let call = Outgoing {
             method: Method::GET,
-            uri: &self.endpoints(node)?.status,
-            headers: &self.json_headers,
+            uri: &endpoints.status,
+            headers: &table.json_headers,
             body: Bytes::new(),
         };
         Ok(self.send(node, call, self.request_timeout).await?.0)
@@ -332,7 +458,8 @@ impl PeerClient {
     ) -> Result<(u16, Bytes), PeerError> {
         use crate::core::condition::Condition;
         use crate::core::request::encode_component;
-        let base = &self.endpoints(node)?.base;
+        let endpoints = self.endpoints(node)?;
+        let base = &endpoints.base;
         // The query carries one version; a second one (If-Match and
         // if_version both given, and different), `*` or a tag that names
         // no version goes as If-Match, as the client sent it.
@@ -362,7 +489,7 @@ impl PeerClient {
             node: node.to_owned(),
             reason,
         })?;
-        let mut headers = self.json_headers.clone();
+        let mut headers = self.table().json_headers.clone();
         headers.insert(FORWARDED_HEADER, HeaderValue::from_static("1"));
         if let Some(v) = if_match.and_then(|v| HeaderValue::from_str(&v).ok()) {
             headers.insert(hyper::header::IF_MATCH, v);
@@ -406,10 +533,10 @@ impl PeerClient {
 
     /// `GET /health` of a peer: the cheapest liveness probe.
     pub async fn health(&self, node: &str) -> Result<serde_json::Value, PeerError> {
-        let uri = &self.endpoints(node)?.health;
+        let endpoints = self.endpoints(node)?;
         let call = Outgoing {
             method: Method::GET,
-            uri,
+            uri: &endpoints.health,
             headers: &HeaderMap::new(),
             body: Bytes::new(),
         };
@@ -433,7 +560,44 @@ impl PeerClient {
         body: &B,
         timeout: Duration,
     ) -> Result<Sized<R>, PeerError> {
-        let uri = route(self.endpoints(node)?);
+        let endpoints = self.endpoints(node)?;
+        self.post_to(node, &endpoints, route, body, timeout).await
+    }
+
+    /// A node that just left the topology (no longer in the table), by its
+    /// URL: offered the final topology, then asked to clean up.
+    pub async fn post_departed<B: Serialize, R: DeserializeOwned>(
+        &self,
+        node: &str,
+        url: &str,
+        path: &str,
+        body: &B,
+        timeout: Duration,
+    ) -> Result<R, PeerError> {
+        let endpoints = Endpoints::new(url).map_err(|reason| PeerError::Unreachable {
+            node: node.to_owned(),
+            reason,
+        })?;
+        let route: fn(&Endpoints) -> &Uri = match path {
+            "topology" => |e| &e.topology,
+            _ => |e| &e.cleanup,
+        };
+        Ok(self
+            .post_to(node, &endpoints, route, body, timeout)
+            .await?
+            .0)
+    }
+
+    async fn post_to<B: Serialize, R: DeserializeOwned>(
+        &self,
+        node: &str,
+        endpoints: &Endpoints,
+        route: fn(&Endpoints) -> &Uri,
+        body: &B,
+        timeout: Duration,
+    ) -> Result<Sized<R>, PeerError> {
+        let table = self.table();
+        let uri = route(endpoints);
         let body = Bytes::from(serde_json::to_vec(body).map_err(|e| PeerError::Decode {
             node: node.to_owned(),
             reason: format!("cannot encode request: {e}"),
@@ -441,7 +605,7 @@ impl PeerClient {
         let call = Outgoing {
             method: Method::POST,
             uri,
-            headers: &self.json_headers,
+            headers: &table.json_headers,
             body,
         };
         self.send(node, call, timeout).await
@@ -464,6 +628,15 @@ impl PeerClient {
             node: node.to_owned(),
             timeout_ms: timeout.as_millis(),
         })??;
+        if status == hyper::StatusCode::CONFLICT
+            && let Ok(body) = serde_json::from_slice::<StaleEpochBody>(&bytes)
+            && body.code == "stale_epoch"
+        {
+            return Err(PeerError::StaleEpoch {
+                node: node.to_owned(),
+                topology: Box::new(body.topology),
+            });
+        }
         if !status.is_success() {
             return Err(PeerError::Status {
                 node: node.to_owned(),
@@ -521,6 +694,9 @@ fn route_name(uri: &Uri) -> &'static str {
         Some("buckets") => "buckets",
         Some("explain") => "explain",
         Some("health") => "health",
+        Some("topology") => "topology",
+        Some("rebalance") => "rebalance",
+        Some("cleanup") => "cleanup",
         _ => "other",
     }
 }

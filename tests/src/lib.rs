@@ -240,6 +240,28 @@ pub struct Node {
     workers: Vec<Proc>,
 }
 
+impl Node {
+    /// Node `i` (from 1), not started, on fresh ports of its address.
+    fn new(dir: &Path, subnet: Option<u8>, i: usize) -> Node {
+        let host = match subnet {
+            Some(net) => format!("127.0.{net}.{}", 10 + i),
+            None => "127.0.0.1".to_owned(),
+        };
+        Node {
+            id: format!("node{i}"),
+            api_port: free_port_on(&host),
+            redis_port: free_port_on(&host),
+            host,
+            env: Vec::new(),
+            redis_args: Vec::new(),
+            dir: dir.join(format!("node{i}")),
+            redis: Proc(None),
+            api: Proc(None),
+            workers: Vec::new(),
+        }
+    }
+}
+
 /// A running cluster of real processes.
 pub struct Cluster {
     pub nodes: Vec<Node>,
@@ -257,25 +279,7 @@ impl Cluster {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create test dir");
         let nodes: Vec<Node> = (1..=opts.nodes)
-            .map(|i| {
-                let host = match opts.subnet {
-                    Some(net) => format!("127.0.{net}.{}", 10 + i),
-                    None => "127.0.0.1".to_owned(),
-                };
-                (i, host)
-            })
-            .map(|(i, host)| Node {
-                id: format!("node{i}"),
-                api_port: free_port_on(&host),
-                redis_port: free_port_on(&host),
-                host,
-                env: Vec::new(),
-                redis_args: Vec::new(),
-                dir: dir.join(format!("node{i}")),
-                redis: Proc(None),
-                api: Proc(None),
-                workers: Vec::new(),
-            })
+            .map(|i| Node::new(&dir, opts.subnet, i))
             .collect();
         let peers = nodes
             .iter()
@@ -308,6 +312,31 @@ impl Cluster {
         }
         cluster.wait_all_see_all_up().await;
         cluster
+    }
+
+    /// Starts one more node, `node{n+1}`, to join the running cluster: its
+    /// Redis, API and workers, with `KV_JOIN` and the cluster's nodes as
+    /// seeds. It holds no data and answers client requests with 503
+    /// `not_a_member` until added (`POST /cluster/members`). Returns its index.
+    pub async fn add_node(&mut self) -> usize {
+        let i = self.nodes.len();
+        let mut node = Node::new(&self.dir, self.opts.subnet, i + 1);
+        let seeds = format!(
+            "{},{}=http://{}:{}",
+            self.peers, node.id, node.host, node.api_port
+        );
+        node.env = vec![
+            ("KV_JOIN".to_owned(), "1".to_owned()),
+            ("KV_PEERS".to_owned(), seeds),
+        ];
+        self.nodes.push(node);
+        self.start_redis(i).await;
+        self.spawn_api(i);
+        for _ in 0..self.opts.workers {
+            self.spawn_worker(i);
+        }
+        self.wait_healthy(i).await;
+        i
     }
 
     /// Waits until every running node's routing view has every other

@@ -175,6 +175,8 @@ async fn run() -> anyhow::Result<()> {
     let node = Node::build(Arc::clone(&cfg), store, Some(queues.clone()), None)
         .context("cannot build the peer HTTP client")?;
     spawn_counter_flush(Arc::clone(&node));
+    // The API keeps the node's topology in Redis; the worker follows it.
+    node.spawn_topology_follow();
     let state = WorkerState {
         node,
         queues: queues.clone(),

@@ -154,7 +154,8 @@ fn restore_view(state: RestoreState) -> RestoreState {
 pub async fn cluster(State(state): State<AppState>) -> Result<Response, ApiError> {
     let coord = &state.coord;
     let cfg = coord.config();
-    let ring = coord.ring();
+    let view = coord.view();
+    let ring = view.placement.ring();
     let shares: BTreeMap<&str, f64> = ring
         .nodes()
         .iter()
@@ -165,7 +166,8 @@ pub async fn cluster(State(state): State<AppState>) -> Result<Response, ApiError
     // The same reads as the dashboard's status (`shared::node::status`).
     let heartbeat_status = coord.heartbeat_marks().await;
     let hints_held = coord.hints_held().await;
-    let nodes: Vec<Value> = cfg
+    let nodes: Vec<Value> = view
+        .topology
         .nodes
         .iter()
         .map(|(id, url)| {
@@ -187,6 +189,7 @@ pub async fn cluster(State(state): State<AppState>) -> Result<Response, ApiError
                 "last_seen_ms": peer.and_then(|p| p.last_seen_ms),
                 "last_error": last_error,
                 "ring_share": shares.get(id.as_str()),
+                "member_state": view.topology.state_of(id),
             })
         })
         .collect();
@@ -208,7 +211,9 @@ pub async fn cluster(State(state): State<AppState>) -> Result<Response, ApiError
     Ok(Json(json!({
         "node": cfg.node_id,
         "nodes": nodes,
-        "replication_factor": cfg.replication_factor,
+        "replication_factor": cfg.replication_factor.min(ring.len()),
+        "epoch": view.topology.epoch,
+        "phase": view.topology.phase,
         "read_consistency": cfg.read_consistency,
         "write_consistency": cfg.write_consistency,
         "background_sync": cfg.background_sync,
@@ -269,6 +274,9 @@ pub async fn health(State(state): State<AppState>) -> Response {
         // Peers read this node's clock from here (clock fencing).
         obj.insert("now_ms".into(), json!(shared::clock::now_ms()));
         obj.insert("clock".into(), json!(state.coord.clock_view()));
+        // Peers learn of a newer topology from here (and fetch it).
+        obj.insert("epoch".into(), json!(state.coord.view().topology.epoch));
+        obj.insert("member".into(), json!(state.coord.is_member()));
     }
     (status, Json(body)).into_response()
 }

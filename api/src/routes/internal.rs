@@ -54,7 +54,7 @@ pub async fn internal_apply(
         checked_key(&state, key)?;
     }
     let results = match &request.hint_for {
-        None => state.coord.apply_local(request.records).await?,
+        None => state.coord.apply_held(request.records).await?,
         Some(owner) => {
             state
                 .coord
@@ -168,7 +168,7 @@ pub async fn internal_status(State((state, metrics)): State<(AppState, Metrics)>
 }
 
 fn known_node(state: &AppState, node: &str) -> Result<(), ApiError> {
-    if state.coord.config().nodes.contains_key(node) {
+    if state.coord.view().topology.nodes.contains_key(node) {
         Ok(())
     } else {
         Err(ApiError::bad_request(

@@ -4,6 +4,7 @@
 //! - [`kv`]: the client's `/kv/` routes (read, write, delete, `/kv/route/`).
 //! - [`admin`]: `/snapshot/`, `/restore/`, `/cluster/` and `/health`.
 //! - [`internal`]: the node-to-node `/internal/*` routes.
+//! - [`members`]: `/cluster/members` (join, leave) and the internal side of a change.
 //! - [`watch`]: `/kv/watch/`, the changes this node stores as server-sent events.
 //! - [`dashboard`]: the `/ui/` page and `/cluster/views`, the data it polls.
 //!
@@ -16,6 +17,7 @@ pub mod batch;
 pub mod dashboard;
 pub mod internal;
 pub mod kv;
+pub mod members;
 pub mod watch;
 
 use std::collections::BTreeMap;

@@ -57,9 +57,19 @@ pub struct Config {
     /// `KV_LISTEN`: address the API binds (default `127.0.0.1:8001`).
     pub listen: SocketAddr,
     /// `KV_PEERS`: every node of the cluster, this one included, as
-    /// `id=http://host:port,...` (default: this node alone).
+    /// `id=http://host:port,...` (default: this node alone). The seed of
+    /// the topology at a node's first start only: afterwards the topology
+    /// kept in Redis, and the peers', decide (see `core::topology`). With
+    /// `KV_JOIN`, the nodes of the running cluster to learn it from.
     pub nodes: BTreeMap<String, String>,
-    /// `KV_REPLICATION_FACTOR`: N (default 3), capped at the cluster size.
+    /// `KV_JOIN` (default off): this node starts outside the cluster and
+    /// holds no data until an admin adds it (`POST /cluster/members`).
+    pub join: bool,
+    /// `KV_MOVE_BYTES_PER_S` (default 67108864; 0 = unbounded): how fast a
+    /// node pulls its share during a membership change.
+    pub move_bytes_per_s: Option<u64>,
+    /// `KV_REPLICATION_FACTOR`: N (default 3); a ring of fewer nodes holds
+    /// each key on all of them.
     pub replication_factor: usize,
     /// `KV_READ_CONSISTENCY` (default quorum).
     pub read_consistency: Consistency,
@@ -198,7 +208,8 @@ impl Config {
             Some(v) => parse_peers(&v)?,
             None => BTreeMap::from([(node_id.clone(), format!("http://{listen}"))]),
         };
-        if !nodes.contains_key(&node_id) {
+        let join = parse_bool(&get, "KV_JOIN", false)?;
+        if !join && !nodes.contains_key(&node_id) {
             return Err(err(
                 "KV_PEERS",
                 format!("must list this node's own id {node_id:?} with its URL"),
@@ -210,7 +221,8 @@ impl Config {
         if replication_factor == 0 {
             return Err(err("KV_REPLICATION_FACTOR", "must be at least 1"));
         }
-        let replication_factor = replication_factor.min(nodes.len());
+        // Not capped by KV_PEERS' length: each ring caps it at its size
+        // where it is used, and the cluster may grow.
 
         let read_consistency = parse_or(&get, "KV_READ_CONSISTENCY", Consistency::Quorum)?;
         let write_consistency = parse_or(&get, "KV_WRITE_CONSISTENCY", Consistency::Quorum)?;
@@ -374,6 +386,10 @@ impl Config {
         }
         let email = EmailConfig::from_lookup(&get)?;
         let restore_on_start = parse_bool(&get, "KV_RESTORE_ON_START", true)?;
+        let move_bytes_per_s = match parse_or(&get, "KV_MOVE_BYTES_PER_S", 64u64 * 1024 * 1024)? {
+            0 => None,
+            bytes => Some(bytes),
+        };
         let requests_in_flight_max = parse_or(
             &get,
             "KV_REQUESTS_IN_FLIGHT_MAX",
@@ -417,6 +433,8 @@ impl Config {
             node_id,
             listen,
             nodes,
+            join,
+            move_bytes_per_s,
             replication_factor,
             read_consistency,
             write_consistency,

@@ -42,7 +42,9 @@ fn defaults_follow_the_seed() {
     assert_eq!(c.node_id, "node1");
     assert_eq!(c.redis_url, "redis://127.0.0.1:6379/0");
     assert_eq!(c.heartbeat_interval, Duration::from_secs(30));
-    assert_eq!(c.replication_factor, 1, "capped at the cluster size");
+    // Not capped here: each ring caps N at its size, and the cluster may grow.
+    assert_eq!(c.replication_factor, 3);
+    assert!(!c.join);
     assert!(c.background_sync);
     let c = config(&[("REDIS_HOST", "redis1"), ("REDIS_PORT", "6380")]).unwrap();
     assert_eq!(c.redis_url, "redis://redis1:6380/0");
@@ -61,7 +63,17 @@ fn peers_and_replication() {
     .unwrap();
     assert_eq!(c.nodes.len(), 3);
     assert_eq!(c.nodes["node2"], "http://b:2");
-    assert_eq!(c.replication_factor, 3);
+    // Not capped here: each ring caps N at its size, and the cluster may grow.
+    assert_eq!(c.replication_factor, 5);
+    // A node started to join may be missing from its seeds; otherwise not.
+    let seeds = [
+        ("KV_NODE_ID", "node4"),
+        ("KV_PEERS", "node1=http://a:1,node2=http://b:2"),
+    ];
+    assert!(config(&seeds).is_err());
+    let joining = config(&[seeds[0], seeds[1], ("KV_JOIN", "1")]).unwrap();
+    assert!(joining.join);
+    assert_eq!(joining.move_bytes_per_s, Some(64 * 1024 * 1024));
 }
 
 #[test]

@@ -89,6 +89,16 @@ impl Membership {
         }
     }
 
+    /// Follows a new peer list (the topology changed): peers still listed
+    /// keep their state, new ones start unknown, the others are dropped.
+    pub fn set_peers<I: IntoIterator<Item = String>>(&mut self, peers: I) {
+        let wanted: std::collections::BTreeSet<String> = peers.into_iter().collect();
+        self.peers.retain(|p, _| wanted.contains(p));
+        for peer in wanted {
+            self.peers.entry(peer).or_default();
+        }
+    }
+
     pub fn get(&self, node: &str) -> Option<&PeerState> {
         self.peers.get(node)
     }
@@ -178,5 +188,15 @@ mod tests {
         assert_eq!(m.get("a").unwrap().last_seen_ms, Some(3_000));
         assert!(m.should_call("a", 3_001));
         assert!(!m.should_call("unknown-node", 0));
+    }
+
+    #[test]
+    fn a_new_peer_list_keeps_known_states() {
+        let mut m = Membership::new(["a".to_owned(), "b".to_owned()], 1_000, 1);
+        m.failure("a", "refused", 5);
+        m.set_peers(["a".to_owned(), "c".to_owned()]);
+        assert_eq!(m.health("a"), Health::Down);
+        assert_eq!(m.health("c"), Health::Unknown);
+        assert!(m.get("b").is_none());
     }
 }

@@ -32,7 +32,8 @@ use sha1_smol::Sha1;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use super::record::Version;
-use super::ring::{Ring, key_position};
+use super::ring::key_position;
+use super::topology::Placement;
 
 /// Bits of the ring position that choose a leaf.
 pub const LEAF_BITS: u32 = 16;
@@ -234,23 +235,28 @@ pub enum Sharing {
     None,
 }
 
-/// Whether both `a` and `b` are among the key's first `n` replicas.
-pub fn shared_by(ring: &Ring, n: usize, key: &str, a: &str, b: &str) -> bool {
-    let list = ring.preference_list(key, n);
-    list.contains(&a) && list.contains(&b)
+/// Whether both `a` and `b` should hold the key (see [`Placement::holders`]).
+pub fn shared_by(placement: &Placement, key: &str, a: &str, b: &str) -> bool {
+    let holders = placement.holders(key);
+    holders.contains(&a) && holders.contains(&b)
 }
 
-/// How much of `leaf`'s arc nodes `a` and `b` both replicate (see the module docs).
-pub fn leaf_sharing(ring: &Ring, n: usize, leaf: u16, a: &str, b: &str) -> Sharing {
+/// How much of `leaf`'s arc nodes `a` and `b` both hold (see the module docs).
+pub fn leaf_sharing(placement: &Placement, leaf: u16, a: &str, b: &str) -> Sharing {
     let (lo, hi) = (leaf_start(leaf), leaf_end(leaf));
     // One representative position per stretch of the arc that maps to the
-    // same first token: the arc's start, and the position after each token
+    // same first tokens: the arc's start, and the position after each token
     // inside it.
-    let starts = std::iter::once(lo).chain(ring.token_positions_in(lo, hi).map(|t| t + 1));
+    let starts = std::iter::once(lo).chain(
+        placement
+            .token_positions_in(lo, hi)
+            .into_iter()
+            .map(|t| t + 1),
+    );
     let (mut some, mut all) = (false, true);
     for position in starts {
-        let list = ring.preference_list_at(position, n);
-        if list.contains(&a) && list.contains(&b) {
+        let holders = placement.holders_at(position);
+        if holders.contains(&a) && holders.contains(&b) {
             some = true;
         } else {
             all = false;
@@ -264,9 +270,9 @@ pub fn leaf_sharing(ring: &Ring, n: usize, leaf: u16, a: &str, b: &str) -> Shari
 }
 
 /// [`leaf_sharing`] of every leaf, indexed by leaf.
-pub fn sharing_table(ring: &Ring, n: usize, a: &str, b: &str) -> Vec<Sharing> {
+pub fn sharing_table(placement: &Placement, a: &str, b: &str) -> Vec<Sharing> {
     (0..LEAVES)
-        .map(|leaf| leaf_sharing(ring, n, leaf as u16, a, b))
+        .map(|leaf| leaf_sharing(placement, leaf as u16, a, b))
         .collect()
 }
 
@@ -274,6 +280,7 @@ pub fn sharing_table(ring: &Ring, n: usize, a: &str, b: &str) -> Vec<Sharing> {
 mod tests {
     use super::*;
     use crate::core::hlc::Timestamp;
+    use crate::core::topology::Topology;
     use proptest::prelude::*;
 
     fn v(w: u64) -> Version {
@@ -369,17 +376,25 @@ mod tests {
         );
     }
 
+    fn placement(ids: &[&str], vnodes: usize) -> Placement {
+        let nodes = ids
+            .iter()
+            .map(|id| ((*id).to_owned(), format!("http://{id}:1")))
+            .collect();
+        Placement::new(&Topology::seed(nodes), vnodes, 3)
+    }
+
     #[test]
     fn sharing_follows_the_ring() {
-        let three = Ring::new(["a", "b", "c"], 16);
+        let three = placement(&["a", "b", "c"], 16);
         // N = cluster size: every leaf is wholly shared by any two nodes.
         assert!(
-            sharing_table(&three, 3, "a", "b")
+            sharing_table(&three, "a", "b")
                 .iter()
                 .all(|s| *s == Sharing::Whole)
         );
-        let five = Ring::new(["a", "b", "c", "d", "e"], 16);
-        let table = sharing_table(&five, 3, "a", "b");
+        let five = placement(&["a", "b", "c", "d", "e"], 16);
+        let table = sharing_table(&five, "a", "b");
         assert!(table.contains(&Sharing::Whole));
         assert!(table.contains(&Sharing::None));
         // At most one partial leaf per token.
@@ -390,11 +405,19 @@ mod tests {
     proptest! {
         #[test]
         fn sharing_agrees_with_every_key(keys in proptest::collection::vec(".{1,12}", 50..150)) {
-            let ring = Ring::new(["a", "b", "c", "d", "e"], 8);
-            for key in &keys {
+            let stable = placement(&["a", "b", "c", "d", "e"], 8);
+            // During a join, both rings decide: a leaf is whole only when
+            // every key of it has both nodes among its holders in either.
+            let nodes = ["a", "b", "c", "d", "e"]
+                .iter()
+                .map(|id| ((*id).to_owned(), format!("http://{id}:1")))
+                .collect();
+            let joining = Topology::seed(nodes).change(Some(("f", "http://f:1")), None).unwrap();
+            let moving = Placement::new(&joining, 8, 3);
+            for (key, p, b) in keys.iter().flat_map(|k| [(k, &stable, "c"), (k, &moving, "f")]) {
                 let leaf = leaf_of(key);
-                let shared = shared_by(&ring, 3, key, "a", "c");
-                match leaf_sharing(&ring, 3, leaf, "a", "c") {
+                let shared = shared_by(p, key, "a", b);
+                match leaf_sharing(p, leaf, "a", b) {
                     Sharing::Whole => prop_assert!(shared, "{} in a whole leaf", key),
                     Sharing::None => prop_assert!(!shared, "{} in an unshared leaf", key),
                     Sharing::Part => {}

@@ -46,6 +46,10 @@ pub enum ApplyStatus {
     Unchanged,
     /// Refused: its version is too far in the future (clock drift limit).
     Refused,
+    /// Not stored: the receiver does not hold the key in the topology it
+    /// follows (the sender placed it by another epoch's ring, or a queued
+    /// job outlived a membership change).
+    NotHeld,
 }
 
 /// Answer to [`ApplyRequest`], one status per record in order.

@@ -7,6 +7,8 @@
 //! plain unit tests and `proptest`, and replayable when something goes wrong.
 //!
 //! - [`ring`]: consistent hashing with virtual nodes and preference lists.
+//! - [`topology`]: membership as data (epochs, joins and leaves in phases) and the
+//!   replica sets derived from it.
 //! - [`hlc`]: the hybrid logical clock that stamps every write.
 //! - [`record`]: versioned values and tombstones, and their last-writer-wins merge.
 //! - [`quorum`]: consistency levels and the tally that decides a quorum call.
@@ -39,5 +41,6 @@ pub mod ring;
 pub mod ryw;
 pub mod schedule;
 pub mod status;
+pub mod topology;
 pub mod validate;
 pub mod watch;

@@ -63,7 +63,13 @@ impl Node {
             record: store.get(key).await?,
             ..LocalView::default()
         };
-        for owner in self.cfg.nodes.keys().filter(|n| **n != self.cfg.node_id) {
+        let topology = self.view();
+        for owner in topology
+            .topology
+            .nodes
+            .keys()
+            .filter(|n| **n != self.cfg.node_id)
+        {
             if let Some(record) = store.get_hint(owner, key).await? {
                 view.hints.push(crate::core::message::HintView {
                     owner: owner.clone(),
@@ -93,8 +99,9 @@ impl Coordinator {
     pub async fn explain(&self, key: &str, repair: bool) -> Result<Explanation, CoordError> {
         let replicas = self.replicas(key);
         let io = &self.replicas.io;
-        let mut nodes = Vec::with_capacity(self.cfg.nodes.len());
-        for node in self.cfg.nodes.keys() {
+        let view = self.view();
+        let mut nodes = Vec::with_capacity(view.topology.nodes.len());
+        for node in view.topology.nodes.keys() {
             let (view, error) = if *node == self.cfg.node_id {
                 (Some(self.local_view(key, true).await?), None)
             } else {
@@ -155,6 +162,7 @@ impl Coordinator {
                     Some(ApplyStatus::Stored) => "stored",
                     Some(ApplyStatus::Unchanged) => "unchanged",
                     Some(ApplyStatus::Refused) => "refused",
+                    Some(ApplyStatus::NotHeld) => "not_held",
                     None => FailureKind::BadAnswer.as_str(),
                 },
                 Err(error) => error.kind.as_str(),

@@ -122,12 +122,13 @@ impl Node {
         Ok(removed)
     }
 
-    /// For each candidate, the other replicas of its key (by node).
+    /// For each candidate, the other holders of its key (by node): its
+    /// replicas, and during a membership change both owner sets'.
     fn other_replicas(&self, candidates: &[KeyedRecord]) -> BTreeMap<String, Vec<usize>> {
         let mut by_node: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         for (i, kr) in candidates.iter().enumerate() {
             for node in self
-                .replicas(&kr.key)
+                .holders(&kr.key)
                 .into_iter()
                 .filter(|n| *n != self.cfg.node_id)
             {
@@ -148,7 +149,7 @@ impl Node {
                 match self.replicas.io.apply_on(&node, batch).await {
                     Ok(statuses) if statuses.len() == chunk.len() => {
                         for (i, status) in chunk.iter().zip(statuses) {
-                            if status == ApplyStatus::Refused {
+                            if matches!(status, ApplyStatus::Refused | ApplyStatus::NotHeld) {
                                 held[*i] = false;
                             }
                         }

@@ -1,7 +1,7 @@
 //! Hinted handoff: records kept for an owner that could not be reached,
 //! within bounds, and their delivery once it answers.
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::Node;
 use super::replicas::ReplicaIo;
@@ -87,7 +87,10 @@ impl ReplicaIo {
                 .check_at(kr.record.version.ts, reference_ms)
                 .is_ok()
         });
-        if !self.cfg.nodes.contains_key(owner) || owner == self.cfg.node_id || !in_bounds {
+        if !self.view().topology.nodes.contains_key(owner)
+            || owner == self.cfg.node_id
+            || !in_bounds
+        {
             return Ok(vec![ApplyStatus::Refused; len]);
         }
         let kept = self.store_hints(owner, records).await?;
@@ -164,6 +167,19 @@ impl Node {
                 }
             }
         }
+        // The owner no longer holds these keys (a membership change since
+        // the write): they go to the keys' holders now, then are dropped.
+        for ((key, record), _) in accepted.iter().filter(|(_, s)| *s == ApplyStatus::NotHeld) {
+            for holder in self.holders(key).into_iter().filter(|h| h != owner) {
+                let batch = vec![KeyedRecord {
+                    key: key.clone(),
+                    record: record.clone(),
+                }];
+                if let Err(error) = io.apply_on(&holder, batch).await {
+                    debug!(%key, %holder, %error, "re-routed hint not delivered; anti-entropy repairs");
+                }
+            }
+        }
         let accepted: Vec<(String, Record)> = accepted.into_iter().map(|(r, _)| r).collect();
         let removed = io.store.remove_if_same(space, &accepted).await?;
         Stats::add(&io.stats.hints_delivered, removed);
@@ -176,7 +192,13 @@ impl Node {
     pub async fn deliver_hints(&self) -> Result<u64, StoreError> {
         let io = &self.replicas.io;
         let mut delivered = 0u64;
-        for owner in self.cfg.nodes.keys().filter(|n| **n != self.cfg.node_id) {
+        let view = self.view();
+        for owner in view
+            .topology
+            .nodes
+            .keys()
+            .filter(|n| **n != self.cfg.node_id)
+        {
             let space = Space::Hints(owner.clone());
             if io.store.count_in(&space).await? == 0 {
                 continue;

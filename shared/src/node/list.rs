@@ -38,7 +38,8 @@ impl Coordinator {
         consistency: Consistency,
     ) -> Result<ListReport, CoordError> {
         Stats::add(&self.stats.lists, 1);
-        let nodes: Vec<String> = self.ring().nodes().to_vec();
+        let view = self.view();
+        let nodes: Vec<String> = view.placement.nodes();
         let down = self.replicas.io.believed_down(&nodes);
         let request = Arc::new(RangeRequest {
             range: query.range.clone(),
@@ -84,14 +85,21 @@ impl Coordinator {
                 Stats::add(&self.stats.refused_versions, dropped);
             }
         }
-        let required = consistency.required(self.cfg.replication_factor.min(nodes.len()));
+        let required =
+            consistency.required(self.cfg.replication_factor.min(view.placement.ring().len()));
         let bounds = PageBounds {
             items: query.limit,
             bytes: LIST_PAGE_BYTES_MAX,
         };
         let merged = merge_pages(
             &pages,
-            |key| self.replicas(key),
+            |key| {
+                view.placement
+                    .read_replicas(key)
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect()
+            },
             required,
             bounds,
             reference_ms,

@@ -28,6 +28,7 @@ mod fence;
 pub mod gc;
 pub mod hints;
 pub mod list;
+pub mod members;
 pub mod notify;
 pub mod read;
 pub mod replicas;
@@ -54,7 +55,6 @@ use crate::core::mail::MailJob;
 use crate::core::membership::{Health, PeerState};
 use crate::core::message::{ApplyStatus, KeyedRecord};
 use crate::core::plan::ReplicaFailure;
-use crate::core::ring::Ring;
 use crate::keyspace::counters_key;
 use crate::peer::{PeerClient, PeerSetupError};
 use crate::queue::{JobQueues, ReplicationBatcher};
@@ -144,6 +144,13 @@ pub enum CoordError {
     /// A named peer is not part of the cluster.
     #[error("unknown node {0:?}")]
     UnknownNode(String),
+    /// A membership change cannot start.
+    #[error("{0}")]
+    Membership(#[from] crate::core::topology::ChangeError),
+    /// A step of a membership change was asked for another epoch than the
+    /// one this node follows.
+    #[error("asked for topology epoch {asked}; this node follows epoch {current}")]
+    EpochMismatch { asked: u64, current: u64 },
 }
 
 /// What every process of a node shares — API and workers alike: its
@@ -153,7 +160,6 @@ pub enum CoordError {
 /// this. Wired once in [`Node::build`].
 pub struct Node {
     cfg: Arc<Config>,
-    ring: Ring,
     replicas: Replicas,
     queues: Option<JobQueues>,
     /// In-process notifications (background sync off).
@@ -177,6 +183,8 @@ pub struct Coordinator {
     was_fenced: AtomicBool,
     /// Per-key locks of the conditional writes this node referees.
     condition_locks: conditional::ConditionLocks,
+    /// The membership change this node drives or drove last.
+    change: Mutex<Option<members::ChangeProgress>>,
 }
 
 impl std::ops::Deref for Coordinator {
@@ -213,6 +221,7 @@ impl Coordinator {
             restore_state: Mutex::new(RestoreState::Idle),
             was_fenced: AtomicBool::new(false),
             condition_locks: conditional::ConditionLocks::default(),
+            change: Mutex::new(None),
         }))
     }
 
@@ -237,19 +246,19 @@ impl Node {
         inline_mail: Option<MailSender>,
     ) -> Result<Arc<Self>, PeerSetupError> {
         set_clock_offset_ms(cfg.clock_offset_ms);
-        let ring = Ring::new(cfg.nodes.keys().cloned(), cfg.vnodes);
+        let view = members::View::new(members::initial_topology(&cfg), &cfg);
         let peers = PeerClient::new(
             &cfg.node_id,
-            cfg.nodes.clone(),
+            view.topology.nodes.clone(),
             &cfg.cluster_secret.0,
             cfg.peer_connect_timeout,
             cfg.peer_request_timeout,
             cfg.peer_source_addr,
         )?;
         let stats = Arc::new(Stats::default());
-        let io = ReplicaIo::new(Arc::clone(&cfg), store, peers, Arc::clone(&stats));
+        peers.set_peers(&view.topology.nodes, view.topology.epoch)?;
+        let io = ReplicaIo::new(Arc::clone(&cfg), store, peers, Arc::clone(&stats), view);
         Ok(Arc::new(Node {
-            ring,
             replicas: Replicas::new(io),
             queues,
             inline_mail,
@@ -265,10 +274,6 @@ impl Node {
 
     pub fn node_id(&self) -> &str {
         &self.cfg.node_id
-    }
-
-    pub fn ring(&self) -> &Ring {
-        &self.ring
     }
 
     pub fn store(&self) -> &Store {
@@ -289,10 +294,23 @@ impl Node {
         &self.replicas
     }
 
-    /// The key's preference list: the first N distinct nodes clockwise.
+    /// The replicas a read of `key` asks: the first N distinct nodes
+    /// clockwise on the ring reads follow (see `core::topology`).
     pub fn replicas(&self, key: &str) -> Vec<String> {
-        self.ring
-            .preference_list(key, self.cfg.replication_factor)
+        self.view()
+            .placement
+            .read_replicas(key)
+            .into_iter()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Every node that should hold `key` now: the read replicas, and during
+    /// a membership change the other owner set's too.
+    pub fn holders(&self, key: &str) -> Vec<String> {
+        self.view()
+            .placement
+            .holders(key)
             .into_iter()
             .map(str::to_owned)
             .collect()
@@ -327,6 +345,14 @@ impl Node {
         records: Vec<KeyedRecord>,
     ) -> Result<Vec<ApplyStatus>, StoreError> {
         self.replicas.io.apply_local(records).await
+    }
+
+    /// Stores the records of keys this node holds (see [`ReplicaIo::apply_held`]).
+    pub async fn apply_held(
+        &self,
+        records: Vec<KeyedRecord>,
+    ) -> Result<Vec<ApplyStatus>, StoreError> {
+        self.replicas.io.apply_held(records).await
     }
 
     /// Keeps records as hints for `owner` (this node is a fallback).

@@ -7,7 +7,7 @@
 //! is no pointer back to the node handle.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use thiserror::Error;
 use tokio::task::JoinSet;
@@ -22,6 +22,7 @@ use crate::core::membership::{Health, Membership, PeerState, Transition};
 use crate::core::message::{ApplyStatus, KeyedRecord, RangeRequest};
 use crate::core::plan::FailureKind;
 use crate::core::record::Record;
+use crate::node::members::View;
 use crate::node::stats::Stats;
 use crate::peer::{PeerClient, PeerError};
 use crate::storage::{Store, StoreError};
@@ -61,6 +62,7 @@ impl ReplicaError {
             PeerError::Status { status: 503, .. } => FailureKind::Overloaded,
             PeerError::Status { .. } => FailureKind::Status,
             PeerError::Decode { .. } => FailureKind::BadAnswer,
+            PeerError::StaleEpoch { .. } => FailureKind::StaleEpoch,
         };
         ReplicaError::new(node, kind, error.to_string())
     }
@@ -89,9 +91,14 @@ pub struct ReplicaIo {
     pub(crate) peers: PeerClient,
     pub(crate) clock: NodeClock,
     pub(crate) stats: Arc<Stats>,
-    membership: Mutex<Membership>,
+    pub(crate) membership: Mutex<Membership>,
     /// Per peer: (its clock minus ours in ms, when measured), from probes.
     clock_offsets: Mutex<BTreeMap<String, (i64, u64)>>,
+    /// The topology this process follows and the placement derived from
+    /// it (see `members`); replaced whole when a newer one is adopted.
+    pub(crate) view: RwLock<Arc<View>>,
+    /// Whether a fetch of a newer topology is under way.
+    pub(crate) learning: std::sync::atomic::AtomicBool,
 }
 
 /// How long a peer's measured clock offset counts toward fencing.
@@ -107,14 +114,24 @@ pub struct ClockView {
 }
 
 impl ReplicaIo {
-    pub fn new(cfg: Arc<Config>, store: Store, peers: PeerClient, stats: Arc<Stats>) -> Self {
-        let others: Vec<String> = cfg
+    pub fn new(
+        cfg: Arc<Config>,
+        store: Store,
+        peers: PeerClient,
+        stats: Arc<Stats>,
+        view: View,
+    ) -> Self {
+        // The seeds too: a joining node learns the cluster by probing them.
+        let others: Vec<String> = view
+            .topology
             .nodes
             .keys()
             .filter(|n| **n != cfg.node_id)
             .cloned()
             .collect();
         ReplicaIo {
+            view: RwLock::new(Arc::new(view)),
+            learning: std::sync::atomic::AtomicBool::new(false),
             clock: NodeClock::new(cfg.clock_drift_ms_max),
             membership: Mutex::new(Membership::new(
                 others,
@@ -180,7 +197,7 @@ impl ReplicaIo {
     ) -> Result<Vec<ApplyStatus>, ReplicaError> {
         if node == self.me() {
             return self
-                .apply_local(records)
+                .apply_held(records)
                 .await
                 .map_err(|e| ReplicaError::from_store(node, &e));
         }
@@ -281,6 +298,36 @@ impl ReplicaIo {
             .removed)
     }
 
+    /// [`ReplicaIo::apply_local`] of the records whose keys this node holds
+    /// in the topology it follows; the others answer
+    /// [`ApplyStatus::NotHeld`] and are not stored (so a replication job
+    /// queued before a membership change cannot put a key back on a node
+    /// that no longer holds it).
+    pub async fn apply_held(
+        &self,
+        records: Vec<KeyedRecord>,
+    ) -> Result<Vec<ApplyStatus>, StoreError> {
+        let view = self.view();
+        let me = self.me();
+        let held: Vec<bool> = records
+            .iter()
+            .map(|kr| view.placement.holders(&kr.key).contains(&me))
+            .collect();
+        if held.iter().all(|h| *h) {
+            return self.apply_local(records).await;
+        }
+        let mut statuses = vec![ApplyStatus::NotHeld; records.len()];
+        let (at, mine): (Vec<usize>, Vec<KeyedRecord>) = records
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| held[*i])
+            .unzip();
+        for (i, status) in at.into_iter().zip(self.apply_local(mine).await?) {
+            statuses[i] = status;
+        }
+        Ok(statuses)
+    }
+
     /// Stores records that are newer than the local copies. Records whose
     /// version is further ahead of our clock than the drift limit are refused
     /// (a timestamp bomb must not freeze a key); the others are observed by
@@ -329,6 +376,20 @@ impl ReplicaIo {
             Ok(value) => {
                 self.note_success(node);
                 Ok(value)
+            }
+            Err(PeerError::StaleEpoch {
+                node: peer,
+                topology,
+            }) => {
+                // The peer answered: healthy, but this node is behind.
+                self.note_success(node);
+                let epoch = topology.epoch;
+                self.adopt_and_keep(*topology).await;
+                Err(ReplicaError::new(
+                    &peer,
+                    FailureKind::StaleEpoch,
+                    format!("peer is at topology epoch {epoch}"),
+                ))
             }
             Err(error) => {
                 let refused = matches!(
@@ -420,6 +481,14 @@ impl ReplicaIo {
             return false;
         };
         let received_ms = now_ms();
+        // A peer at a newer topology epoch: fetch it (the probes are how a
+        // restarted or joining node catches up before its first request).
+        if let Some(epoch) = answer.get("epoch").and_then(serde_json::Value::as_u64)
+            && epoch > self.view().topology.epoch
+            && let Ok(topology) = self.tracked(node, self.peers.topology(node)).await
+        {
+            self.adopt_and_keep(topology).await;
+        }
         if let Some(peer_ms) = answer.get("now_ms").and_then(serde_json::Value::as_u64) {
             let middle_ms = sent_ms / 2 + received_ms / 2;
             let offset = i64::try_from(peer_ms).unwrap_or(i64::MAX)
@@ -430,7 +499,9 @@ impl ReplicaIo {
     }
 }
 
-type Slots<T, R> = BTreeMap<String, OnceLock<Coalescer<T, R, ReplicaError>>>;
+/// One coalescer per replica, started on first use; a node that joins gets
+/// its own then.
+type Slots<T, R> = Mutex<BTreeMap<String, Arc<Coalescer<T, R, ReplicaError>>>>;
 /// A batch call made directly on a replica.
 type Direct<T, R> = fn(Arc<ReplicaIo>, String, Vec<T>) -> BatchFuture<R, ReplicaError>;
 
@@ -444,18 +515,8 @@ pub struct Replicas {
 impl Replicas {
     pub fn new(io: ReplicaIo) -> Self {
         Replicas {
-            applies: io
-                .cfg
-                .nodes
-                .keys()
-                .map(|n| (n.clone(), OnceLock::new()))
-                .collect(),
-            reads: io
-                .cfg
-                .nodes
-                .keys()
-                .map(|n| (n.clone(), OnceLock::new()))
-                .collect(),
+            applies: Mutex::default(),
+            reads: Mutex::default(),
             io: Arc::new(io),
         }
     }
@@ -511,22 +572,28 @@ impl Replicas {
     }
 
     /// The coalescer towards `node`, started on first use (it needs a
-    /// running tokio runtime); `None` for a node outside the cluster.
-    fn coalescer<'a, T: Send + 'static, R: Send + 'static>(
+    /// running tokio runtime); `None` for a node outside the topology.
+    fn coalescer<T: Send + 'static, R: Send + 'static>(
         &self,
-        slots: &'a Slots<T, R>,
+        slots: &Slots<T, R>,
         node: &str,
         limits: BatchLimits,
         weight: fn(&T) -> usize,
         direct: Direct<T, R>,
-    ) -> Option<&'a Coalescer<T, R, ReplicaError>> {
-        let slot = slots.get(node)?;
-        Some(slot.get_or_init(|| {
-            let (io, node) = (Arc::clone(&self.io), node.to_owned());
-            Coalescer::start(limits, weight, move |items| {
-                direct(Arc::clone(&io), node.clone(), items)
-            })
-        }))
+    ) -> Option<Arc<Coalescer<T, R, ReplicaError>>> {
+        let mut slots = lock(slots);
+        if let Some(c) = slots.get(node) {
+            return Some(Arc::clone(c));
+        }
+        if !self.io.view().topology.nodes.contains_key(node) {
+            return None;
+        }
+        let (io, target) = (Arc::clone(&self.io), node.to_owned());
+        let c = Arc::new(Coalescer::start(limits, weight, move |items| {
+            direct(Arc::clone(&io), target.clone(), items)
+        }));
+        slots.insert(node.to_owned(), Arc::clone(&c));
+        Some(c)
     }
 
     /// Calls the `/health` of every peer (or, with `only_unhealthy`, of every

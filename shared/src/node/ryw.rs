@@ -91,7 +91,8 @@ impl Coordinator {
     /// `key`, as data or as a hint (versions beyond the drift bound left out).
     async fn find_at_least(self: &Arc<Self>, key: &str, min: &Version) -> Option<Record> {
         let mut asks = JoinSet::new();
-        for node in self.cfg.nodes.keys().cloned() {
+        let nodes: Vec<String> = self.view().topology.nodes.keys().cloned().collect();
+        for node in nodes {
             let this = Arc::clone(self);
             let key = key.to_owned();
             asks.spawn(async move {

@@ -70,7 +70,8 @@ impl Node {
     /// Redis (absent where nothing was written or Redis did not answer).
     pub async fn heartbeat_marks(&self) -> BTreeMap<String, HeartbeatMark> {
         let mut marks = BTreeMap::new();
-        for id in self.cfg.nodes.keys() {
+        let view = self.view();
+        for id in view.topology.nodes.keys() {
             let status = self.store().get_plain(&status_key(id)).await.ok().flatten();
             let seen = self
                 .store()
@@ -87,7 +88,8 @@ impl Node {
     /// Hints this node keeps, per owner (0 where Redis did not answer).
     pub async fn hints_held(&self) -> BTreeMap<String, u64> {
         let mut held = BTreeMap::new();
-        for id in self.cfg.nodes.keys() {
+        let view = self.view();
+        for id in view.topology.nodes.keys() {
             let count = self
                 .store()
                 .count_in(&Space::Hints(id.clone()))
@@ -100,7 +102,8 @@ impl Node {
 
     /// The ring's shares, and its owners sampled at [`RING_ARCS_SHOWN`] points.
     pub fn ring_picture(&self) -> RingPicture {
-        let ring = self.ring();
+        let view = self.view();
+        let ring = view.placement.ring();
         let shares = ring.nodes().iter().cloned().zip(ring.ownership()).collect();
         let arc = (1u128 << 64) / RING_ARCS_SHOWN as u128;
         let arcs = (0..RING_ARCS_SHOWN as u128)
@@ -209,8 +212,9 @@ impl Coordinator {
         let now = now_ms();
         let marks = self.heartbeat_marks().await;
         let states = self.peer_states();
-        let peers = self
-            .cfg
+        let view = self.view();
+        let peers = view
+            .topology
             .nodes
             .keys()
             .map(|id| {
@@ -262,7 +266,8 @@ impl Coordinator {
     pub async fn cluster_status(&self, own_requests: RequestSeries) -> ClusterStatus {
         let io = &self.replicas.io;
         let me = self.cfg.node_id.as_str();
-        let calls = self.cfg.nodes.keys().filter(|id| *id != me).map(|id| async move {
+        let view = self.view();
+        let calls = view.topology.nodes.keys().filter(|id| *id != me).map(|id| async move {
             let started = Instant::now();
             let answer = io.tracked(id, io.peers.status(id)).await;
             let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -288,8 +293,8 @@ impl Coordinator {
         let own = self.status(own_requests).await;
         let own_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         answers.insert(me.to_owned(), (own_ms, Ok(own)));
-        let nodes = self
-            .cfg
+        let nodes = view
+            .topology
             .nodes
             .iter()
             .map(|(id, url)| {
@@ -312,7 +317,7 @@ impl Coordinator {
         ClusterStatus {
             node: me.to_owned(),
             now_ms: now_ms(),
-            replication_factor: self.cfg.replication_factor,
+            replication_factor: self.cfg.replication_factor.min(view.placement.ring().len()),
             ring: self.ring_picture(),
             nodes,
         }

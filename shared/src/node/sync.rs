@@ -13,9 +13,10 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use super::members::View;
 use super::stats::Stats;
 use super::{CoordError, Coordinator, Node};
 use crate::clock::{lock, now_ms};
@@ -34,7 +35,7 @@ pub const RESTORE_RETRY_FIRST_MS: u64 = 1_000;
 pub const RESTORE_RETRY_MAX_MS: u64 = 60_000;
 
 /// Per-peer outcome of an anti-entropy exchange.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RestorePeerReport {
     pub node: String,
     /// Records both nodes should hold, as summarised here and on the peer.
@@ -56,7 +57,7 @@ pub struct RestorePeerReport {
 }
 
 /// Outcome of pulling this node's data from its peers.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RestoreReport {
     pub node: String,
     pub leaves_differing: u64,
@@ -118,11 +119,14 @@ pub enum RestoreState {
 }
 
 /// Which leaves each peer shares with this node, computed once per peer
-/// from the (immutable) ring.
+/// and topology epoch.
 #[derive(Default)]
 pub struct SharingCache {
-    tables: Mutex<BTreeMap<String, Arc<Vec<Sharing>>>>,
+    tables: Mutex<BTreeMap<String, EpochTable>>,
 }
+
+/// A peer's sharing table and the topology epoch it was computed for.
+type EpochTable = (u64, Arc<Vec<Sharing>>);
 
 /// Approximate bytes of a record on the wire: key, version and value.
 fn record_bytes(kr: &KeyedRecord) -> usize {
@@ -134,32 +138,31 @@ impl Node {
     /// hold and that differ, by comparing hash trees (anti-entropy).
     pub async fn restore(&self, from: Option<String>) -> Result<RestoreReport, CoordError> {
         let sources: Vec<String> = match from {
-            Some(node) if node != self.cfg.node_id && self.cfg.nodes.contains_key(&node) => {
-                vec![node]
-            }
+            Some(node) if self.peer_ids().contains(&node) => vec![node],
             Some(node) => return Err(CoordError::UnknownNode(node)),
             None => self.peer_ids(),
         };
-        self.restore_from(&sources).await
+        self.restore_paced(&sources, None).await
     }
 
+    /// Every other node of the topology (owners now or next).
     pub(super) fn peer_ids(&self) -> Vec<String> {
-        self.cfg
-            .nodes
-            .keys()
-            .filter(|n| **n != self.cfg.node_id)
-            .cloned()
-            .collect()
+        self.view().topology.peers_of(&self.cfg.node_id)
     }
 
-    async fn restore_from(&self, sources: &[String]) -> Result<RestoreReport, CoordError> {
+    /// [`Node::restore`] from `sources`, at most `bytes_per_s` when given.
+    pub(super) async fn restore_paced(
+        &self,
+        sources: &[String],
+        bytes_per_s: Option<u64>,
+    ) -> Result<RestoreReport, CoordError> {
         let started = now_ms();
         let mut report = RestoreReport {
             node: self.cfg.node_id.clone(),
             ..RestoreReport::default()
         };
         for source in sources {
-            report.add(self.sync_from(source).await?);
+            report.add(self.sync_paced(source, bytes_per_s).await?);
         }
         report.elapsed_ms = now_ms().saturating_sub(started);
         Stats::add(&self.stats.anti_entropy_runs, 1);
@@ -167,18 +170,17 @@ impl Node {
         Ok(report)
     }
 
-    /// Which leaves `peer` shares with this node (cached per peer).
-    fn sharing_with(&self, peer: &str) -> Arc<Vec<Sharing>> {
-        if let Some(table) = lock(&self.sharing.tables).get(peer) {
+    /// Which leaves `peer` shares with this node in `view` (cached per
+    /// peer and epoch).
+    fn sharing_with(&self, view: &View, peer: &str) -> Arc<Vec<Sharing>> {
+        let epoch = view.topology.epoch;
+        if let Some((at, table)) = lock(&self.sharing.tables).get(peer)
+            && *at == epoch
+        {
             return Arc::clone(table);
         }
-        let table = Arc::new(sharing_table(
-            &self.ring,
-            self.cfg.replication_factor,
-            &self.cfg.node_id,
-            peer,
-        ));
-        lock(&self.sharing.tables).insert(peer.to_owned(), Arc::clone(&table));
+        let table = Arc::new(sharing_table(&view.placement, &self.cfg.node_id, peer));
+        lock(&self.sharing.tables).insert(peer.to_owned(), (epoch, Arc::clone(&table)));
         table
     }
 
@@ -186,7 +188,8 @@ impl Node {
     /// should hold: the stored leaves that `peer` wholly shares, and the
     /// partly shared leaves digested from their shared records.
     pub async fn shared_tree(&self, peer: &str) -> Result<Tree, StoreError> {
-        let sharing = self.sharing_with(peer);
+        let view = self.view();
+        let sharing = self.sharing_with(&view, peer);
         let mut whole = Vec::new();
         let mut part = Vec::new();
         for (leaf, value) in self.store().tree().await? {
@@ -197,11 +200,10 @@ impl Node {
             }
         }
         let mut tree = Tree::from_leaves(whole);
-        let n = self.cfg.replication_factor;
         let me = self.cfg.node_id.as_str();
         for records in self.store().leaf_records(&part).await? {
             for (key, record) in records {
-                if shared_by(&self.ring, n, &key, me, peer) {
+                if shared_by(&view.placement, &key, me, peer) {
                     tree.add(&key, &record.version);
                 }
             }
@@ -240,8 +242,8 @@ impl Node {
         leaves: &[u16],
         cursor: u64,
     ) -> Result<(Vec<KeyedRecord>, u64), StoreError> {
-        let sharing = self.sharing_with(peer);
-        let n = self.cfg.replication_factor;
+        let view = self.view();
+        let sharing = self.sharing_with(&view, peer);
         let me = self.cfg.node_id.as_str();
         let mut index = usize::try_from(cursor).unwrap_or(usize::MAX);
         let mut out = Vec::new();
@@ -262,7 +264,7 @@ impl Node {
                 }
                 for (key, record) in records.next().into_iter().flatten() {
                     if sharing[usize::from(*leaf)] == Sharing::Part
-                        && !shared_by(&self.ring, n, &key, me, peer)
+                        && !shared_by(&view.placement, &key, me, peer)
                     {
                         continue;
                     }
@@ -287,6 +289,17 @@ impl Node {
     /// the leaves under those that differ, then page through the peer's
     /// records of the differing leaves and store the newer ones.
     pub async fn sync_from(&self, peer: &str) -> Result<RestorePeerReport, CoordError> {
+        self.sync_paced(peer, None).await
+    }
+
+    /// [`Node::sync_from`], pausing between pages so that the records
+    /// received stay under `bytes_per_s` on average, when given.
+    async fn sync_paced(
+        &self,
+        peer: &str,
+        bytes_per_s: Option<u64>,
+    ) -> Result<RestorePeerReport, CoordError> {
+        let started = std::time::Instant::now();
         let mut report = RestorePeerReport {
             node: peer.to_owned(),
             ..RestorePeerReport::default()
@@ -346,8 +359,14 @@ impl Node {
                 for status in io.apply_local(records).await? {
                     match status {
                         ApplyStatus::Stored => report.stored += 1,
-                        ApplyStatus::Unchanged => {}
+                        ApplyStatus::Unchanged | ApplyStatus::NotHeld => {}
                         ApplyStatus::Refused => report.refused += 1,
+                    }
+                }
+                if let Some(rate) = bytes_per_s.filter(|r| *r > 0) {
+                    let due = Duration::from_secs_f64(report.bytes_received as f64 / rate as f64);
+                    if let Some(wait) = due.checked_sub(started.elapsed()) {
+                        tokio::time::sleep(wait).await;
                     }
                 }
                 if next == 0 || next <= cursor {

@@ -156,16 +156,11 @@ impl Coordinator {
         consistency: Consistency,
     ) -> Result<(WriteReport, Option<String>), CoordError> {
         let created_ms = now_ms();
-        // One walk of the ring: the first N nodes are the replicas, the rest
-        // (minus nodes known down) the fallbacks of a sloppy quorum.
-        let mut walk: Vec<String> = self
-            .ring
-            .walk(&key)
-            .into_iter()
-            .map(str::to_owned)
-            .collect();
-        let fallbacks = walk.split_off(self.cfg.replication_factor.min(walk.len()));
-        let replicas = walk;
+        // The replicas (during a membership change, both owner sets, with
+        // W required of each; see `core::topology`), then the fallbacks of
+        // a sloppy quorum in ring order.
+        let set = self.view().placement.write_set(&key, consistency);
+        let (replicas, fallbacks, required) = (set.replicas, set.fallbacks, set.required);
         let io = &self.replicas.io;
         let down = io.believed_down(&replicas);
         let down_fallbacks = io.believed_down(&fallbacks);
@@ -174,7 +169,7 @@ impl Coordinator {
             .filter(|n| !down_fallbacks.contains(n))
             .collect();
         let mut plan = WritePlan::new(WriteInput {
-            required: consistency.required(replicas.len()),
+            required,
             replicas,
             fallbacks,
             me: self.cfg.node_id.clone(),
@@ -216,6 +211,8 @@ impl Coordinator {
                     // replica holds a newer one.
                     Some(ApplyStatus::Unchanged) => Answer::Newer,
                     Some(ApplyStatus::Refused) => Answer::Failed(FailureKind::VersionRefused),
+                    // The replica places keys by another topology epoch.
+                    Some(ApplyStatus::NotHeld) => Answer::Failed(FailureKind::StaleEpoch),
                     None => Answer::Failed(FailureKind::BadAnswer),
                 },
                 Err(error) => {

@@ -302,6 +302,59 @@ impl Store {
         }
     }
 
+    /// Replaces the hash `key`'s `json` field with `json` only when `rank`
+    /// is greater (byte order) than the stored `rank`; whether it did. One
+    /// atomic step, so processes of a node never move it back.
+    pub async fn replace_if_ranked_higher(
+        &self,
+        key: &str,
+        rank: &str,
+        json: &str,
+    ) -> Result<bool, StoreError> {
+        match self {
+            Store::Redis(s) => {
+                let mut conn = s.connection();
+                let replaced: i64 = redis::Script::new(
+                    "local r = redis.call('HGET', KEYS[1], 'rank') \
+                     if r and r >= ARGV[1] then return 0 end \
+                     redis.call('HSET', KEYS[1], 'rank', ARGV[1], 'json', ARGV[2]) \
+                     return 1",
+                )
+                .key(key)
+                .arg(rank)
+                .arg(json)
+                .invoke_async(&mut conn)
+                .await?;
+                Ok(replaced == 1)
+            }
+            Store::Memory(s) => {
+                let mut plain = s.plain.lock().await;
+                let rank_key = format!("{key}#rank");
+                if plain.get(&rank_key).is_some_and(|r| r.as_str() >= rank) {
+                    return Ok(false);
+                }
+                plain.insert(rank_key, rank.to_owned());
+                plain.insert(key.to_owned(), json.to_owned());
+                Ok(true)
+            }
+        }
+    }
+
+    /// The `json` field of a hash written by [`Store::replace_if_ranked_higher`].
+    pub async fn ranked_json(&self, key: &str) -> Result<Option<String>, StoreError> {
+        match self {
+            Store::Redis(s) => {
+                let mut conn = s.connection();
+                Ok(redis::cmd("HGET")
+                    .arg(key)
+                    .arg("json")
+                    .query_async(&mut conn)
+                    .await?)
+            }
+            Store::Memory(s) => Ok(s.plain.lock().await.get(key).cloned()),
+        }
+    }
+
     pub async fn get_plain(&self, key: &str) -> Result<Option<String>, StoreError> {
         match self {
             Store::Redis(s) => {

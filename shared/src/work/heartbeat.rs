@@ -29,7 +29,8 @@ pub struct HeartbeatReport {
 /// Status changes are logged and counted.
 pub async fn heartbeat(local: &Arc<Node>) -> Result<HeartbeatReport, StoreError> {
     let mut probes = JoinSet::new();
-    for node in local.config().nodes.keys().cloned() {
+    let nodes: Vec<String> = local.view().topology.nodes.keys().cloned().collect();
+    for node in nodes {
         let local = Arc::clone(local);
         probes.spawn(async move {
             let up = local.probe(&node).await;

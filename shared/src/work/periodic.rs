@@ -197,6 +197,11 @@ pub async fn run_task(node: &Arc<Node>, task: PeriodicTask) {
             Ok(n) => info!(delivered = n, "hints delivered"),
             Err(error) => warn!(%error, "hint delivery failed"),
         },
+        // A membership change moves data itself (each gaining node pulls
+        // its share, and GC's "every holder" is in flux): both wait for it.
+        PeriodicTask::AntiEntropy | PeriodicTask::Gc if node.view().placement.is_changing() => {
+            info!(?task, "paused while a membership change is in progress");
+        }
         PeriodicTask::AntiEntropy => match node.restore(None).await {
             Ok(report) if report.stored > 0 => info!(
                 stored = report.stored,

@@ -49,6 +49,8 @@ pub async fn run_replicate(node: &Node, job: &ReplicateJob) -> Result<(), JobFai
             job.records.len()
         )));
     }
+    // `NotHeld`: the target no longer holds the key (a membership change
+    // since the write); the write reached the new holders itself.
     let refused: Vec<usize> = statuses
         .iter()
         .enumerate()

@@ -48,6 +48,8 @@ pub enum FailureKind {
     BadAnswer,
     /// The node is not a member of the cluster.
     UnknownNode,
+    /// The node is at a newer topology epoch (this node adopts it).
+    StaleEpoch,
 }
 
 impl FailureKind {
@@ -61,6 +63,7 @@ impl FailureKind {
             FailureKind::VersionRefused => "version_refused",
             FailureKind::BadAnswer => "bad_answer",
             FailureKind::UnknownNode => "unknown_node",
+            FailureKind::StaleEpoch => "stale_epoch",
         }
     }
 
@@ -75,6 +78,7 @@ impl FailureKind {
             FailureKind::VersionRefused => "refused the version (clock skew)",
             FailureKind::BadAnswer => "sent an unreadable answer",
             FailureKind::UnknownNode => "is not a member of the cluster",
+            FailureKind::StaleEpoch => "is at a newer cluster topology; retry",
         }
     }
 }

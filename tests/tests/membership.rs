@@ -1,0 +1,537 @@
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+//! Elastic membership against real processes: a loaded cluster grows from
+//! 3 to 5 nodes and shrinks back to 3 (`POST` / `DELETE /cluster/members`)
+//! while clients write and read at quorum, and every acknowledged write is
+//! checked on its own: none lost, no delete undone, no quorum read older
+//! than a write acknowledged before it began. After each step every key is
+//! on exactly its owners in the new ring, and the bytes moved are compared
+//! with the share the new ring assigns.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use kv_tests::{Cluster, Options, TEST_SECRET, encode, json, wait_for};
+use serde_json::Value;
+use shared::core::topology::{Placement, Topology};
+
+/// Keys loaded before the first step (never changed), and their value size.
+const LOADED_KEYS: usize = 3_000;
+const VALUE_BYTES: usize = 1_000;
+const WRITERS: usize = 4;
+const KEYS_PER_WRITER: usize = 40;
+const READERS: usize = 2;
+
+/// One key's history, written by one writer only (ops in order, seq from 1).
+#[derive(Default, Clone)]
+struct KeyLog {
+    /// `ops[seq - 1]`: whether op `seq` was a delete.
+    deletes: Vec<bool>,
+    /// The highest acknowledged seq (0: none).
+    acked: usize,
+}
+
+impl KeyLog {
+    /// Whether a read answering `seen` (a value's seq, or `None` for 404)
+    /// is allowed once ops up to `floor` were acknowledged.
+    fn allows(&self, floor: usize, seen: Option<usize>) -> bool {
+        match seen {
+            Some(seq) => seq >= floor && seq <= self.deletes.len() && !self.deletes[seq - 1],
+            // Missing: nothing acknowledged yet, or a delete at or after the floor.
+            None => floor == 0 || self.deletes[floor - 1..].iter().any(|d| *d),
+        }
+    }
+}
+
+/// A client operation's outcome, for error rates and latency per step.
+struct Sample {
+    at: Instant,
+    ms: f64,
+    ok: bool,
+}
+
+/// What the client tasks share with the test.
+struct Load {
+    logs: Mutex<BTreeMap<String, KeyLog>>,
+    samples: Mutex<Vec<Sample>>,
+    violations: Mutex<Vec<String>>,
+    /// Nodes clients talk to (members only; a leaving node is drained first).
+    targets: RwLock<Vec<String>>,
+    stop: AtomicBool,
+    /// Held while a step's placement check runs: clients wait.
+    pause: tokio::sync::RwLock<()>,
+}
+
+fn value_seq(body: &Value) -> Option<usize> {
+    body["value"]["seq"].as_u64().map(|s| s as usize)
+}
+
+async fn writer(load: Arc<Load>, w: usize) {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .no_proxy()
+        .build()
+        .unwrap();
+    let mut n = 0usize;
+    while !load.stop.load(Ordering::Relaxed) {
+        let _running = load.pause.read().await;
+        n += 1;
+        let key = format!("w{w}-{}", n % KEYS_PER_WRITER);
+        let delete = n.is_multiple_of(7);
+        let seq = {
+            let mut logs = load.logs.lock().unwrap();
+            let log = logs.entry(key.clone()).or_default();
+            log.deletes.push(delete);
+            log.deletes.len()
+        };
+        let target = {
+            let targets = load.targets.read().unwrap();
+            targets[n % targets.len()].clone()
+        };
+        let url = format!("{target}/kv/?key={}&consistency=quorum", encode(&key));
+        let started = Instant::now();
+        let sent = if delete {
+            http.delete(&url).send().await
+        } else {
+            http.put(&url)
+                .json(&json!({"key": key, "value": {"w": w, "seq": seq}}))
+                .send()
+                .await
+        };
+        let ok = matches!(&sent, Ok(r) if r.status().is_success() || (delete && r.status() == 404));
+        if ok {
+            let mut logs = load.logs.lock().unwrap();
+            let log = logs.get_mut(&key).unwrap();
+            log.acked = log.acked.max(seq);
+        }
+        load.samples.lock().unwrap().push(Sample {
+            at: started,
+            ms: started.elapsed().as_secs_f64() * 1e3,
+            ok,
+        });
+    }
+}
+
+async fn reader(load: Arc<Load>, r: usize) {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .no_proxy()
+        .build()
+        .unwrap();
+    let mut n = r * 7;
+    while !load.stop.load(Ordering::Relaxed) {
+        let _running = load.pause.read().await;
+        n += 1;
+        let key = format!("w{}-{}", n % WRITERS, n % KEYS_PER_WRITER);
+        let floor = load.logs.lock().unwrap().get(&key).map_or(0, |l| l.acked);
+        let target = {
+            let targets = load.targets.read().unwrap();
+            targets[n % targets.len()].clone()
+        };
+        let url = format!("{target}/kv/?key={}&consistency=quorum", encode(&key));
+        let started = Instant::now();
+        let answer = match http.get(&url).send().await {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let body: Value = resp.json().await.unwrap_or(Value::Null);
+                Some((status, body))
+            }
+            Err(_) => None,
+        };
+        let ok = matches!(answer, Some((200 | 404, _)));
+        load.samples.lock().unwrap().push(Sample {
+            at: started,
+            ms: started.elapsed().as_secs_f64() * 1e3,
+            ok,
+        });
+        let Some((status @ (200 | 404), body)) = answer else {
+            continue;
+        };
+        let seen = if status == 200 {
+            value_seq(&body)
+        } else {
+            None
+        };
+        let logs = load.logs.lock().unwrap();
+        let log = logs.get(&key).cloned().unwrap_or_default();
+        if !log.allows(floor, seen) {
+            load.violations.lock().unwrap().push(format!(
+                "stale strict read of {key} from {target}: saw {seen:?}, acknowledged up to {floor}"
+            ));
+        }
+    }
+}
+
+impl Load {
+    fn start(c: &Cluster) -> (Arc<Load>, Vec<tokio::task::JoinHandle<()>>) {
+        let load = Arc::new(Load {
+            logs: Mutex::default(),
+            samples: Mutex::default(),
+            violations: Mutex::default(),
+            targets: RwLock::new((0..c.nodes.len()).map(|i| c.url(i)).collect()),
+            stop: AtomicBool::default(),
+            pause: tokio::sync::RwLock::default(),
+        });
+        let mut tasks = Vec::new();
+        for w in 0..WRITERS {
+            tasks.push(tokio::spawn(writer(Arc::clone(&load), w)));
+        }
+        for r in 0..READERS {
+            tasks.push(tokio::spawn(reader(Arc::clone(&load), r)));
+        }
+        (load, tasks)
+    }
+
+    /// Error rate and p99 (ms) of the client operations started in `since..until`.
+    fn window(&self, since: Instant, until: Instant) -> (usize, f64, f64) {
+        let samples = self.samples.lock().unwrap();
+        let mut ms: Vec<f64> = Vec::new();
+        let mut errors = 0usize;
+        for s in samples.iter().filter(|s| s.at >= since && s.at < until) {
+            ms.push(s.ms);
+            if !s.ok {
+                errors += 1;
+            }
+        }
+        ms.sort_by(f64::total_cmp);
+        let p99 = ms
+            .get((ms.len() * 99 / 100).min(ms.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0.0);
+        let rate = if ms.is_empty() {
+            0.0
+        } else {
+            errors as f64 / ms.len() as f64
+        };
+        (ms.len(), rate, p99)
+    }
+}
+
+async fn admin(
+    c: &Cluster,
+    via: usize,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = c
+        .http
+        .request(method, format!("{}{path}", c.url(via)))
+        .header("x-kv-cluster-secret", TEST_SECRET);
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    kv_tests::read_json(req.send().await.unwrap()).await
+}
+
+/// Waits until the change driven by node `via` is done; returns its progress.
+async fn change_done(c: &Cluster, via: usize) -> Value {
+    wait_for(
+        "the membership change to finish",
+        Duration::from_secs(240),
+        || async {
+            let (status, body) = c
+                .request(reqwest::Method::GET, via, "/cluster/members", None)
+                .await;
+            assert_eq!(status, 200, "{body}");
+            let change = body["change"].clone();
+            assert_ne!(change["state"], "abandoned", "{body}");
+            (change["state"] == "done").then_some(body)
+        },
+    )
+    .await
+}
+
+/// Bytes of a record as the pulls count them (key, version, value).
+fn record_bytes(key: &str, value: &Value) -> u64 {
+    (key.len() + 32 + value.to_string().len()) as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_loaded_cluster_grows_to_five_and_shrinks_to_three_under_load() {
+    let mut c = Cluster::start(Options {
+        workers: 1,
+        ..Options::default()
+    })
+    .await;
+    // The load: keys that never change, through batches.
+    let pad = "x".repeat(VALUE_BYTES);
+    let mut loaded_bytes = 0u64;
+    for chunk in (0..LOADED_KEYS).collect::<Vec<_>>().chunks(100) {
+        let ops: Vec<Value> = chunk
+            .iter()
+            .map(
+                |k| json!({"op": "put", "key": format!("load-{k}"), "value": {"k": k, "pad": pad}}),
+            )
+            .collect();
+        for k in chunk {
+            loaded_bytes += record_bytes(&format!("load-{k}"), &json!({"k": k, "pad": pad}));
+        }
+        let (status, body) = c
+            .request(
+                reqwest::Method::POST,
+                0,
+                "/kv/batch",
+                Some(json!({ "ops": ops })),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (load, tasks) = Load::start(&c);
+    // A non-member refuses client requests; a bad join is refused whole.
+    let n4 = c.add_node().await;
+    let (status, body) = c.get(n4, "load-1").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("not_a_member")),
+        "{body}"
+    );
+    for (bad, code) in [
+        (json!({"id": "node4"}), "bad_member"),
+        (
+            json!({"id": "no de", "url": "http://127.0.0.1:1"}),
+            "bad_member",
+        ),
+        (json!({"id": "node9", "url": "ftp://x"}), "bad_member"),
+        (json!({"id": "node1", "url": c.url(0)}), "already_member"),
+    ] {
+        let (status, body) = admin(
+            &c,
+            0,
+            reqwest::Method::POST,
+            "/cluster/members",
+            Some(bad.clone()),
+        )
+        .await;
+        assert_eq!(body["error"]["code"], code, "{bad}: {status} {body}");
+    }
+    let (status, _) = c
+        .request(
+            reqwest::Method::POST,
+            0,
+            "/cluster/members",
+            Some(json!({"id": "node4", "url": c.url(n4)})),
+        )
+        .await;
+    assert_eq!(status, 403, "a join needs the cluster secret");
+
+    let mut report = Vec::new();
+    let steps: Vec<(&str, usize)> = vec![("join", 3), ("join", 4), ("leave", 1), ("leave", 3)];
+    let mut members: BTreeSet<usize> = [0, 1, 2].into();
+    for (step, (kind, index)) in steps.into_iter().enumerate() {
+        let index = if kind == "join" && index >= c.nodes.len() {
+            c.add_node().await
+        } else {
+            index
+        };
+        let id = c.nodes[index].id.clone();
+        // The driving node: a member that stays.
+        let via = *members.iter().find(|m| **m != index).unwrap();
+        if kind == "leave" {
+            // Drain client traffic from the leaving node first, as an operator would.
+            members.remove(&index);
+            *load.targets.write().unwrap() = members.iter().map(|i| c.url(*i)).collect();
+        }
+        let started = Instant::now();
+        let (status, body) = if kind == "join" {
+            admin(
+                &c,
+                via,
+                reqwest::Method::POST,
+                "/cluster/members",
+                Some(json!({"id": id, "url": c.url(index)})),
+            )
+            .await
+        } else {
+            admin(
+                &c,
+                via,
+                reqwest::Method::DELETE,
+                &format!("/cluster/members/{id}"),
+                None,
+            )
+            .await
+        };
+        assert_eq!(status, 202, "{kind} {id}: {body}");
+        let planned: BTreeMap<String, f64> =
+            serde_json::from_value(body["planned"].clone()).unwrap();
+        // A second change while one runs is refused.
+        let (status, again) = admin(
+            &c,
+            via,
+            reqwest::Method::DELETE,
+            "/cluster/members/node99",
+            None,
+        )
+        .await;
+        assert_eq!(
+            (status, again["error"]["code"].as_str()),
+            (409, Some("change_in_progress")),
+            "{again}"
+        );
+        let done = change_done(&c, via).await;
+        let elapsed = started.elapsed();
+        let (ops, error_rate, p99) = load.window(started, Instant::now());
+        if kind == "join" {
+            members.insert(index);
+            *load.targets.write().unwrap() = members.iter().map(|i| c.url(*i)).collect();
+        }
+        // Every node now follows the same stable topology.
+        let epoch = done["epoch"].as_u64().unwrap();
+        let mut topology: Option<Topology> = None;
+        for i in &members {
+            let (_, view) = c
+                .request(reqwest::Method::GET, *i, "/cluster/members", None)
+                .await;
+            assert_eq!(
+                view["epoch"].as_u64(),
+                Some(epoch),
+                "node{} epoch: {view}",
+                i + 1
+            );
+            assert_eq!(view["phase"], "stable", "{view}");
+            let ids: BTreeSet<String> = view["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["id"].as_str().unwrap().to_owned())
+                .collect();
+            let expected: BTreeSet<String> =
+                members.iter().map(|m| c.nodes[*m].id.clone()).collect();
+            assert_eq!(ids, expected, "{view}");
+            if topology.is_none() {
+                let (_, t) = admin(&c, *i, reqwest::Method::GET, "/internal/topology", None).await;
+                topology = Some(serde_json::from_value(t).unwrap());
+            }
+        }
+        let placement = Placement::new(&topology.unwrap(), 128, 3);
+        // Pause the clients and check placement: every key on exactly its
+        // owners (replication jobs may still be landing: poll).
+        let guard = load.pause.write().await;
+        let all_nodes: Vec<usize> = members.iter().copied().collect();
+        // A node that left holds nothing any more (its cleanup ran) and
+        // answers client requests with 503 `not_a_member`.
+        for gone in (0..c.nodes.len()).filter(|i| !members.contains(i) && c.api_running(*i)) {
+            let (status, body) = c.get(gone, "load-1").await;
+            assert_eq!(
+                (status, body["error"]["code"].as_str()),
+                (503, Some("not_a_member")),
+                "{body}"
+            );
+            wait_for(
+                "a node that left to hold no record",
+                Duration::from_secs(30),
+                || async {
+                    let view = c.cluster_view(gone).await;
+                    (view["records"] == 0).then_some(())
+                },
+            )
+            .await;
+        }
+        wait_for(
+            &format!("every key on exactly its owners after step {step}"),
+            Duration::from_secs(60),
+            || async {
+                let mut held: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+                for i in &all_nodes {
+                    for key in c.snapshot(*i).await.keys() {
+                        held.entry(key.clone())
+                            .or_default()
+                            .insert(c.nodes[*i].id.clone());
+                    }
+                }
+                let wrong: Vec<String> = held
+                    .iter()
+                    .filter(|(key, on)| {
+                        let owners: BTreeSet<String> = placement
+                            .holders(key)
+                            .into_iter()
+                            .map(str::to_owned)
+                            .collect();
+                        **on != owners
+                    })
+                    .map(|(key, on)| format!("{key} on {on:?}"))
+                    .take(5)
+                    .collect();
+                let loaded = held.keys().filter(|k| k.starts_with("load-")).count();
+                (wrong.is_empty() && loaded == LOADED_KEYS)
+                    .then_some(())
+                    .or_else(|| {
+                        eprintln!(
+                            "step {step}: {} misplaced (e.g. {wrong:?}), {loaded} loaded keys held",
+                            wrong.len()
+                        );
+                        None
+                    })
+            },
+        )
+        .await;
+        drop(guard);
+        let moves = &done["change"]["moves"];
+        let moved: u64 = moves
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|m| m["bytes"].as_u64().unwrap_or(0))
+            .sum();
+        let share: f64 = planned.values().sum();
+        let ideal = share * loaded_bytes as f64;
+        let line = format!(
+            "step {step}: {kind} {id}: {:.1} s, moved {moved} B for an ideal {ideal:.0} B (x{:.2}; planned share {share:.3}), clients: {ops} ops, error rate {:.2}%, p99 {p99:.1} ms",
+            elapsed.as_secs_f64(),
+            moved as f64 / ideal.max(1.0),
+            error_rate * 100.0
+        );
+        eprintln!("{line}");
+        // A leave moves the leaving node's share to the others; a join
+        // the new node's. Either way close to the minimum (the changing
+        // writes and whole hash-tree leaves add a little).
+        assert!(moved as f64 >= ideal * 0.8, "{line}");
+        assert!(moved as f64 <= ideal * 1.6 + 200_000.0, "{line}");
+        report.push(line);
+    }
+    load.stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // Every acknowledged write on its own: a quorum read of each key now.
+    let logs = load.logs.lock().unwrap().clone();
+    let via = *members.iter().next().unwrap();
+    let mut checked = 0;
+    for (key, log) in &logs {
+        let (status, body) = c.get_with(via, key, "quorum").await;
+        assert!(status == 200 || status == 404, "{key}: {status} {body}");
+        let seen = if status == 200 {
+            value_seq(&body)
+        } else {
+            None
+        };
+        assert!(
+            log.allows(log.acked, seen),
+            "{key}: lost or resurrected: saw {seen:?}, acknowledged up to {}",
+            log.acked
+        );
+        checked += 1;
+    }
+    for k in (0..LOADED_KEYS).step_by(7) {
+        let (status, body) = c.get_with(via, &format!("load-{k}"), "quorum").await;
+        assert_eq!(
+            (status, body["value"]["k"].as_u64()),
+            (200, Some(k as u64)),
+            "load-{k}"
+        );
+    }
+    let violations = load.violations.lock().unwrap().clone();
+    let (ops, rate, p99) = load.window(Instant::now() - Duration::from_secs(3600), Instant::now());
+    eprintln!(
+        "{checked} keys checked; {ops} client ops, error rate {:.2}%, p99 {p99:.1} ms; violations: {}",
+        rate * 100.0,
+        violations.len()
+    );
+    for line in &report {
+        eprintln!("{line}");
+    }
+    assert!(violations.is_empty(), "{violations:?}");
+}
