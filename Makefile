@@ -2,7 +2,7 @@
 
 # Nodes of the `make run` cluster (node1..nodeN on ports 8001.., Redis 6381..).
 NODES ?= 3
-.PHONY: run node-stop node-start status build release test lint fmt clean-cluster compose-up compose-test bench chaos schemathesis fuzz scale
+.PHONY: run node-stop node-start node-add node-remove status build release test lint fmt clean-cluster compose-up compose-test bench chaos schemathesis fuzz scale
 
 CARGO ?= cargo
 # Where cargo puts its builds (CARGO_TARGET_DIR when set, as cargo does).
@@ -24,6 +24,14 @@ node-stop:
 
 node-start:
 	@./scripts/run-cluster.sh node-start $(or $(NODE),$(error NODE is required, e.g. make node-start NODE=node2))
+
+# Grow the running `make run` cluster by one node (next id and ports), or
+# make a node leave it; each waits until the data has moved.
+node-add:
+	@./scripts/run-cluster.sh node-add
+
+node-remove:
+	@./scripts/run-cluster.sh node-remove $(or $(NODE),$(error NODE is required, e.g. make node-remove NODE=node4))
 
 # The running cluster's processes.
 status:

@@ -9,6 +9,11 @@
 #   run-cluster.sh node-start NODE  start what of NODE is not running (API,
 #                                   workers, and its Redis if that died) with
 #                                   the same configuration and data
+#   run-cluster.sh node-add         start one more node (next id and ports) and
+#                                   join it to the running cluster; waits until
+#                                   it holds its share (POST /cluster/members)
+#   run-cluster.sh node-remove NODE make NODE leave the cluster (its data moves
+#                                   to the others), then stop its API and workers
 #   run-cluster.sh status           every process of the running cluster
 #   run-cluster.sh preflight        exit 1, saying so, if a cluster runs already
 #
@@ -60,6 +65,7 @@ REDIS_START_WAIT=100   # a Redis answering PING
 API_START_WAIT=200     # an API answering /health
 STOP_WAIT_S=15         # SIGTERM → SIGKILL (workers finish jobs for 10 s)
 CONTROL_WAIT=600       # node-stop / node-start waiting for their effect
+CHANGE_WAIT=1200       # node-add / node-remove waiting for the data to move (half-seconds)
 
 lock="$cluster_dir/supervisor.lock"
 pidfile="$cluster_dir/supervisor.pid"
@@ -165,6 +171,77 @@ client() {
   die "$node did not answer $url/health within $((CONTROL_WAIT / 10)) s; see $cluster_dir/$node/api.log"
 }
 
+# The cluster secret the nodes were started with (KV_CLUSTER_SECRET, from
+# the environment or the .env file), for membership requests.
+cluster_secret() {
+  local secret="${KV_CLUSTER_SECRET:-}"
+  if [ -z "$secret" ] && [ -n "$env_file" ] && [ -f "$env_file" ]; then
+    secret="$(sed -n 's/^KV_CLUSTER_SECRET=//p' "$env_file" | tail -n 1 | tr -d '"'"'"'')"
+  fi
+  echo "${secret:-kv-dev-cluster-secret}"
+}
+
+# A running node that is a member, other than $1: its URL.
+member_url() {
+  local i url
+  for i in "${!nodes[@]}"; do
+    [ "${nodes[$i]}" = "${1:-}" ] && continue
+    url="http://127.0.0.1:$(api_port "$i")"
+    curl -fsS -m 2 "$url/health" 2>/dev/null | grep -q '"member":true' && { echo "$url"; return 0; }
+  done
+  return 1
+}
+
+# Waits (bounded) until the change driven by $1 is done; says how it went.
+wait_change() {
+  local url=$1 n body
+  for ((n = 0; n < CHANGE_WAIT; n++)); do
+    body="$(curl -fsS -m 2 "$url/cluster/members" 2>/dev/null || true)"
+    if grep -q '"state":"done"' <<<"$body"; then echo "done: $body"; return 0; fi
+    grep -q '"state":"abandoned"' <<<"$body" && die "the change was abandoned: $body"
+    sleep 0.5
+  done
+  die "the change did not finish within $((CHANGE_WAIT / 2)) s; see GET $url/cluster/members"
+}
+
+membership() {
+  local cmd=$1 node=${2:-} url secret
+  read_ports
+  supervisor_running || die "no local cluster is running in $cluster_dir (start one with make run)"
+  secret="$(cluster_secret)"
+  if [ "$cmd" = add ]; then
+    local before=$node_count n
+    send_control "add -"
+    for ((n = 0; n < CONTROL_WAIT; n++)); do
+      read_ports
+      (( node_count > before )) && break
+      sleep 0.1
+    done
+    (( node_count > before )) || die "the supervisor did not start a new node; see its terminal"
+    local i=$((node_count - 1)); node="${nodes[$i]}"
+    local new_url="http://127.0.0.1:$(api_port "$i")"
+    for ((n = 0; n < CONTROL_WAIT; n++)); do
+      curl -fsS -m 1 "$new_url/health" >/dev/null 2>&1 && break
+      sleep 0.1
+    done
+    url="$(member_url "$node")" || die "no member of the cluster answers"
+    echo "$node started at $new_url; joining it through $url"
+    curl -fsS -m 10 -X POST -H "x-kv-cluster-secret: $secret" -H 'content-type: application/json' \
+      -d "{\"id\":\"$node\",\"url\":\"$new_url\"}" "$url/cluster/members" >/dev/null \
+      || die "the join was refused: curl -X POST $url/cluster/members (see its answer)"
+    wait_change "$url"
+    return 0
+  fi
+  [ -n "$node" ] || die "usage: $0 node-remove NODE (one of ${nodes[*]})"
+  node_index "$node" >/dev/null || die "unknown node '$node' (one of ${nodes[*]})"
+  url="$(member_url "$node")" || die "no other member of the cluster answers"
+  echo "$node leaves the cluster through $url"
+  curl -fsS -m 10 -X DELETE -H "x-kv-cluster-secret: $secret" "$url/cluster/members/$node" >/dev/null \
+    || die "the leave was refused: curl -X DELETE $url/cluster/members/$node (see its answer)"
+  wait_change "$url"
+  client stop "$node"
+}
+
 status() {
   supervisor_running || { echo "no local cluster is running in $cluster_dir"; return 1; }
   read_ports
@@ -185,8 +262,10 @@ case "${1:-run}" in
   preflight) supervisor_running && already_running; exit 0 ;;
   node-stop) client stop "${2:-}"; exit ;;
   node-start) client start "${2:-}"; exit ;;
+  node-add) membership add; exit ;;
+  node-remove) membership remove "${2:-}"; exit ;;
   status) status; exit ;;
-  *) die "usage: $0 [run | node-stop NODE | node-start NODE | status | preflight]" ;;
+  *) die "usage: $0 [run | node-stop NODE | node-start NODE | node-add | node-remove NODE | status | preflight]" ;;
 esac
 
 # ---- run: the supervisor ----------------------------------------------------
@@ -238,6 +317,8 @@ if [ -n "$env_file" ] && [ -f "$env_file" ]; then
   set +a
 fi
 
+# Nodes beyond the first ones were added to a running cluster (they join).
+first_count=$node_count
 peers=""
 for i in "${!nodes[@]}"; do peers+="${peers:+,}${nodes[$i]}=http://127.0.0.1:$(api_port "$i")"; done
 
@@ -314,6 +395,26 @@ node_env() {
   local i=$1
   node_cmd=(env -u REDIS_URL KV_NODE_ID="${nodes[$i]}" KV_PEERS="$peers" REDIS_HOST=127.0.0.1
     REDIS_PORT="$(redis_port "$i")" REDIS_PASSWORD="$REDIS_PASSWORD")
+  # A node added to the running cluster starts outside it and joins
+  # (after a restart it resumes the topology its Redis keeps).
+  if (( i >= first_count )); then
+    node_cmd+=(KV_JOIN=1 KV_PEERS="$peers,${nodes[$i]}=http://127.0.0.1:$(api_port "$i")")
+  fi
+}
+
+# One more node (node_count+1) on the next ports, started to join.
+add_node() {
+  (( node_count < NODES_MAX )) || { say "node-add: at most $NODES_MAX nodes"; return; }
+  local i=$node_count
+  local p
+  for p in "$(api_port "$i")" "$(redis_port "$i")"; do
+    port_open "$p" && { say "node-add: port $p is in use by another program"; return; }
+  done
+  node_count=$((node_count + 1))
+  set_nodes
+  echo "$api_base $redis_base $workers $node_count" >"$ports"
+  say "node-add: starting ${nodes[$i]} on http://127.0.0.1:$(api_port "$i") (it joins the cluster)"
+  start_node "$i" || say "node-add: ${nodes[$i]} did not start"
 }
 
 start_api() {
@@ -405,6 +506,7 @@ reap() {
 # One request from the FIFO: "stop NODE" or "start NODE".
 handle() {
   local cmd=$1 node=${2:-} i
+  [ "$cmd" = add ] && { add_node; return; }
   i="$(node_index "$node")" || { say "ignored request '$cmd $node': unknown node"; return; }
   case "$cmd" in
     stop)
@@ -416,6 +518,7 @@ handle() {
     start)
       starting[$node]=1
       ;;
+    add) add_node ;;
     *) say "ignored request '$cmd $node'" ;;
   esac
 }
