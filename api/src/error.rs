@@ -314,6 +314,7 @@ impl From<CoordError> for ApiError {
                     ChangeError::UrlTaken { .. } => "url_taken",
                     ChangeError::LastMember => "last_member",
                     ChangeError::TooMany => "too_many_nodes",
+                    ChangeError::NothingToResume => "nothing_to_resume",
                 };
                 ApiError::Conflict {
                     code,

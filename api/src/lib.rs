@@ -99,7 +99,8 @@ pub fn app(coord: Arc<Coordinator>) -> Router {
     let membership = Router::new()
         .route("/cluster/members", post(members::join))
         .route("/cluster/members/", post(members::join))
-        .route("/cluster/members/{id}", delete(members::leave));
+        .route("/cluster/members/{id}", delete(members::leave))
+        .route("/cluster/change/resume", post(members::resume));
 
     let node = Router::new()
         .route("/internal/apply", post(internal::internal_apply))

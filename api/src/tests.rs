@@ -330,6 +330,7 @@ async fn openapi_document_is_served_and_names_every_client_route() {
         ("/cluster/views", &["get"]),
         ("/cluster/members", &["get", "post"]),
         ("/cluster/members/{id}", &["delete"]),
+        ("/cluster/change/resume", &["post"]),
         ("/ui/", &["get"]),
         ("/health", &["get"]),
         ("/metrics", &["get"]),
@@ -491,6 +492,16 @@ async fn membership_changes_need_the_secret_and_a_valid_member() {
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (StatusCode::CONFLICT, Some("not_a_member")),
+        "{body}"
+    );
+    let (status, body) = send(
+        &app,
+        with_secret(Method::POST, "/cluster/change/resume", ""),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("nothing_to_resume")),
         "{body}"
     );
     // Nothing changed.

@@ -62,6 +62,7 @@ struct Load {
     stop: AtomicBool,
     /// Held while a step's placement check runs: clients wait.
     pause: tokio::sync::RwLock<()>,
+    started: Instant,
 }
 
 fn value_seq(body: &Value) -> Option<usize> {
@@ -158,7 +159,8 @@ async fn reader(load: Arc<Load>, r: usize) {
         let log = logs.get(&key).cloned().unwrap_or_default();
         if !log.allows(floor, seen) {
             load.violations.lock().unwrap().push(format!(
-                "stale strict read of {key} from {target}: saw {seen:?}, acknowledged up to {floor}"
+                "stale strict read of {key} from {target} at {:.1} s: saw {seen:?}, acknowledged up to {floor}",
+                load.started.elapsed().as_secs_f64()
             ));
         }
     }
@@ -173,6 +175,7 @@ impl Load {
             targets: RwLock::new((0..c.nodes.len()).map(|i| c.url(i)).collect()),
             stop: AtomicBool::default(),
             pause: tokio::sync::RwLock::default(),
+            started: Instant::now(),
         });
         let mut tasks = Vec::new();
         for w in 0..WRITERS {
@@ -335,6 +338,10 @@ async fn a_loaded_cluster_grows_to_five_and_shrinks_to_three_under_load() {
             *load.targets.write().unwrap() = members.iter().map(|i| c.url(*i)).collect();
         }
         let started = Instant::now();
+        eprintln!(
+            "step {step} ({kind} {id}) starts at {:.1} s",
+            load.started.elapsed().as_secs_f64()
+        );
         let (status, body) = if kind == "join" {
             admin(
                 &c,
@@ -534,4 +541,160 @@ async fn a_loaded_cluster_grows_to_five_and_shrinks_to_three_under_load() {
         eprintln!("{line}");
     }
     assert!(violations.is_empty(), "{violations:?}");
+}
+
+/// Every key of every running member on exactly its holders in the stable
+/// topology node `via` follows (polled: replication jobs may be landing).
+async fn wait_placed(c: &Cluster, members: &[usize], via: usize, what: &str) {
+    let (_, t) = admin(c, via, reqwest::Method::GET, "/internal/topology", None).await;
+    let topology: Topology = serde_json::from_value(t).unwrap();
+    assert_eq!(
+        topology.phase,
+        shared::core::topology::Phase::Stable,
+        "{what}"
+    );
+    let placement = Placement::new(&topology, 128, 3);
+    wait_for(what, Duration::from_secs(60), || async {
+        let mut held: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for i in members {
+            for key in c.snapshot(*i).await.keys() {
+                held.entry(key.clone())
+                    .or_default()
+                    .insert(c.nodes[*i].id.clone());
+            }
+        }
+        held.iter()
+            .all(|(key, on)| {
+                let owners: BTreeSet<String> = placement
+                    .holders(key)
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect();
+                *on == owners
+            })
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_node_is_removed_and_a_change_outlives_its_driver() {
+    let mut c = Cluster::start(Options {
+        nodes: 4,
+        workers: 1,
+        ..Options::default()
+    })
+    .await;
+    let keys = 400;
+    for chunk in (0..keys).collect::<Vec<_>>().chunks(100) {
+        let ops: Vec<Value> = chunk
+            .iter()
+            .map(|k| json!({"op": "put", "key": format!("k{k}"), "value": k}))
+            .collect();
+        let (status, body) = c
+            .request(
+                reqwest::Method::POST,
+                0,
+                "/kv/batch",
+                Some(json!({ "ops": ops })),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let all_readable = |c: &Cluster, via: usize| {
+        let http = c.http.clone();
+        let url = c.url(via);
+        async move {
+            for k in 0..keys {
+                let resp = http
+                    .get(format!("{url}/kv/?key=k{k}&consistency=quorum"))
+                    .send()
+                    .await
+                    .unwrap();
+                let (status, body) = kv_tests::read_json(resp).await;
+                assert_eq!(
+                    (status, body["value"].as_u64()),
+                    (200, Some(k as u64)),
+                    "k{k}"
+                );
+            }
+        }
+    };
+
+    // node4 dies for good; the others remove it. Its share is pulled from
+    // the other holders, and nobody waits for it to take the epochs.
+    c.kill_workers(3);
+    c.kill_api(3);
+    let (status, body) = admin(
+        &c,
+        0,
+        reqwest::Method::DELETE,
+        "/cluster/members/node4",
+        None,
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let done = change_done(&c, 0).await;
+    assert_eq!(done["members"].as_array().unwrap().len(), 3, "{done}");
+    wait_placed(
+        &c,
+        &[0, 1, 2],
+        0,
+        "every key on its 3 holders after node4 was removed",
+    )
+    .await;
+    all_readable(&c, 1).await;
+
+    // node5 joins through node1, whose API crashes at once and restarts:
+    // the change stays where it was until node2 drives it on.
+    let n5 = c.add_node().await;
+    let join = json!({"id": c.nodes[n5].id, "url": c.url(n5)});
+    let (status, body) = admin(&c, 0, reqwest::Method::POST, "/cluster/members", Some(join)).await;
+    assert_eq!(status, 202, "{body}");
+    let epoch = body["epoch"].as_u64().unwrap();
+    c.kill_api(0);
+    c.restart_api(0).await;
+    // node2 learns the epoch node1 adopted (and kept in Redis) from node1's
+    // answers to its probes, if node1 had no time to offer it.
+    wait_for(
+        "node2 to learn the change's epoch",
+        Duration::from_secs(30),
+        || async {
+            let (_, view) = c
+                .request(reqwest::Method::GET, 1, "/cluster/members", None)
+                .await;
+            (view["epoch"].as_u64().unwrap() >= epoch).then_some(())
+        },
+    )
+    .await;
+    let (status, body) = admin(&c, 1, reqwest::Method::POST, "/cluster/change/resume", None).await;
+    if status == 409 {
+        // node1 had finished the change before it crashed.
+        assert_eq!(body["error"]["code"], "nothing_to_resume", "{body}");
+    } else {
+        assert_eq!(status, 202, "{body}");
+        change_done(&c, 1).await;
+    }
+    let members = [0, 1, 2, n5];
+    let epochs: BTreeSet<u64> = {
+        let mut epochs = BTreeSet::new();
+        for i in members {
+            let (_, view) = c
+                .request(reqwest::Method::GET, i, "/cluster/members", None)
+                .await;
+            assert_eq!(view["phase"], "stable", "{view}");
+            assert_eq!(view["members"].as_array().unwrap().len(), 4, "{view}");
+            epochs.insert(view["epoch"].as_u64().unwrap());
+        }
+        epochs
+    };
+    assert_eq!(epochs.len(), 1, "every member at one epoch: {epochs:?}");
+    wait_placed(
+        &c,
+        &members,
+        1,
+        "every key on its holders after node5 joined",
+    )
+    .await;
+    all_readable(&c, n5).await;
 }

@@ -103,6 +103,17 @@ pub async fn leave(
     Ok((StatusCode::ACCEPTED, Json(started)).into_response())
 }
 
+/// `POST /cluster/change/resume`: this node drives on the change in
+/// progress (its driving node is gone).
+pub async fn resume(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    admin_allowed(&state, &headers)?;
+    let started = state.coord.resume_change().await?;
+    Ok((StatusCode::ACCEPTED, Json(started)).into_response())
+}
+
 /// `GET /internal/topology`: the topology this node follows.
 pub async fn internal_topology(State(state): State<AppState>) -> Response {
     Json(state.coord.view().topology.clone()).into_response()
@@ -122,7 +133,19 @@ pub async fn internal_offer(
         parse_peers(&format!("{id}={url}"))
             .map_err(|e| ApiError::bad_request("bad_topology", e.to_string()))?;
     }
-    Ok(Json(state.coord.offer(topology).await).into_response())
+    let (now, drained) = state.coord.offer_and_drain(topology).await;
+    if !drained {
+        // Taken, but operations placed by the older ring are still in flight:
+        // the driving node asks again.
+        return Err(ApiError::ServiceUnavailable {
+            code: "draining",
+            message: format!(
+                "took epoch {}; operations placed by an older epoch are still in flight",
+                now.epoch
+            ),
+        });
+    }
+    Ok(Json(now).into_response())
 }
 
 #[derive(Deserialize)]

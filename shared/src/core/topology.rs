@@ -104,6 +104,8 @@ pub enum ChangeError {
     LastMember,
     #[error("a cluster has at most {CLUSTER_NODES_MAX} nodes")]
     TooMany,
+    #[error("no membership change is in progress")]
+    NothingToResume,
 }
 
 impl Topology {

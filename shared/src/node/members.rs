@@ -153,6 +153,70 @@ impl ReplicaIo {
     }
 }
 
+/// The reads and writes this API coordinates, counted by the topology
+/// epoch they were placed by. A node answers the offer of a new epoch only
+/// once the operations placed by older ones are done
+/// ([`InFlight::drained`]): when every node has taken `moving`, no write
+/// placed by the old ring alone can still land after the new owners pulled
+/// their share, and when every node has taken the final epoch, no read
+/// still asks an old owner that is about to drop the key.
+#[derive(Default)]
+pub struct InFlight {
+    counts: std::sync::Mutex<BTreeMap<u64, usize>>,
+    changed: tokio::sync::Notify,
+}
+
+/// A write in flight, placed by one epoch; leaves the gate when dropped.
+pub struct GateEntry<'a> {
+    gate: &'a InFlight,
+    epoch: u64,
+}
+
+impl InFlight {
+    pub fn enter(&self, epoch: u64) -> GateEntry<'_> {
+        *lock(&self.counts).entry(epoch).or_default() += 1;
+        GateEntry { gate: self, epoch }
+    }
+
+    fn oldest(&self) -> Option<u64> {
+        lock(&self.counts).keys().next().copied()
+    }
+
+    /// Waits up to `wait` until no write placed by an epoch before `epoch`
+    /// is in flight; whether none is.
+    pub async fn drained(&self, epoch: u64, wait: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.changed.notified();
+            if self.oldest().is_none_or(|oldest| oldest >= epoch) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.oldest().is_none_or(|oldest| oldest >= epoch);
+            }
+        }
+    }
+}
+
+impl Drop for GateEntry<'_> {
+    fn drop(&mut self) {
+        let mut counts = lock(&self.gate.counts);
+        if let Some(count) = counts.get_mut(&self.epoch) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                counts.remove(&self.epoch);
+            }
+        }
+        drop(counts);
+        self.gate.changed.notify_waiters();
+    }
+}
+
+/// How long a node waits, when offered a new epoch, for the operations
+/// placed by older epochs to finish before it says it took the new one (the
+/// driving node asks again until it has).
+pub const DRAIN_WAIT_MS: u64 = 2_000;
+
 /// What a node's cleanup removed.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct CleanupReport {
@@ -268,6 +332,16 @@ impl Node {
     pub async fn rebalance(&self, epoch: u64) -> Result<RestoreReport, CoordError> {
         let view = self.at_epoch(epoch)?;
         let peers = view.topology.peers_of(&self.cfg.node_id);
+        if view.topology.state_of(&self.cfg.node_id) == Some(MemberState::Joining) {
+            // A joining node starts empty: what it may hold from an earlier
+            // membership (an abandoned join, a leave whose cleanup failed)
+            // could be older than tombstones collected since. The writes
+            // it received in this change are pulled again with the rest.
+            let dropped = self.remove_local_where(epoch, |_| true).await?;
+            if dropped.removed > 0 {
+                warn!(node = %self.cfg.node_id, removed = dropped.removed, "a joining node dropped records from an earlier membership");
+            }
+        }
         info!(node = %self.cfg.node_id, epoch, ?peers, "pulling this node's share");
         let report = self
             .restore_paced(&peers, self.cfg.move_bytes_per_s)
@@ -294,10 +368,23 @@ impl Node {
                 current: view.topology.epoch,
             });
         }
-        let started = now_ms();
         let me = self.cfg.node_id.as_str();
+        let report = self
+            .remove_local_where(epoch, |key| !view.placement.holders(key).contains(&me))
+            .await?;
+        info!(node = %me, epoch, scanned = report.scanned, removed = report.removed, "records no longer held removed");
+        Ok(report)
+    }
+
+    /// Removes the local records whose key `gone` names, if unchanged.
+    async fn remove_local_where(
+        &self,
+        epoch: u64,
+        gone: impl Fn(&str) -> bool,
+    ) -> Result<CleanupReport, StoreError> {
+        let started = now_ms();
         let mut report = CleanupReport {
-            node: me.to_owned(),
+            node: self.cfg.node_id.clone(),
             epoch,
             ..CleanupReport::default()
         };
@@ -305,12 +392,12 @@ impl Node {
         loop {
             let page = self.store().scan(cursor, CLEANUP_PAGE_LEN).await?;
             report.scanned += page.records.len() as u64;
-            let gone: Vec<(String, crate::core::record::Record)> = page
+            let remove: Vec<(String, crate::core::record::Record)> = page
                 .records
                 .into_iter()
-                .filter(|(key, _)| !view.placement.holders(key).contains(&me))
+                .filter(|(key, _)| gone(key))
                 .collect();
-            for chunk in gone.chunks(APPLY_BATCH_LEN_MAX) {
+            for chunk in remove.chunks(APPLY_BATCH_LEN_MAX) {
                 report.removed += self.store().remove_if_same(&Space::Data, chunk).await?;
             }
             if page.next_cursor == 0 {
@@ -319,7 +406,6 @@ impl Node {
             cursor = page.next_cursor;
         }
         report.elapsed_ms = now_ms().saturating_sub(started);
-        info!(node = %me, epoch, scanned = report.scanned, removed = report.removed, "records no longer held removed");
         Ok(report)
     }
 }
@@ -368,6 +454,32 @@ pub struct ChangeStarted {
 }
 
 impl Coordinator {
+    /// The view an operation is placed by, and its entry in [`InFlight`]
+    /// (held until the operation is done). Entered before the epoch is
+    /// checked again: a new epoch adopted in between is seen here, or its
+    /// drain sees this operation.
+    pub(super) fn placed(&self) -> (Arc<View>, GateEntry<'_>) {
+        loop {
+            let view = self.view();
+            let entry = self.in_flight.enter(view.topology.epoch);
+            if self.view().topology.epoch == view.topology.epoch {
+                return (view, entry);
+            }
+        }
+    }
+
+    /// A topology offered by a peer: followed when newer; answers with the
+    /// one followed now and whether the operations this node placed by
+    /// older epochs are done (see [`InFlight`]).
+    pub async fn offer_and_drain(&self, topology: Topology) -> (Topology, bool) {
+        let now = self.offer(topology).await;
+        let drained = self
+            .in_flight
+            .drained(now.epoch, Duration::from_millis(DRAIN_WAIT_MS))
+            .await;
+        (now, drained)
+    }
+
     /// The change this node drives or drove last, if any.
     pub fn change_progress(&self) -> Option<ChangeProgress> {
         lock(&self.change).clone()
@@ -428,6 +540,54 @@ impl Coordinator {
         })
     }
 
+    /// Drives on a change in progress that no node drives (its driving
+    /// node restarted or died): the steps are deterministic, so driving
+    /// from here finishes the same change. Refused when the topology is
+    /// stable or this node drives a change already.
+    pub async fn resume_change(self: &Arc<Self>) -> Result<ChangeStarted, CoordError> {
+        let t = self.view().topology.clone();
+        let running = lock(&self.change)
+            .as_ref()
+            .is_some_and(|c| c.state == "running");
+        if running || t.is_stable() {
+            return Err(CoordError::Membership(if running {
+                ChangeError::InProgress {
+                    epoch: t.epoch,
+                    phase: t.phase,
+                }
+            } else {
+                ChangeError::NothingToResume
+            }));
+        }
+        let next = t.next.clone().unwrap_or_default();
+        let join = next.iter().find(|n| !t.current.contains(*n)).cloned();
+        let leave = t.current.iter().find(|n| !next.contains(*n)).cloned();
+        let planned = gained_shares(&t, self.cfg.vnodes, self.cfg.replication_factor);
+        info!(epoch = t.epoch, phase = ?t.phase, "resuming the membership change");
+        *lock(&self.change) = Some(ChangeProgress {
+            join,
+            leave,
+            started_epoch: t.epoch,
+            epoch: t.epoch,
+            phase: t.phase,
+            state: "running",
+            waiting_for: Vec::new(),
+            planned: planned.clone(),
+            departed: Vec::new(),
+            moves: BTreeMap::new(),
+            started_ms: now_ms(),
+            finished_ms: None,
+            error: None,
+        });
+        let this = Arc::clone(self);
+        tokio::spawn(async move { this.drive_change().await });
+        Ok(ChangeStarted {
+            epoch: t.epoch,
+            topology: t,
+            planned,
+        })
+    }
+
     fn progress(&self, update: impl FnOnce(&mut ChangeProgress)) {
         if let Some(change) = lock(&self.change).as_mut() {
             update(change);
@@ -453,6 +613,16 @@ impl Coordinator {
             }
             match topology.phase {
                 Phase::Moving => {
+                    // This node's own writes placed by the old ring, too.
+                    let wait = Duration::from_millis(deadline.saturating_sub(now_ms()));
+                    if !self.in_flight.drained(topology.epoch, wait).await {
+                        self.abandon(
+                            &topology,
+                            "operations placed by the old ring did not finish",
+                        )
+                        .await;
+                        return;
+                    }
                     if let Err(error) = self.pull_shares(&topology, deadline).await {
                         self.abandon(&topology, &error).await;
                         return;
@@ -469,6 +639,18 @@ impl Coordinator {
                     self.progress(|c| c.departed = departed);
                 }
                 Phase::Stable => {
+                    // This node's own reads placed by the old ring, too
+                    // (they end within their timeouts).
+                    while !self
+                        .in_flight
+                        .drained(topology.epoch, Duration::from_millis(DRAIN_WAIT_MS))
+                        .await
+                    {
+                        info!(
+                            epoch = topology.epoch,
+                            "waiting for operations placed by the old ring"
+                        );
+                    }
                     self.clean_everywhere(&topology).await;
                     self.progress(|c| {
                         c.state = "done";
@@ -500,7 +682,8 @@ impl Coordinator {
 
     /// Offers `topology` to every node but this one until each has taken
     /// it (or a newer one), retrying; false when `deadline_ms` passed first.
-    /// A node that left is offered the final topology once, best effort.
+    /// A leaving node that is down is not waited for (so a dead node can be
+    /// removed).
     async fn offer_everywhere(&self, topology: &Topology, deadline_ms: Option<u64>) -> bool {
         let me = self.cfg.node_id.clone();
         let mut waiting: Vec<String> = topology
@@ -521,6 +704,15 @@ impl Coordinator {
                     Ok(theirs) => {
                         warn!(%node, epoch = theirs.epoch, "node kept an older topology");
                         still.push(node);
+                    }
+                    // A leaving node that is down is not waited for: it is
+                    // going away, and any write it coordinated from an older
+                    // epoch was refused by the nodes that took this one.
+                    Err(_)
+                        if topology.state_of(&node) == Some(MemberState::Leaving)
+                            && io.peer_health(&node) == Health::Down =>
+                    {
+                        warn!(%node, epoch = topology.epoch, "leaving node is down; not waiting for it");
                     }
                     Err(error) => {
                         info!(%node, %error, epoch = topology.epoch, "node did not take the epoch yet");
@@ -608,7 +800,6 @@ impl Coordinator {
     async fn clean_everywhere(&self, topology: &Topology) {
         let io = &self.replicas.io;
         let timeout = Duration::from_millis(CLEANUP_CALL_TIMEOUT_MS);
-        let body = serde_json::json!({ "epoch": topology.epoch });
         for node in topology.nodes.keys() {
             let outcome: Result<CleanupReport, String> = if *node == self.cfg.node_id {
                 self.cleanup(topology.epoch)
@@ -622,6 +813,15 @@ impl Coordinator {
             };
             self.note_cleanup(node, outcome);
         }
+        self.clean_departed(topology).await;
+    }
+
+    /// Offers the final `topology` to the nodes that left in this change
+    /// (by URL: they are no longer in it), then asks them to clean up.
+    async fn clean_departed(&self, topology: &Topology) {
+        let io = &self.replicas.io;
+        let timeout = Duration::from_millis(CLEANUP_CALL_TIMEOUT_MS);
+        let body = serde_json::json!({ "epoch": topology.epoch });
         let departed = lock(&self.change)
             .as_ref()
             .map(|c| c.departed.clone())
@@ -629,7 +829,13 @@ impl Coordinator {
         for (node, url) in departed {
             let offered: Result<Topology, _> = io
                 .peers
-                .post_departed(&node, &url, "topology", topology, timeout)
+                .post_departed(
+                    &node,
+                    &url,
+                    "topology",
+                    topology,
+                    self.cfg.peer_request_timeout,
+                )
                 .await;
             let outcome = match offered {
                 Ok(_) => io
@@ -657,8 +863,8 @@ impl Coordinator {
     }
 
     /// Abandons a change still `moving`: a new stable epoch with the old
-    /// owners (writes went to them all along; the joining node's partial
-    /// copy is dropped by its cleanup).
+    /// owners (writes went to them all along); a joining node is told and
+    /// drops its partial copy (and would again before a later join).
     async fn abandon(&self, topology: &Topology, error: &str) {
         warn!(epoch = topology.epoch, %error, "membership change abandoned");
         let back = Topology {
@@ -676,6 +882,15 @@ impl Coordinator {
         if self.replicas.io.adopt_and_keep(back.clone()).await {
             self.offer_everywhere(&back, Some(now_ms() + CHANGE_STEP_TIMEOUT_MS))
                 .await;
+            // The nodes that were joining drop what they pulled.
+            let joining: Vec<(String, String)> = topology
+                .nodes
+                .iter()
+                .filter(|(id, _)| topology.state_of(id) == Some(MemberState::Joining))
+                .map(|(id, url)| (id.clone(), url.clone()))
+                .collect();
+            self.progress(|c| c.departed = joining);
+            self.clean_departed(&back).await;
         }
         self.progress(|c| {
             c.state = "abandoned";
@@ -684,5 +899,34 @@ impl Coordinator {
             c.phase = back.phase;
             c.finished_ms = Some(now_ms());
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_new_epoch_waits_for_operations_placed_by_older_ones() {
+        let gate = Arc::new(InFlight::default());
+        let old = gate.enter(1);
+        let current = gate.enter(2);
+        // Short: only the negative case waits it out.
+        let wait = Duration::from_millis(50);
+        assert!(
+            !gate.drained(2, wait).await,
+            "an epoch-1 write is in flight"
+        );
+        assert!(gate.drained(1, wait).await, "nothing older than epoch 1");
+        // Released while a drain waits: the drain sees it at once.
+        let waiter = {
+            let gate = Arc::clone(&gate);
+            tokio::spawn(async move { gate.drained(2, Duration::from_secs(60)).await })
+        };
+        tokio::task::yield_now().await;
+        drop(old);
+        assert!(waiter.await.unwrap());
+        drop(current);
+        assert!(gate.drained(3, wait).await);
     }
 }

@@ -185,6 +185,8 @@ pub struct Coordinator {
     condition_locks: conditional::ConditionLocks,
     /// The membership change this node drives or drove last.
     change: Mutex<Option<members::ChangeProgress>>,
+    /// Reads and writes in flight, by the topology epoch that placed them.
+    in_flight: members::InFlight,
 }
 
 impl std::ops::Deref for Coordinator {
@@ -222,6 +224,7 @@ impl Coordinator {
             was_fenced: AtomicBool::new(false),
             condition_locks: conditional::ConditionLocks::default(),
             change: Mutex::new(None),
+            in_flight: members::InFlight::default(),
         }))
     }
 

@@ -39,7 +39,16 @@ impl Coordinator {
         consistency: Consistency,
     ) -> Result<ReadReport, CoordError> {
         Stats::add(&self.stats.reads, 1);
-        let replicas = self.replicas(&key);
+        // Counted until done, like a write: a change's cleanup waits for
+        // reads placed by the old ring (see `members::InFlight`).
+        let (view, _in_flight) = self.placed();
+        let replicas: Vec<String> = view
+            .placement
+            .read_replicas(&key)
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        drop(view);
         let required = consistency.required(replicas.len());
         let down = self.replicas.io.believed_down(&replicas);
         let mut plan = ReadPlan::new(&replicas, &self.cfg.node_id, &down, required);

@@ -159,7 +159,11 @@ impl Coordinator {
         // The replicas (during a membership change, both owner sets, with
         // W required of each; see `core::topology`), then the fallbacks of
         // a sloppy quorum in ring order.
-        let set = self.view().placement.write_set(&key, consistency);
+        // Counted until done by the epoch that places it, so a change waits
+        // for it (see `members::InFlight`).
+        let (view, _in_flight) = self.placed();
+        let set = view.placement.write_set(&key, consistency);
+        drop(view);
         let (replicas, fallbacks, required) = (set.replicas, set.fallbacks, set.required);
         let io = &self.replicas.io;
         let down = io.believed_down(&replicas);
