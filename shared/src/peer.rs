@@ -296,11 +296,20 @@ impl PeerClient {
 
     /// `node`'s topology (`GET /internal/topology`).
     pub async fn topology(&self, node: &str) -> Result<Topology, PeerError> {
+        self.get(node, |e| &e.topology).await
+    }
+
+    /// A GET of one of `node`'s internal routes, within the request timeout.
+    async fn get<R: DeserializeOwned>(
+        &self,
+        node: &str,
+        route: fn(&Endpoints) -> &Uri,
+    ) -> Result<R, PeerError> {
         let table = self.table();
         let endpoints = self.endpoints(node)?;
         let call = Outgoing {
             method: Method::GET,
-            uri: &endpoints.topology,
+            uri: route(&endpoints),
             headers: &table.json_headers,
             body: Bytes::new(),
         };
@@ -435,15 +444,7 @@ impl PeerClient {
 
     /// What `node` tells the dashboard about itself (`GET /internal/status`).
     pub async fn status(&self, node: &str) -> Result<NodeStatus, PeerError> {
-        let table = self.table();
-        let endpoints = self.endpoints(node)?;
-        let call = Outgoing {
-            method: Method::GET,
-            uri: &endpoints.status,
-            headers: &table.json_headers,
-            body: Bytes::new(),
-        };
-        Ok(self.send(node, call, self.request_timeout).await?.0)
+        self.get(node, |e| &e.status).await
     }
 
     /// Forwards a conditional write to `node`'s client API (marked as

@@ -262,26 +262,13 @@ async fn a_loaded_cluster_grows_to_five_and_shrinks_to_three_under_load() {
     // The load: keys that never change, through batches.
     let pad = "x".repeat(VALUE_BYTES);
     let mut loaded_bytes = 0u64;
-    for chunk in (0..LOADED_KEYS).collect::<Vec<_>>().chunks(100) {
-        let ops: Vec<Value> = chunk
-            .iter()
-            .map(
-                |k| json!({"op": "put", "key": format!("load-{k}"), "value": {"k": k, "pad": pad}}),
-            )
-            .collect();
-        for k in chunk {
-            loaded_bytes += record_bytes(&format!("load-{k}"), &json!({"k": k, "pad": pad}));
-        }
-        let (status, body) = c
-            .request(
-                reqwest::Method::POST,
-                0,
-                "/kv/batch",
-                Some(json!({ "ops": ops })),
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
+    let mut ops = Vec::new();
+    for k in 0..LOADED_KEYS {
+        let (key, value) = (format!("load-{k}"), json!({"k": k, "pad": pad}));
+        loaded_bytes += record_bytes(&key, &value);
+        ops.push(json!({"op": "put", "key": key, "value": value}));
     }
+    load_keys(&c, ops).await;
     let (load, tasks) = Load::start(&c);
     // A non-member refuses client requests; a bad join is refused whole.
     let n4 = c.add_node().await;
@@ -387,7 +374,6 @@ async fn a_loaded_cluster_grows_to_five_and_shrinks_to_three_under_load() {
         }
         // Every node now follows the same stable topology.
         let epoch = done["epoch"].as_u64().unwrap();
-        let mut topology: Option<Topology> = None;
         for i in &members {
             let (_, view) = c
                 .request(reqwest::Method::GET, *i, "/cluster/members", None)
@@ -408,16 +394,10 @@ async fn a_loaded_cluster_grows_to_five_and_shrinks_to_three_under_load() {
             let expected: BTreeSet<String> =
                 members.iter().map(|m| c.nodes[*m].id.clone()).collect();
             assert_eq!(ids, expected, "{view}");
-            if topology.is_none() {
-                let (_, t) = admin(&c, *i, reqwest::Method::GET, "/internal/topology", None).await;
-                topology = Some(serde_json::from_value(t).unwrap());
-            }
         }
-        let placement = Placement::new(&topology.unwrap(), 128, 3);
         // Pause the clients and check placement: every key on exactly its
         // owners (replication jobs may still be landing: poll).
         let guard = load.pause.write().await;
-        let all_nodes: Vec<usize> = members.iter().copied().collect();
         // A node that left holds nothing any more (its cleanup ran) and
         // answers client requests with 503 `not_a_member`.
         for gone in (0..c.nodes.len()).filter(|i| !members.contains(i) && c.api_running(*i)) {
@@ -437,44 +417,11 @@ async fn a_loaded_cluster_grows_to_five_and_shrinks_to_three_under_load() {
             )
             .await;
         }
-        wait_for(
-            &format!("every key on exactly its owners after step {step}"),
-            Duration::from_secs(60),
-            || async {
-                let mut held: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-                for i in &all_nodes {
-                    for key in c.snapshot(*i).await.keys() {
-                        held.entry(key.clone())
-                            .or_default()
-                            .insert(c.nodes[*i].id.clone());
-                    }
-                }
-                let wrong: Vec<String> = held
-                    .iter()
-                    .filter(|(key, on)| {
-                        let owners: BTreeSet<String> = placement
-                            .holders(key)
-                            .into_iter()
-                            .map(str::to_owned)
-                            .collect();
-                        **on != owners
-                    })
-                    .map(|(key, on)| format!("{key} on {on:?}"))
-                    .take(5)
-                    .collect();
-                let loaded = held.keys().filter(|k| k.starts_with("load-")).count();
-                (wrong.is_empty() && loaded == LOADED_KEYS)
-                    .then_some(())
-                    .or_else(|| {
-                        eprintln!(
-                            "step {step}: {} misplaced (e.g. {wrong:?}), {loaded} loaded keys held",
-                            wrong.len()
-                        );
-                        None
-                    })
-            },
-        )
-        .await;
+        let all_nodes: Vec<usize> = members.iter().copied().collect();
+        let what = format!("every key on exactly its owners after step {step}");
+        let held = wait_placed(&c, &all_nodes, via, &what).await;
+        let loaded = held.keys().filter(|k| k.starts_with("load-")).count();
+        assert_eq!(loaded, LOADED_KEYS, "{what}: loaded keys held");
         drop(guard);
         let moves = &done["change"]["moves"];
         let moved: u64 = moves
@@ -544,8 +491,14 @@ async fn a_loaded_cluster_grows_to_five_and_shrinks_to_three_under_load() {
 }
 
 /// Every key of every running member on exactly its holders in the stable
-/// topology node `via` follows (polled: replication jobs may be landing).
-async fn wait_placed(c: &Cluster, members: &[usize], via: usize, what: &str) {
+/// topology node `via` follows (polled: replication jobs may be landing);
+/// returns which nodes hold each key.
+async fn wait_placed(
+    c: &Cluster,
+    members: &[usize],
+    via: usize,
+    what: &str,
+) -> BTreeMap<String, BTreeSet<String>> {
     let (_, t) = admin(c, via, reqwest::Method::GET, "/internal/topology", None).await;
     let topology: Topology = serde_json::from_value(t).unwrap();
     assert_eq!(
@@ -563,18 +516,40 @@ async fn wait_placed(c: &Cluster, members: &[usize], via: usize, what: &str) {
                     .insert(c.nodes[*i].id.clone());
             }
         }
-        held.iter()
-            .all(|(key, on)| {
+        let wrong: Vec<String> = held
+            .iter()
+            .filter(|(key, on)| {
                 let owners: BTreeSet<String> = placement
                     .holders(key)
                     .into_iter()
                     .map(str::to_owned)
                     .collect();
-                *on == owners
+                **on != owners
             })
-            .then_some(())
+            .map(|(key, on)| format!("{key} on {on:?}"))
+            .take(5)
+            .collect();
+        if !wrong.is_empty() {
+            eprintln!("{what}: not yet, e.g. {wrong:?}");
+        }
+        wrong.is_empty().then_some(held)
     })
-    .await;
+    .await
+}
+
+/// Writes `ops` (batch operations) through node 0, 100 per batch.
+async fn load_keys(c: &Cluster, ops: Vec<Value>) {
+    for chunk in ops.chunks(100) {
+        let (status, body) = c
+            .request(
+                reqwest::Method::POST,
+                0,
+                "/kv/batch",
+                Some(json!({ "ops": chunk })),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -586,21 +561,13 @@ async fn a_dead_node_is_removed_and_a_change_outlives_its_driver() {
     })
     .await;
     let keys = 400;
-    for chunk in (0..keys).collect::<Vec<_>>().chunks(100) {
-        let ops: Vec<Value> = chunk
-            .iter()
+    load_keys(
+        &c,
+        (0..keys)
             .map(|k| json!({"op": "put", "key": format!("k{k}"), "value": k}))
-            .collect();
-        let (status, body) = c
-            .request(
-                reqwest::Method::POST,
-                0,
-                "/kv/batch",
-                Some(json!({ "ops": ops })),
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
-    }
+            .collect(),
+    )
+    .await;
     let all_readable = |c: &Cluster, via: usize| {
         let http = c.http.clone();
         let url = c.url(via);

@@ -515,13 +515,24 @@ impl Coordinator {
                 current: self.view().topology.epoch,
             });
         }
-        let planned = gained_shares(&next, self.cfg.vnodes, self.cfg.replication_factor);
+        Ok(self.start_driving(next, join.map(|(id, _)| id), leave))
+    }
+
+    /// Records a change as running from `topology` on and drives it in the
+    /// background.
+    fn start_driving(
+        self: &Arc<Self>,
+        topology: Topology,
+        join: Option<String>,
+        leave: Option<String>,
+    ) -> ChangeStarted {
+        let planned = gained_shares(&topology, self.cfg.vnodes, self.cfg.replication_factor);
         *lock(&self.change) = Some(ChangeProgress {
-            join: join.map(|(id, _)| id),
+            join,
             leave,
-            started_epoch: next.epoch,
-            epoch: next.epoch,
-            phase: next.phase,
+            started_epoch: topology.epoch,
+            epoch: topology.epoch,
+            phase: topology.phase,
             state: "running",
             waiting_for: Vec::new(),
             planned: planned.clone(),
@@ -533,11 +544,11 @@ impl Coordinator {
         });
         let this = Arc::clone(self);
         tokio::spawn(async move { this.drive_change().await });
-        Ok(ChangeStarted {
-            epoch: next.epoch,
-            topology: next,
+        ChangeStarted {
+            epoch: topology.epoch,
+            topology,
             planned,
-        })
+        }
     }
 
     /// Drives on a change in progress that no node drives (its driving
@@ -562,30 +573,8 @@ impl Coordinator {
         let next = t.next.clone().unwrap_or_default();
         let join = next.iter().find(|n| !t.current.contains(*n)).cloned();
         let leave = t.current.iter().find(|n| !next.contains(*n)).cloned();
-        let planned = gained_shares(&t, self.cfg.vnodes, self.cfg.replication_factor);
         info!(epoch = t.epoch, phase = ?t.phase, "resuming the membership change");
-        *lock(&self.change) = Some(ChangeProgress {
-            join,
-            leave,
-            started_epoch: t.epoch,
-            epoch: t.epoch,
-            phase: t.phase,
-            state: "running",
-            waiting_for: Vec::new(),
-            planned: planned.clone(),
-            departed: Vec::new(),
-            moves: BTreeMap::new(),
-            started_ms: now_ms(),
-            finished_ms: None,
-            error: None,
-        });
-        let this = Arc::clone(self);
-        tokio::spawn(async move { this.drive_change().await });
-        Ok(ChangeStarted {
-            epoch: t.epoch,
-            topology: t,
-            planned,
-        })
+        Ok(self.start_driving(t, join, leave))
     }
 
     fn progress(&self, update: impl FnOnce(&mut ChangeProgress)) {
