@@ -169,6 +169,11 @@ impl Client {
                 .header("content-type", "application/json")
                 .body(body.to_string());
         }
+        self.answer(request)
+    }
+
+    /// Sends a built request and reads the JSON answer, whatever its status.
+    fn answer(&self, request: reqwest::blocking::RequestBuilder) -> Result<Answer, CliError> {
         let response = request.send().map_err(|e| self.transport_error(&e))?;
         let status = response.status();
         let mut bytes = Vec::new();
@@ -191,6 +196,28 @@ impl Client {
 
     pub fn get(&self, path: &str) -> Result<Answer, CliError> {
         self.send(Method::GET, path, None)
+    }
+
+    /// A membership request: sent with the cluster secret
+    /// (`x-kv-cluster-secret`), the only credential a node takes for it.
+    pub fn send_admin(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        secret: &str,
+    ) -> Result<Answer, CliError> {
+        let url = format!("{}{path}", self.base);
+        let mut request = self
+            .http
+            .request(method, &url)
+            .header("x-kv-cluster-secret", secret);
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        self.answer(request)
     }
 
     /// Follows a stream of server-sent events (`path` as in [`Client::send`]),

@@ -31,11 +31,11 @@ const AFTER_HELP: &str = "\
 Exit codes:
   0  success
   1  unexpected failure (an HTTP 5xx other than 503, an answer that is not JSON)
-  2  bad input: bad arguments or value, or the node refused the request (400, 405, 413, 415)
+  2  bad input: bad arguments or value, or the node refused the request (400, 405, 409, 413, 415)
   3  not found: the key is missing or deleted (404)
   4  unavailable: HTTP 503 (too few replicas for the consistency level, overloaded, clock skew)
   5  connection failure: the node could not be reached or did not answer within --timeout
-  6  unauthorized: client token missing or wrong (401, 403)
+  6  unauthorized: client token or cluster secret missing or wrong (401, 403)
 
 Examples:
   kvctl put username123 mci_admin --string
@@ -45,6 +45,8 @@ Examples:
   kvctl get username123 --url http://127.0.0.1:8002
   kvctl get username123 --json | jq .version
   kvctl cluster
+  kvctl members
+  KV_CLUSTER_SECRET=... kvctl join node4 http://127.0.0.1:8004 --wait
   kvctl completions bash > /etc/bash_completion.d/kvctl";
 
 /// Command-line client of the key-value store.
@@ -76,6 +78,9 @@ struct Global {
     /// Print the node's JSON answer (errors included) instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// The cluster secret, for join, leave and resume (sent as x-kv-cluster-secret).
+    #[arg(long, env = "KV_CLUSTER_SECRET", hide_env_values = true, global = true)]
+    secret: Option<String>,
     /// Seconds one request may take, connecting included.
     #[arg(long, default_value = "10", value_parser = parse_seconds, global = true)]
     timeout: Duration,
@@ -185,6 +190,30 @@ enum Command {
     },
     /// A status table of the nodes, as the node asked sees them.
     Cluster,
+    /// The members at the asked node's topology epoch, and the change it drives.
+    Members,
+    /// A started node (KV_JOIN=1) joins the cluster; needs --secret.
+    Join {
+        id: String,
+        /// The node's base URL, e.g. http://127.0.0.1:8004.
+        url: String,
+        /// Wait until its share has moved (the change is done).
+        #[arg(long)]
+        wait: bool,
+    },
+    /// A member leaves the cluster, its data moving to the others; needs --secret.
+    Leave {
+        id: String,
+        /// Wait until the data has moved (the change is done).
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Drive on a change whose driving node is gone; needs --secret.
+    Resume {
+        /// Wait until the change is done.
+        #[arg(long)]
+        wait: bool,
+    },
     /// Pull the asked node's data from its live peers now (anti-entropy).
     Restore {
         /// Only from this peer.
@@ -408,6 +437,40 @@ fn run(cli: &Cli) -> Result<(), CliError> {
             let text = render::cluster(&body);
             (body, text)
         }
+        Command::Members => {
+            let body = client.get("/cluster/members")?.ok()?;
+            let text = render::members(&body);
+            (body, text)
+        }
+        Command::Join { wait, .. } | Command::Leave { wait, .. } | Command::Resume { wait } => {
+            let secret = g.secret.as_deref().ok_or_else(|| {
+                CliError::Input("membership changes need --secret or KV_CLUSTER_SECRET".to_owned())
+            })?;
+            let (method, path, body) = match &cli.command {
+                Command::Join { id, url, .. } => (
+                    Method::POST,
+                    "/cluster/members".to_owned(),
+                    Some(json!({"id": id, "url": url})),
+                ),
+                Command::Leave { id, .. } => (
+                    Method::DELETE,
+                    format!("/cluster/members/{}", encode(id)),
+                    None,
+                ),
+                _ => (Method::POST, "/cluster/change/resume".to_owned(), None),
+            };
+            let started = client
+                .send_admin(method, &path, body.as_ref(), secret)?
+                .ok()?;
+            if !*wait {
+                let text = render::change_started(&started);
+                (started, text)
+            } else {
+                let done = wait_for_change(&client)?;
+                let text = render::members(&done);
+                (done, text)
+            }
+        }
         Command::Restore { from } => {
             let path = match from {
                 Some(peer) => format!("/restore/?from={}", encode(peer)),
@@ -504,6 +567,37 @@ fn read_bounded(reader: impl Read, what: &str) -> Result<String, CliError> {
     }
     String::from_utf8(bytes).map_err(|_| CliError::Input(format!("{what}: not UTF-8 text")))
 }
+
+/// Polls `/cluster/members` of the asked node until its change is done
+/// (or abandoned: an error). Bounded by [`CHANGE_WAIT_MAX`].
+fn wait_for_change(client: &Client) -> Result<Value, CliError> {
+    let deadline = std::time::Instant::now() + CHANGE_WAIT_MAX;
+    loop {
+        let body = client.get("/cluster/members")?.ok()?;
+        match body["change"]["state"].as_str() {
+            Some("done") => return Ok(body),
+            Some("abandoned") => {
+                return Err(CliError::Input(format!(
+                    "the change was abandoned: {}",
+                    body["change"]["error"]
+                        .as_str()
+                        .unwrap_or("no reason given")
+                )));
+            }
+            _ if std::time::Instant::now() >= deadline => {
+                return Err(CliError::Input(format!(
+                    "the change is not done after {} s (kvctl members shows where it stands)",
+                    CHANGE_WAIT_MAX.as_secs()
+                )));
+            }
+            _ => std::thread::sleep(CHANGE_POLL),
+        }
+    }
+}
+
+/// How long `--wait` follows a membership change, and how often it asks.
+const CHANGE_WAIT_MAX: Duration = Duration::from_secs(3600);
+const CHANGE_POLL: Duration = Duration::from_millis(500);
 
 #[cfg(test)]
 mod tests {

@@ -469,6 +469,68 @@ pub fn error_details(body: &Value) -> String {
     out
 }
 
+/// `GET /cluster/members`: the epoch and phase, a member table, and the
+/// change the node drives.
+pub fn members(body: &Value) -> String {
+    let mut out = format!(
+        "asked {}: topology epoch {}, {}\n",
+        text(&body["node"]),
+        text(&body["epoch"]),
+        text(&body["phase"])
+    );
+    let rows: Vec<Vec<String>> = body["members"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|m| vec![text(&m["id"]), text(&m["state"]), text(&m["url"])])
+        .collect();
+    out.push_str(&table(&["node", "state", "url"], &rows));
+    let change = &body["change"];
+    if change.is_object() {
+        let what = match (change["join"].as_str(), change["leave"].as_str()) {
+            (Some(id), _) => format!("{id} joins"),
+            (None, Some(id)) => format!("{id} leaves"),
+            _ => "change".to_owned(),
+        };
+        out.push_str(&format!(
+            "change: {what}: {} at epoch {} ({})\n",
+            text(&change["state"]),
+            text(&change["epoch"]),
+            text(&change["phase"])
+        ));
+        if let Some(moves) = change["moves"].as_object() {
+            for (node, m) in moves {
+                out.push_str(&format!(
+                    "  {node}: pulled {} records ({} bytes) in {} ms, cleanup removed {}\n",
+                    text(&m["records"]),
+                    text(&m["bytes"]),
+                    text(&m["pull_ms"]),
+                    text(&m["removed"])
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// The answer of a join, leave or resume: the change started.
+pub fn change_started(body: &Value) -> String {
+    let mut out = format!(
+        "change started at epoch {}; follow it with: kvctl members\n",
+        text(&body["epoch"])
+    );
+    if let Some(planned) = body["planned"].as_object() {
+        for (node, share) in planned {
+            out.push_str(&format!(
+                "  {node} gains {:.1}% of the hash space\n",
+                share.as_f64().unwrap_or(0.0) * 100.0
+            ));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

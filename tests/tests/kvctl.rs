@@ -10,7 +10,9 @@ use std::net::TcpListener;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kv_tests::{Cluster, Options, Output, binary, free_port, json, run_bounded, wait_for};
+use kv_tests::{
+    Cluster, Options, Output, TEST_SECRET, binary, free_port, json, run_bounded, wait_for,
+};
 use serde_json::Value;
 
 const TOKEN: &str = "kvctl-test-token";
@@ -419,4 +421,55 @@ async fn kvctl_drives_the_seed_scenarios() {
         (&body["key"], &body["value"]),
         (&json!("test1"), &Value::Null)
     );
+}
+
+/// Membership through kvctl: the member table, a join and a leave that
+/// wait for the data to move, and the refusals an operator can meet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kvctl_grows_and_shrinks_the_cluster() {
+    let mut c = Cluster::start(Options::default().env("KV_API_TOKEN", TOKEN)).await;
+    let n4 = c.add_node().await;
+    let k = Kvctl::new(&c);
+    for i in 0..50 {
+        ok(&k.at(0, &["put", &format!("m{i}"), &i.to_string()]));
+    }
+    let view = k.json(0, &["members"]);
+    assert_eq!(view["members"].as_array().unwrap().len(), 3, "{view}");
+    assert!(
+        ok(&k.at(0, &["members"])).contains("node3"),
+        "the member table"
+    );
+    // Without the secret, or with a wrong one: refused before anything changes.
+    let url4 = c.url(n4);
+    let out = k.at(0, &["join", "node4", &url4]);
+    assert_eq!(out.code, Some(2), "no secret: {out:?}");
+    let out = k.at(0, &["--secret", "wrong-secret", "join", "node4", &url4]);
+    assert_eq!(out.code, Some(6), "a wrong secret: {out:?}");
+    let out = k.at(0, &["--secret", TEST_SECRET, "join", "node 4", &url4]);
+    assert_eq!(out.code, Some(2), "a bad id: {out:?}");
+    // The join, waiting until node4 holds its share.
+    let done = k.json(
+        0,
+        &["--secret", TEST_SECRET, "join", "node4", &url4, "--wait"],
+    );
+    assert_eq!(done["change"]["state"], "done", "{done}");
+    assert_eq!(done["members"].as_array().unwrap().len(), 4, "{done}");
+    let out = k.at(n4, &["--json", "get", "m7"]);
+    assert_eq!(
+        parse(&out)["value"],
+        7,
+        "read through the new member: {out:?}"
+    );
+    // node1 leaves through node2; then node1 is not a member any more.
+    let done = k.json(1, &["--secret", TEST_SECRET, "leave", "node1", "--wait"]);
+    assert_eq!(done["members"].as_array().unwrap().len(), 3, "{done}");
+    let out = k.at(0, &["get", "m7"]);
+    assert_eq!(out.code, Some(4), "a node that left answers 503: {out:?}");
+    for i in [1, 2, n4] {
+        let out = k.at(i, &["--json", "get", "m42"]);
+        assert_eq!(parse(&out)["value"], 42, "{out:?}");
+    }
+    // Nothing to resume once the change is done.
+    let out = k.at(1, &["--secret", TEST_SECRET, "resume"]);
+    assert_eq!(out.code, Some(2), "{out:?}");
 }
