@@ -4,7 +4,7 @@
 //! workers of node1 that each take jobs, the seed's scenarios through the
 //! containers, a `docker compose stop node2` / `start node2` (scenario III)
 //! and a network partition. Run by `make compose-test` (ignored by `make
-//! test`: it needs a Docker engine and the host ports 8001-8003).
+//! test`: it needs a Docker engine and the host ports 8001-8004).
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -128,7 +128,7 @@ impl Drop for Teardown {
             eprintln!("{}", String::from_utf8_lossy(&out.stdout));
         }
         let _ = compose_command()
-            .args(["down", "-v", "--remove-orphans"])
+            .args(["--profile", "grow", "down", "-v", "--remove-orphans"])
             .output();
         let _ = std::fs::remove_file(env_file());
     }
@@ -189,11 +189,11 @@ impl Client {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs a Docker engine and host ports 8001-8003; run with make compose-test"]
+#[ignore = "needs a Docker engine and host ports 8001-8004; run with make compose-test"]
 async fn compose_cluster_runs_the_seed_scenarios() {
     let started = Instant::now();
     let _teardown = Teardown;
-    compose(&["down", "-v", "--remove-orphans"]);
+    compose(&["--profile", "grow", "down", "-v", "--remove-orphans"]);
     compose(&[
         "up",
         "-d",
@@ -435,5 +435,50 @@ async fn compose_cluster_runs_the_seed_scenarios() {
         },
     )
     .await;
+
+    // Growth: the "grow" profile's node4 starts outside the cluster, is
+    // added with the cluster secret, and serves every key once its share
+    // has moved.
+    compose(&["--profile", "grow", "up", "-d", "node4", "worker4"]);
+    wait_for("node4 healthy", Duration::from_secs(90), || async {
+        c.healthy(3).await.then_some(())
+    })
+    .await;
+    let (status, body) = c.get(3, &written[0]).await;
+    assert_eq!(status, 503, "not a member yet: {body}");
+    let resp = c
+        .http
+        .post(format!("{}/cluster/members", Client::url(0)))
+        .header("x-kv-cluster-secret", "compose-test-cluster-secret")
+        .json(&json!({"id": "node4", "url": "http://node4:8004"}))
+        .send()
+        .await
+        .expect("join");
+    let (status, body) = read_json(resp).await;
+    assert_eq!(status, 202, "{body}");
+    wait_for(
+        "node4's join to finish",
+        Duration::from_secs(90),
+        || async {
+            let (_, view) = c
+                .send(reqwest::Method::GET, 0, "/cluster/members", None)
+                .await;
+            assert_ne!(view["change"]["state"], "abandoned", "{view}");
+            (view["change"]["state"] == "done").then_some(())
+        },
+    )
+    .await;
+    let (_, view) = c
+        .send(reqwest::Method::GET, 3, "/cluster/members", None)
+        .await;
+    assert_eq!(view["members"].as_array().map(Vec::len), Some(4), "{view}");
+    for (n, k) in written.iter().enumerate() {
+        let (status, body) = c.get(3, k).await;
+        assert_eq!(
+            (status, body["value"].as_u64()),
+            (200, Some(n as u64)),
+            "{k}: {body}"
+        );
+    }
     eprintln!("compose test passed in {:?}", started.elapsed());
 }
