@@ -52,6 +52,7 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	./scripts/check-ladder.sh
+	./scripts/check-k8s.sh
 
 fmt:
 	$(CARGO) fmt --all
