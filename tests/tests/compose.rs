@@ -421,7 +421,9 @@ async fn compose_cluster_runs_the_seed_scenarios() {
         assert_eq!(status, 200, "{body}");
         written.push(k);
     }
-    docker(&["network", "connect", &network, &node3]);
+    // With its service name as an alias again, as compose gave it: without
+    // it the others cannot resolve "node3" any more.
+    docker(&["network", "connect", "--alias", "node3", &network, &node3]);
     wait_for(
         "node3 to converge after the partition",
         Duration::from_secs(60),
