@@ -729,6 +729,29 @@ impl Cluster {
         read_json(resp).await
     }
 
+    /// A request with the cluster secret (membership changes, internal
+    /// routes); returns status and JSON body.
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        i: usize,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{}", self.url(i), path))
+            .header("x-kv-cluster-secret", TEST_SECRET);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("request {path} failed: {e}"));
+        read_json(resp).await
+    }
+
     /// Sends raw bytes with a content type.
     pub async fn raw(
         &self,

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use kv_tests::{Cluster, Options, TEST_SECRET, encode, json, wait_for};
+use kv_tests::{Cluster, Options, encode, json, wait_for};
 use serde_json::Value;
 use shared::core::topology::{Placement, Topology};
 
@@ -212,23 +212,6 @@ impl Load {
     }
 }
 
-async fn admin(
-    c: &Cluster,
-    via: usize,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut req = c
-        .http
-        .request(method, format!("{}{path}", c.url(via)))
-        .header("x-kv-cluster-secret", TEST_SECRET);
-    if let Some(body) = body {
-        req = req.json(&body);
-    }
-    kv_tests::read_json(req.send().await.unwrap()).await
-}
-
 /// Waits until the change driven by node `via` is done; returns its progress.
 async fn change_done(c: &Cluster, via: usize) -> Value {
     wait_for(
@@ -287,14 +270,14 @@ async fn a_loaded_cluster_grows_to_five_and_shrinks_to_three_under_load() {
         (json!({"id": "node9", "url": "ftp://x"}), "bad_member"),
         (json!({"id": "node1", "url": c.url(0)}), "already_member"),
     ] {
-        let (status, body) = admin(
-            &c,
-            0,
-            reqwest::Method::POST,
-            "/cluster/members",
-            Some(bad.clone()),
-        )
-        .await;
+        let (status, body) = c
+            .admin(
+                reqwest::Method::POST,
+                0,
+                "/cluster/members",
+                Some(bad.clone()),
+            )
+            .await;
         assert_eq!(body["error"]["code"], code, "{bad}: {status} {body}");
     }
     let (status, _) = c
@@ -330,19 +313,17 @@ async fn a_loaded_cluster_grows_to_five_and_shrinks_to_three_under_load() {
             load.started.elapsed().as_secs_f64()
         );
         let (status, body) = if kind == "join" {
-            admin(
-                &c,
-                via,
+            c.admin(
                 reqwest::Method::POST,
+                via,
                 "/cluster/members",
                 Some(json!({"id": id, "url": c.url(index)})),
             )
             .await
         } else {
-            admin(
-                &c,
-                via,
+            c.admin(
                 reqwest::Method::DELETE,
+                via,
                 &format!("/cluster/members/{id}"),
                 None,
             )
@@ -352,14 +333,14 @@ async fn a_loaded_cluster_grows_to_five_and_shrinks_to_three_under_load() {
         let planned: BTreeMap<String, f64> =
             serde_json::from_value(body["planned"].clone()).unwrap();
         // A second change while one runs is refused.
-        let (status, again) = admin(
-            &c,
-            via,
-            reqwest::Method::DELETE,
-            "/cluster/members/node99",
-            None,
-        )
-        .await;
+        let (status, again) = c
+            .admin(
+                reqwest::Method::DELETE,
+                via,
+                "/cluster/members/node99",
+                None,
+            )
+            .await;
         assert_eq!(
             (status, again["error"]["code"].as_str()),
             (409, Some("change_in_progress")),
@@ -499,7 +480,9 @@ async fn wait_placed(
     via: usize,
     what: &str,
 ) -> BTreeMap<String, BTreeSet<String>> {
-    let (_, t) = admin(c, via, reqwest::Method::GET, "/internal/topology", None).await;
+    let (_, t) = c
+        .admin(reqwest::Method::GET, via, "/internal/topology", None)
+        .await;
     let topology: Topology = serde_json::from_value(t).unwrap();
     assert_eq!(
         topology.phase,
@@ -592,14 +575,9 @@ async fn a_dead_node_is_removed_and_a_change_outlives_its_driver() {
     // the other holders, and nobody waits for it to take the epochs.
     c.kill_workers(3);
     c.kill_api(3);
-    let (status, body) = admin(
-        &c,
-        0,
-        reqwest::Method::DELETE,
-        "/cluster/members/node4",
-        None,
-    )
-    .await;
+    let (status, body) = c
+        .admin(reqwest::Method::DELETE, 0, "/cluster/members/node4", None)
+        .await;
     assert_eq!(status, 202, "{body}");
     let done = change_done(&c, 0).await;
     assert_eq!(done["members"].as_array().unwrap().len(), 3, "{done}");
@@ -616,7 +594,9 @@ async fn a_dead_node_is_removed_and_a_change_outlives_its_driver() {
     // the change stays where it was until node2 drives it on.
     let n5 = c.add_node().await;
     let join = json!({"id": c.nodes[n5].id, "url": c.url(n5)});
-    let (status, body) = admin(&c, 0, reqwest::Method::POST, "/cluster/members", Some(join)).await;
+    let (status, body) = c
+        .admin(reqwest::Method::POST, 0, "/cluster/members", Some(join))
+        .await;
     assert_eq!(status, 202, "{body}");
     let epoch = body["epoch"].as_u64().unwrap();
     c.kill_api(0);
@@ -634,7 +614,9 @@ async fn a_dead_node_is_removed_and_a_change_outlives_its_driver() {
         },
     )
     .await;
-    let (status, body) = admin(&c, 1, reqwest::Method::POST, "/cluster/change/resume", None).await;
+    let (status, body) = c
+        .admin(reqwest::Method::POST, 1, "/cluster/change/resume", None)
+        .await;
     if status == 409 {
         // node1 had finished the change before it crashed.
         assert_eq!(body["error"]["code"], "nothing_to_resume", "{body}");

@@ -31,6 +31,7 @@ async fn main() -> ExitCode {
     // 127.0.78.x by default; make test's chaos test picks another from its pid.
     settings.subnet = env_or("CHAOS_SUBNET", 78u8);
     settings.background_sync = std::env::var("KV_BACKGROUND_SYNC").map_or(true, |v| v != "off");
+    settings.moves = std::env::var("KV_CHAOS_MOVES").is_ok_and(|v| v == "1");
     let report = run(&settings).await;
     println!("{report}");
 

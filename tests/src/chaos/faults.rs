@@ -215,6 +215,7 @@ pub(super) async fn inject(c: &mut Cluster, net: &mut Net, fault: &Fault) -> Res
             Ok(())
         }
         Fault::Netem(i) => net.slow(*i),
+        Fault::Move(i) => super::moves::leave(c, *i).await,
     }
 }
 
@@ -247,6 +248,7 @@ pub(super) async fn undo(c: &mut Cluster, net: &mut Net, fault: &Fault) -> Resul
             Ok(())
         }
         Fault::Netem(_) => net.clear_slow().and_then(|()| net.heal()),
+        Fault::Move(i) => super::moves::join_again(c, *i).await,
     }
 }
 
@@ -276,6 +278,7 @@ pub(super) fn describe(fault: &Fault, net: &Net) -> String {
             n(i)
         ),
         Fault::Skew(i, o) => format!("clock of {} shifted {o:+} ms", n(i)),
+        Fault::Move(i) => format!("{} leaves the cluster, then joins again", n(i)),
         Fault::Netem(i) if net.netem_supported => format!("netem 30±20 ms, 3% loss to {}", n(i)),
         Fault::Netem(i) => format!("10% packet loss to {} (no netem in this kernel)", n(i)),
     }

@@ -49,6 +49,7 @@ mod checkers;
 mod clients;
 mod faults;
 mod history;
+mod moves;
 mod report;
 mod run;
 mod schedule;

@@ -17,7 +17,7 @@ use super::clients::{KeySpace, Shared, client_http, client_loop, send, unix_ms};
 use super::faults::{Net, describe, inject, preflight, undo};
 use super::history::{FaultEvent, Final, Kind, Op, Outcome};
 use super::report::Report;
-use super::schedule::{CLOCK_DRIFT_MS_MAX, Rng, Settings, schedule};
+use super::schedule::{CLOCK_DRIFT_MS_MAX, Rng, Settings, schedule, with_moves};
 
 /// `KV_TOMBSTONE_GRACE_S` of a chaos run: short, so GC runs during it.
 pub const TOMBSTONE_GRACE_S: u64 = 5;
@@ -221,7 +221,11 @@ pub async fn run(settings: &Settings) -> Report {
 
     // Faults. The sleeps are the schedule itself (how long a fault holds),
     // not waits for a condition.
-    for step in schedule(settings.seed, settings.duration, settings.nodes) {
+    let mut steps = schedule(settings.seed, settings.duration, settings.nodes);
+    if settings.moves {
+        steps = with_moves(steps, settings.seed, settings.nodes, 3);
+    }
+    for step in steps {
         let what = step
             .faults
             .iter()

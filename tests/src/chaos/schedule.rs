@@ -62,6 +62,9 @@ pub struct Settings {
     pub restore_keys: usize,
     /// `KV_BACKGROUND_SYNC`: replication through workers (on) or inline (off).
     pub background_sync: bool,
+    /// Membership moves between the faults (`KV_CHAOS_MOVES=1`): a node
+    /// leaves and joins again every third step.
+    pub moves: bool,
 }
 
 impl Settings {
@@ -78,6 +81,7 @@ impl Settings {
             availability_writes: 200,
             restore_keys: 0,
             background_sync: true,
+            moves: false,
         }
     }
 }
@@ -114,6 +118,10 @@ pub enum Fault {
     Skew(usize, i64),
     /// Latency and loss on packets to the node.
     Netem(usize),
+    /// A membership move: the node leaves the cluster (its data moves to
+    /// the others), and joins again once the leave is done (its share
+    /// moves back). Only in runs that ask for moves (`Settings::moves`).
+    Move(usize),
 }
 
 /// One step of the schedule: one fault, or two at once (the second a
@@ -195,6 +203,24 @@ pub fn schedule(seed: u64, duration: Duration, nodes: usize) -> Vec<Step> {
     }
 }
 
+/// `steps` with a membership move, alone, after every `every`-th step, on
+/// a node drawn by a generator of its own: the other steps stay the seed's.
+pub fn with_moves(steps: Vec<Step>, seed: u64, nodes: usize, every: usize) -> Vec<Step> {
+    let mut rng = Rng::new(seed ^ 0x6d6f_7665);
+    let mut out = Vec::with_capacity(steps.len() + steps.len() / every.max(1));
+    for (i, step) in steps.into_iter().enumerate() {
+        out.push(step);
+        if (i + 1) % every.max(1) == 0 {
+            out.push(Step {
+                faults: vec![Fault::Move(rng.below(nodes as u64) as usize)],
+                hold: rng.range_ms(1000, 3000),
+                gap: rng.range_ms(500, 2000),
+            });
+        }
+    }
+    out
+}
+
 /// The node a fault acts on, for faults that act on one node.
 pub(super) fn single_node(fault: &Fault) -> Option<usize> {
     match fault {
@@ -203,7 +229,8 @@ pub(super) fn single_node(fault: &Fault) -> Option<usize> {
         | Fault::KillWorker(i)
         | Fault::Pause(i)
         | Fault::Skew(i, _)
-        | Fault::Netem(i) => Some(*i),
+        | Fault::Netem(i)
+        | Fault::Move(i) => Some(*i),
         Fault::Isolate(_) | Fault::Split(..) | Fault::OneWay(..) | Fault::Bridge { .. } => None,
     }
 }
