@@ -244,6 +244,23 @@ mod tests {
     }
 
     #[test]
+    fn moves_come_between_the_seeds_steps_and_change_none_of_them() {
+        let base = schedule(7, Duration::from_secs(120), 5);
+        let moved = with_moves(base.clone(), 7, 5, 3);
+        let (moves, rest): (Vec<&Step>, Vec<&Step>) = moved
+            .iter()
+            .partition(|s| matches!(s.faults.as_slice(), [Fault::Move(_)]));
+        assert_eq!(rest.into_iter().cloned().collect::<Vec<_>>(), base);
+        assert_eq!(moves.len(), base.len() / 3);
+        for (i, step) in moved.iter().enumerate() {
+            // Every fourth step of the result is a move, alone.
+            let is_move = matches!(step.faults.as_slice(), [Fault::Move(n)] if *n < 5);
+            assert_eq!(is_move, (i + 1) % 4 == 0, "step {i}: {step:?}");
+        }
+        assert_eq!(moved, with_moves(base, 7, 5, 3), "same seed, same moves");
+    }
+
+    #[test]
     fn same_seed_same_schedule() {
         let a = schedule(7, Duration::from_secs(60), 5);
         assert_eq!(a, schedule(7, Duration::from_secs(60), 5));
