@@ -335,11 +335,8 @@ impl PeerClient {
         epoch: u64,
         timeout: Duration,
     ) -> Result<R, PeerError> {
-        let body = serde_json::json!({ "epoch": epoch });
-        Ok(self
-            .post_within(node, |e| &e.rebalance, &body, timeout)
-            .await?
-            .0)
+        self.change_step(node, |e| &e.rebalance, epoch, timeout)
+            .await
     }
 
     /// Asks `node` to drop what it no longer holds at `epoch`
@@ -350,11 +347,20 @@ impl PeerClient {
         epoch: u64,
         timeout: Duration,
     ) -> Result<R, PeerError> {
+        self.change_step(node, |e| &e.cleanup, epoch, timeout).await
+    }
+
+    /// A step of a membership change on `node`: `{"epoch": n}` posted to
+    /// `route`, answered when done, within `timeout`.
+    async fn change_step<R: DeserializeOwned>(
+        &self,
+        node: &str,
+        route: fn(&Endpoints) -> &Uri,
+        epoch: u64,
+        timeout: Duration,
+    ) -> Result<R, PeerError> {
         let body = serde_json::json!({ "epoch": epoch });
-        Ok(self
-            .post_within(node, |e| &e.cleanup, &body, timeout)
-            .await?
-            .0)
+        Ok(self.post_within(node, route, &body, timeout).await?.0)
     }
 
     /// Stores records on `node` (as hints for `hint_for`, when given).

@@ -716,17 +716,10 @@ impl Cluster {
         path: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let mut req = self
+        let req = self
             .http
             .request(method, format!("{}{}", self.url(i), path));
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        let resp = req
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("request {path} failed: {e}"));
-        read_json(resp).await
+        send_json(req, path, body).await
     }
 
     /// A request with the cluster secret (membership changes, internal
@@ -738,18 +731,11 @@ impl Cluster {
         path: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let mut req = self
+        let req = self
             .http
             .request(method, format!("{}{}", self.url(i), path))
             .header("x-kv-cluster-secret", TEST_SECRET);
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        let resp = req
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("request {path} failed: {e}"));
-        read_json(resp).await
+        send_json(req, path, body).await
     }
 
     /// Sends raw bytes with a content type.
@@ -771,6 +757,22 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("request {path} failed: {e}"));
         read_json(resp).await
     }
+}
+
+/// Sends `req` with `body` as JSON (if any); status and JSON answer.
+async fn send_json(
+    mut req: reqwest::RequestBuilder,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let resp = req
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("request {path} failed: {e}"));
+    read_json(resp).await
 }
 
 /// Reads a response that must be JSON (panics with the text otherwise).
