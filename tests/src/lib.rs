@@ -722,6 +722,27 @@ impl Cluster {
         send_json(req, path, body).await
     }
 
+    /// Waits (polling, up to `timeout`) until the membership change node
+    /// `via` drives is no longer running; its `/cluster/members` then.
+    pub async fn change_finished(&self, via: usize, timeout: Duration) -> Result<Value, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (status, view) = self
+                .request(reqwest::Method::GET, via, "/cluster/members", None)
+                .await;
+            if status == 200 && view["change"]["state"] != "running" {
+                return Ok(view);
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "the change driven by {} did not end within {timeout:?}: {view}",
+                    self.nodes[via].id
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     /// A request with the cluster secret (membership changes, internal
     /// routes); returns status and JSON body.
     pub async fn admin(

@@ -214,20 +214,12 @@ impl Load {
 
 /// Waits until the change driven by node `via` is done; returns its progress.
 async fn change_done(c: &Cluster, via: usize) -> Value {
-    wait_for(
-        "the membership change to finish",
-        Duration::from_secs(240),
-        || async {
-            let (status, body) = c
-                .request(reqwest::Method::GET, via, "/cluster/members", None)
-                .await;
-            assert_eq!(status, 200, "{body}");
-            let change = body["change"].clone();
-            assert_ne!(change["state"], "abandoned", "{body}");
-            (change["state"] == "done").then_some(body)
-        },
-    )
-    .await
+    let view = c
+        .change_finished(via, Duration::from_secs(240))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(view["change"]["state"], "done", "{view}");
+    view
 }
 
 /// Bytes of a record as the pulls count them (key, version, value).

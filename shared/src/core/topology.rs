@@ -189,6 +189,15 @@ impl Topology {
             .collect()
     }
 
+    /// The nodes in `state`, with their URLs.
+    pub fn nodes_in(&self, state: MemberState) -> Vec<(String, String)> {
+        self.nodes
+            .iter()
+            .filter(|(id, _)| self.state_of(id) == Some(state))
+            .map(|(id, url)| (id.clone(), url.clone()))
+            .collect()
+    }
+
     /// Every node but `me` that takes part (owners now or next).
     pub fn peers_of(&self, me: &str) -> Vec<String> {
         self.nodes
@@ -496,6 +505,11 @@ mod tests {
         assert_eq!(t4.state_of("d"), Some(MemberState::Member));
         assert!(t4.advance().is_none());
         assert!(t4.supersedes(&t3) && t3.supersedes(&t2) && t2.supersedes(&t1));
+        assert_eq!(
+            t2.nodes_in(MemberState::Joining),
+            vec![("d".to_owned(), "http://127.0.0.1:8004".to_owned())]
+        );
+        assert!(t2.nodes_in(MemberState::Leaving).is_empty());
     }
 
     #[test]

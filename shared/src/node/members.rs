@@ -577,6 +577,14 @@ impl Coordinator {
         Ok(self.start_driving(t, join, leave))
     }
 
+    /// A leaving node the failure detector marks down: a change neither
+    /// waits for it to take an epoch nor needs to pull from it (the other
+    /// holders have what it held).
+    fn leaving_and_down(&self, topology: &Topology, node: &str) -> bool {
+        topology.state_of(node) == Some(MemberState::Leaving)
+            && self.replicas.io.peer_health(node) == Health::Down
+    }
+
     fn progress(&self, update: impl FnOnce(&mut ChangeProgress)) {
         if let Some(change) = lock(&self.change).as_mut() {
             update(change);
@@ -619,12 +627,7 @@ impl Coordinator {
                 }
                 Phase::Switched => {
                     // The nodes leaving now: told the end and cleaned up by URL.
-                    let departed: Vec<(String, String)> = topology
-                        .nodes
-                        .iter()
-                        .filter(|(id, _)| topology.state_of(id) == Some(MemberState::Leaving))
-                        .map(|(id, url)| (id.clone(), url.clone()))
-                        .collect();
+                    let departed = topology.nodes_in(MemberState::Leaving);
                     self.progress(|c| c.departed = departed);
                 }
                 Phase::Stable => {
@@ -697,10 +700,7 @@ impl Coordinator {
                     // A leaving node that is down is not waited for: it is
                     // going away, and any write it coordinated from an older
                     // epoch was refused by the nodes that took this one.
-                    Err(_)
-                        if topology.state_of(&node) == Some(MemberState::Leaving)
-                            && io.peer_health(&node) == Health::Down =>
-                    {
+                    Err(_) if self.leaving_and_down(topology, &node) => {
                         warn!(%node, epoch = topology.epoch, "leaving node is down; not waiting for it");
                     }
                     Err(error) => {
@@ -745,10 +745,7 @@ impl Coordinator {
                         .peers
                         .iter()
                         .filter(|p| p.error.is_some())
-                        .filter(|p| {
-                            !(topology.state_of(&p.node) == Some(MemberState::Leaving)
-                                && io.peer_health(&p.node) == Health::Down)
-                        })
+                        .filter(|p| !self.leaving_and_down(topology, &p.node))
                         .map(|p| p.node.clone())
                         .collect(),
                     Err(_) => Vec::new(),
@@ -872,12 +869,7 @@ impl Coordinator {
             self.offer_everywhere(&back, Some(now_ms() + CHANGE_STEP_TIMEOUT_MS))
                 .await;
             // The nodes that were joining drop what they pulled.
-            let joining: Vec<(String, String)> = topology
-                .nodes
-                .iter()
-                .filter(|(id, _)| topology.state_of(id) == Some(MemberState::Joining))
-                .map(|(id, url)| (id.clone(), url.clone()))
-                .collect();
+            let joining = topology.nodes_in(MemberState::Joining);
             self.progress(|c| c.departed = joining);
             self.clean_departed(&back).await;
         }

@@ -78,21 +78,5 @@ async fn start(
 
 /// Waits until the change node `via` drives is done or abandoned.
 async fn finished(c: &Cluster, via: usize) -> Result<(), String> {
-    let deadline = Instant::now() + CHANGE_WAIT;
-    loop {
-        let (status, view) = c
-            .request(reqwest::Method::GET, via, "/cluster/members", None)
-            .await;
-        let state = view["change"]["state"].as_str().unwrap_or("none");
-        if status == 200 && state != "running" {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "the change driven by node{} did not end within {CHANGE_WAIT:?}: {view}",
-                via + 1
-            ));
-        }
-        tokio::time::sleep(POLL).await;
-    }
+    c.change_finished(via, CHANGE_WAIT).await.map(|_| ())
 }
