@@ -38,6 +38,8 @@ async fn run() -> anyhow::Result<()> {
     if cfg.cluster_secret_is_default {
         warn!("KV_CLUSTER_SECRET is not set: using the development default; set it in production");
     }
+    // Read now: a wrong certificate file stops the node before it starts.
+    let tls = cfg.tls.server_config().context("TLS configuration")?;
     let cfg = Arc::new(cfg);
     let conn = connect_redis_ready(&cfg, Duration::from_millis(REDIS_STARTUP_WAIT_MS))
         .await
@@ -112,6 +114,8 @@ async fn run() -> anyhow::Result<()> {
         member = coord.is_member(),
         replication_factor = cfg.replication_factor,
         background_sync = cfg.background_sync,
+        tls = tls.is_some(),
+        client_auth = ?cfg.tls.client_auth,
         "node started"
     );
 
@@ -155,6 +159,7 @@ async fn run() -> anyhow::Result<()> {
         listener,
         api::app(coord),
         api::server::ServeOptions::default(),
+        tls,
         shared::process::shutdown_signal(),
     )
     .await;
@@ -163,7 +168,9 @@ async fn run() -> anyhow::Result<()> {
 }
 
 /// `api healthcheck`: exit 0 when this node's `/health` answers 200 (for
-/// container health checks in an image without curl).
+/// container health checks in an image without curl). Over TLS when the
+/// node serves it, checking the certificate against the name in its own
+/// URL, as its peers do.
 fn healthcheck() -> i32 {
     use std::io::{Read, Write};
     let _ = dotenvy::dotenv();
@@ -175,11 +182,19 @@ fn healthcheck() -> i32 {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
     let timeout = std::time::Duration::from_secs(2);
-    let Ok(mut stream) = std::net::TcpStream::connect_timeout(&addr, timeout) else {
+    let Ok(tcp) = std::net::TcpStream::connect_timeout(&addr, timeout) else {
         return 1;
     };
-    let _ = stream.set_read_timeout(Some(timeout));
-    let _ = stream.set_write_timeout(Some(timeout));
+    let _ = tcp.set_read_timeout(Some(timeout));
+    let _ = tcp.set_write_timeout(Some(timeout));
+    let mut stream: Box<dyn ReadWrite> = if cfg.tls.serves_tls() {
+        match tls_stream(&cfg, tcp) {
+            Some(stream) => Box::new(stream),
+            None => return 2,
+        }
+    } else {
+        Box::new(tcp)
+    };
     if stream
         .write_all(b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n")
         .is_err()
@@ -194,4 +209,21 @@ fn healthcheck() -> i32 {
     } else {
         1
     }
+}
+
+trait ReadWrite: std::io::Read + std::io::Write {}
+impl<T: std::io::Read + std::io::Write> ReadWrite for T {}
+
+/// A TLS client stream to this node, named as in its own URL.
+fn tls_stream(
+    cfg: &Config,
+    tcp: std::net::TcpStream,
+) -> Option<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>> {
+    let own = cfg.nodes.get(&cfg.node_id)?;
+    let uri: hyper::Uri = own.parse().ok()?;
+    let host = uri.host()?.trim_matches(['[', ']']);
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned()).ok()?;
+    let config = cfg.tls.client_config().ok()?;
+    let connection = rustls::ClientConnection::new(config, name).ok()?;
+    Some(rustls::StreamOwned::new(connection, tcp))
 }

@@ -15,7 +15,8 @@ use shared::secret_eq;
 use tracing::error;
 
 use crate::error::ApiError;
-use crate::state::AppState;
+use crate::state::{AppState, ConnectionTls};
+use shared::config::ClientAuth;
 
 /// An error answer to a request that carried a body may leave part of the
 /// body unread (a 413 is sent before reading it, a 401 or 415 never reads
@@ -85,13 +86,25 @@ pub async fn require_token(
     Ok(next.run(request).await)
 }
 
-/// Internal routes: require the cluster secret, compared in constant time.
+/// Internal routes: require the cluster secret, compared in constant time,
+/// and under `KV_TLS_CLIENT_AUTH=internal` a verified client certificate.
 pub async fn require_secret(
     State(state): State<AppState>,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let secret = state.coord.config().cluster_secret.0.as_bytes();
+    let config = state.coord.config();
+    if config.tls.client_auth != ClientAuth::Off
+        && !request
+            .extensions()
+            .get::<ConnectionTls>()
+            .is_some_and(|tls| tls.client_certificate)
+    {
+        return Err(ApiError::Forbidden(
+            "internal route: a client certificate signed by the cluster's CA is required",
+        ));
+    }
+    let secret = config.cluster_secret.0.as_bytes();
     match request.headers().get(SECRET_HEADER) {
         None => Err(ApiError::Unauthorized(
             "internal route: cluster secret required",

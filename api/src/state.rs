@@ -17,3 +17,12 @@ pub struct AppState {
     pub coord: Arc<Coordinator>,
     pub watch: Option<Arc<ChangeFeed>>,
 }
+
+/// What TLS tells of a request's connection, put in the request's
+/// extensions by the server on HTTPS connections only.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionTls {
+    /// The client presented a certificate, verified against `KV_TLS_CA`
+    /// (rustls refuses the connection when it does not verify).
+    pub client_certificate: bool,
+}

@@ -18,6 +18,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Uri};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -125,8 +126,8 @@ fn parse_uri(text: &str) -> Result<Uri, String> {
         .parse()
         .map_err(|e: hyper::http::uri::InvalidUri| e.to_string())?;
     match uri.scheme_str() {
-        Some("http") if uri.host().is_some() => Ok(uri),
-        _ => Err(format!("{text:?} is not an http:// URL")),
+        Some("http" | "https") if uri.host().is_some() => Ok(uri),
+        _ => Err(format!("{text:?} is not an http:// or https:// URL")),
     }
 }
 
@@ -180,7 +181,8 @@ struct Table {
 /// Client for every peer of this node.
 #[derive(Clone)]
 pub struct PeerClient {
-    http: Client<HttpConnector, Full<Bytes>>,
+    /// Speaks TLS to `https://` peers and plain HTTP to `http://` ones.
+    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     table: Arc<RwLock<Arc<Table>>>,
     secret: HeaderValue,
     request_timeout: Duration,
@@ -197,6 +199,8 @@ pub enum PeerSetupError {
     Url { node: String, reason: String },
     #[error("the cluster secret cannot be sent as a header value")]
     Secret,
+    #[error(transparent)]
+    Tls(crate::config::ConfigError),
 }
 
 impl PeerClient {
@@ -207,11 +211,19 @@ impl PeerClient {
         connect_timeout: Duration,
         request_timeout: Duration,
         source_addr: Option<std::net::IpAddr>,
+        tls: Arc<rustls::ClientConfig>,
     ) -> Result<Self, PeerSetupError> {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.set_nodelay(true);
-        connector.set_local_address(source_addr);
+        let mut tcp = HttpConnector::new();
+        tcp.set_connect_timeout(Some(connect_timeout));
+        tcp.set_nodelay(true);
+        tcp.set_local_address(source_addr);
+        // The TLS layer sees https:// URIs; let them through the TCP one.
+        tcp.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(Arc::unwrap_or_clone(tls))
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(tcp);
         let http = Client::builder(TokioExecutor::new())
             // Below the server's HEADER_READ_TIMEOUT_MS, which also closes idle
             // keep-alive connections: the client drops an idle connection

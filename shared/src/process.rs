@@ -45,6 +45,9 @@ pub fn init_tracing(format: LogFormat) {
 pub fn start() -> Result<crate::config::Config, crate::config::ConfigError> {
     let _ = dotenvy::dotenv();
     let cfg = crate::config::Config::from_env()?;
+    // The Redis client builds its rustls configuration with the default
+    // provider; the node's own configurations name theirs.
+    crate::config::install_default_provider();
     init_tracing(cfg.log_format);
     Ok(cfg)
 }

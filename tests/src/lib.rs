@@ -9,6 +9,7 @@
 //! hopes.
 
 pub mod chaos;
+pub mod seed;
 pub mod smtp;
 
 use std::future::Future;
@@ -30,6 +31,61 @@ pub const TEST_SECRET: &str = "test-cluster-secret";
 pub const TEST_REDIS_PASSWORD: &str = "test-redis-password";
 
 static CLUSTER_SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// The harness's HTTP client: bounded, no proxy; with `ca`, it trusts that
+/// CA for `https://` (and presents no certificate).
+pub fn http_client(ca: Option<&Path>) -> reqwest::Client {
+    let builder = reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .no_proxy();
+    let builder = match ca {
+        None => builder,
+        Some(ca) => builder.tls_backend_preconfigured(tls_client_config(ca, None)),
+    };
+    builder.build().expect("http client")
+}
+
+/// A rustls client configuration trusting `ca`, presenting `identity`
+/// (certificate and key files) when given.
+pub fn tls_client_config(ca: &Path, identity: Option<(&Path, &Path)>) -> rustls::ClientConfig {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    shared::config::install_default_provider();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).expect("CA file") {
+        roots.add(cert.expect("CA certificate")).expect("CA");
+    }
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_file_iter(cert)
+                    .expect("certificate file")
+                    .map(|c| c.expect("certificate"))
+                    .collect(),
+                PrivateKeyDer::from_pem_file(key).expect("key file"),
+            )
+            .expect("client identity"),
+    }
+}
+
+/// Makes (once per folder) a test CA, and a certificate for `name` valid for
+/// `host`, for server and client use: `scripts/gen-certs.sh` with openssl.
+pub fn make_certificates(dir: &Path, name: &str, host: &str) {
+    let out = run_bounded(
+        Command::new(repo_root().join("scripts/gen-certs.sh"))
+            .arg(dir)
+            .arg(format!("{name}:{host},localhost")),
+        None,
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.code == Some(0),
+        "gen-certs.sh failed (is openssl installed?): {}",
+        out.stderr
+    );
+}
 
 /// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
@@ -200,6 +256,13 @@ pub struct Options {
     /// its calls to peers, so links between nodes can be cut with iptables.
     /// Otherwise every node is on 127.0.0.1.
     pub subnet: Option<u8>,
+    /// TLS everywhere: the harness makes a CA and a certificate per node
+    /// (`scripts/gen-certs.sh`, with openssl); the nodes serve HTTPS with
+    /// mutual TLS on internal routes (`KV_TLS_CLIENT_AUTH=internal`, which
+    /// `env` may override), and each Redis listens on TLS only, asking for
+    /// the node's certificate (`rediss://`). The harness's HTTP client
+    /// trusts the CA and presents no certificate.
+    pub tls: bool,
 }
 
 impl Default for Options {
@@ -210,6 +273,7 @@ impl Default for Options {
             workers: 0,
             appendfsync: "always",
             subnet: None,
+            tls: false,
         }
     }
 }
@@ -281,16 +345,18 @@ impl Cluster {
         let nodes: Vec<Node> = (1..=opts.nodes)
             .map(|i| Node::new(&dir, opts.subnet, i))
             .collect();
+        let scheme = if opts.tls { "https" } else { "http" };
+        if opts.tls {
+            for node in &nodes {
+                make_certificates(&dir.join("tls"), &node.id, &node.host);
+            }
+        }
         let peers = nodes
             .iter()
-            .map(|n| format!("{}=http://{}:{}", n.id, n.host, n.api_port))
+            .map(|n| format!("{}={scheme}://{}:{}", n.id, n.host, n.api_port))
             .collect::<Vec<_>>()
             .join(",");
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(15))
-            .no_proxy()
-            .build()
-            .expect("http client");
+        let http = http_client(opts.tls.then(|| dir.join("tls").join("ca.pem")).as_deref());
         let mut cluster = Cluster {
             nodes,
             dir,
@@ -320,10 +386,18 @@ impl Cluster {
     /// `not_a_member` until added (`POST /cluster/members`). Returns its index.
     pub async fn add_node(&mut self) -> usize {
         let i = self.nodes.len();
-        let mut node = Node::new(&self.dir, self.opts.subnet, i + 1);
+        let node = Node::new(&self.dir, self.opts.subnet, i + 1);
+        if self.opts.tls {
+            make_certificates(&self.dir.join("tls"), &node.id, &node.host);
+        }
+        let mut node = node;
         let seeds = format!(
-            "{},{}=http://{}:{}",
-            self.peers, node.id, node.host, node.api_port
+            "{},{}={}://{}:{}",
+            self.peers,
+            node.id,
+            self.scheme(),
+            node.host,
+            node.api_port
         );
         node.env = vec![
             ("KV_JOIN".to_owned(), "1".to_owned()),
@@ -377,17 +451,55 @@ impl Cluster {
         .await;
     }
 
-    pub fn url(&self, i: usize) -> String {
-        format!("http://{}:{}", self.nodes[i].host, self.nodes[i].api_port)
+    fn scheme(&self) -> &'static str {
+        if self.opts.tls { "https" } else { "http" }
     }
 
-    /// The URL of node `i`'s Redis, password included.
+    pub fn url(&self, i: usize) -> String {
+        format!(
+            "{}://{}:{}",
+            self.scheme(),
+            self.nodes[i].host,
+            self.nodes[i].api_port
+        )
+    }
+
+    /// The folder of the test CA and the nodes' certificates (`tls` on).
+    pub fn tls_dir(&self) -> PathBuf {
+        self.dir.join("tls")
+    }
+
+    /// The URL of node `i`'s Redis, password included (`rediss://` with `tls`).
     pub fn redis_url(&self, i: usize) -> String {
         let node = &self.nodes[i];
+        let scheme = if self.opts.tls { "rediss" } else { "redis" };
         format!(
-            "redis://:{TEST_REDIS_PASSWORD}@{}:{}/0",
+            "{scheme}://:{TEST_REDIS_PASSWORD}@{}:{}/0",
             node.host, node.redis_port
         )
+    }
+
+    /// A client of node `i`'s Redis (over TLS, with the node's certificate,
+    /// when `tls` is on).
+    pub fn redis_client(&self, i: usize) -> redis::Client {
+        let url = self.redis_url(i);
+        if !self.opts.tls {
+            return redis::Client::open(url).expect("redis url");
+        }
+        let dir = self.tls_dir();
+        let read = |name: &str| std::fs::read(dir.join(name)).expect("test certificate");
+        let id = &self.nodes[i].id;
+        redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: Some(redis::ClientTlsConfig {
+                    client_cert: read(&format!("{id}.pem")),
+                    client_key: read(&format!("{id}.key")),
+                }),
+                root_cert: Some(read("ca.pem")),
+            },
+        )
+        .expect("redis TLS client")
     }
 
     pub fn index_of(&self, id: &str) -> usize {
@@ -399,11 +511,10 @@ impl Cluster {
     /// does only once its data is loaded).
     pub async fn start_redis(&mut self, i: usize) {
         self.spawn_redis(i);
-        let url = self.redis_url(i);
+        let client = self.redis_client(i);
         wait_for("redis to answer PING", Duration::from_secs(10), || {
-            let url = url.clone();
+            let client = client.clone();
             async move {
-                let client = redis::Client::open(url).ok()?;
                 let mut conn = client.get_multiplexed_async_connection().await.ok()?;
                 redis::cmd("PING")
                     .query_async::<String>(&mut conn)
@@ -417,19 +528,35 @@ impl Cluster {
     /// Starts node `i`'s Redis without waiting for it.
     pub fn spawn_redis(&mut self, i: usize) {
         let appendfsync = self.opts.appendfsync;
+        let tls = self.opts.tls.then(|| self.tls_dir());
         let node = &mut self.nodes[i];
+        // With TLS, the port speaks TLS only and asks for the node's certificate.
+        let port_args: Vec<String> = match &tls {
+            None => vec!["--port".into(), node.redis_port.to_string()],
+            Some(dir) => {
+                let file = |name: String| dir.join(name).to_string_lossy().into_owned();
+                vec![
+                    "--port".into(),
+                    "0".into(),
+                    "--tls-port".into(),
+                    node.redis_port.to_string(),
+                    "--tls-cert-file".into(),
+                    file(format!("{}.pem", node.id)),
+                    "--tls-key-file".into(),
+                    file(format!("{}.key", node.id)),
+                    "--tls-ca-cert-file".into(),
+                    file("ca.pem".into()),
+                    "--tls-auth-clients".into(),
+                    "yes".into(),
+                ]
+            }
+        };
         let data = node.dir.join("redis");
         std::fs::create_dir_all(&data).expect("redis dir");
         let log = std::fs::File::create(node.dir.join("redis.log")).expect("redis log");
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &node.redis_port.to_string(),
-                "--bind",
-                &node.host,
-                "--requirepass",
-                TEST_REDIS_PASSWORD,
-            ])
+            .args(&port_args)
+            .args(["--bind", &node.host, "--requirepass", TEST_REDIS_PASSWORD])
             .args([
                 "--save",
                 "",
@@ -464,6 +591,20 @@ impl Cluster {
         ];
         if self.opts.subnet.is_some() {
             env.push(("KV_PEER_SOURCE_ADDR".to_owned(), node.host.clone()));
+        }
+        if self.opts.tls {
+            let file = |name: String| self.tls_dir().join(name).to_string_lossy().into_owned();
+            for (var, name) in [
+                ("KV_TLS_CERT", format!("{}.pem", node.id)),
+                ("KV_TLS_KEY", format!("{}.key", node.id)),
+                ("KV_TLS_CA", "ca.pem".to_owned()),
+                ("KV_REDIS_TLS_CERT", format!("{}.pem", node.id)),
+                ("KV_REDIS_TLS_KEY", format!("{}.key", node.id)),
+                ("KV_REDIS_TLS_CA", "ca.pem".to_owned()),
+            ] {
+                env.push((var.to_owned(), file(name)));
+            }
+            env.push(("KV_TLS_CLIENT_AUTH".to_owned(), "internal".to_owned()));
         }
         env.extend(self.opts.env.iter().cloned());
         env.extend(node.env.iter().cloned());
@@ -617,8 +758,10 @@ impl Cluster {
     /// A Redis connection to node `i`'s own Redis, if one can be made now
     /// (the login is a command, so it waits out a `CLIENT PAUSE`, or times out).
     pub async fn try_redis(&self, i: usize) -> Option<redis::aio::MultiplexedConnection> {
-        let client = redis::Client::open(self.redis_url(i)).expect("redis url");
-        client.get_multiplexed_async_connection().await.ok()
+        self.redis_client(i)
+            .get_multiplexed_async_connection()
+            .await
+            .ok()
     }
 
     /// The log of node `i`'s API, for failure messages.

@@ -4,7 +4,8 @@
 //! side of a change: `/internal/topology` (ask, offer), `/internal/rebalance`
 //! (pull a share) and `/internal/cleanup` (drop what is no longer held).
 //!
-//! A join or leave needs the cluster secret (as the nodes send it; the
+//! A join or leave needs the admin token (`KV_ADMIN_TOKEN`, in
+//! `x-kv-admin-token`) or the cluster secret (as the nodes send it; the
 //! client token is not enough); it answers 202 at once with the
 //! new epoch and the planned moves, and the change goes on in the
 //! background (`shared::node::members`).
@@ -46,15 +47,28 @@ pub async fn members(State(state): State<AppState>) -> Response {
     .into_response()
 }
 
-/// A join or leave needs the cluster secret: the client token is not
-/// enough to reshape the cluster.
+/// Header carrying the admin token (`KV_ADMIN_TOKEN`).
+pub const ADMIN_TOKEN_HEADER: &str = "x-kv-admin-token";
+
+/// A join or leave needs the cluster secret, or the admin token when one
+/// is configured: the client token is not enough to reshape the cluster.
 fn admin_allowed(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let secret = state.coord.config().cluster_secret.0.as_bytes();
-    match headers.get(SECRET_HEADER) {
-        Some(given) if secret_eq(given.as_bytes(), secret) => Ok(()),
-        _ => Err(ApiError::Forbidden(
-            "membership changes need the cluster secret (x-kv-cluster-secret)",
-        )),
+    let config = state.coord.config();
+    let matches = |header: &str, expected: &str| {
+        headers
+            .get(header)
+            .is_some_and(|given| secret_eq(given.as_bytes(), expected.as_bytes()))
+    };
+    let by_token = config
+        .admin_token
+        .as_ref()
+        .is_some_and(|token| matches(ADMIN_TOKEN_HEADER, &token.0));
+    if by_token || matches(SECRET_HEADER, &config.cluster_secret.0) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(
+            "membership changes need the admin token (x-kv-admin-token) or the cluster secret (x-kv-cluster-secret)",
+        ))
     }
 }
 
@@ -80,12 +94,19 @@ pub async fn join(
             format!("body must be {{\"id\": \"node4\", \"url\": \"http://host:port\"}}: {e}"),
         )
     })?;
-    // The same rules as KV_PEERS: a node id, and an http:// URL.
+    // The same rules as KV_PEERS: a node id, and an http:// or https:// URL.
     let parsed = parse_peers(&format!("{}={}", request.id, request.url))
         .map_err(|e| ApiError::bad_request("bad_member", e.to_string()))?;
     let Some((id, url)) = parsed.into_iter().next() else {
         return Err(ApiError::bad_request("bad_member", "no member given"));
     };
+    // A cluster that speaks TLS does not send its secret to a plain-HTTP node.
+    if state.coord.config().tls.serves_tls() && !url.starts_with("https://") {
+        return Err(ApiError::bad_request(
+            "bad_member",
+            format!("this cluster serves TLS: the new member's URL must be https://, got {url:?}"),
+        ));
+    }
     let started = state.coord.request_change(Some((id, url)), None).await?;
     Ok((StatusCode::ACCEPTED, Json(started)).into_response())
 }

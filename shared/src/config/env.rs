@@ -65,7 +65,7 @@ pub(super) fn parse_schedule(
     }
 }
 
-/// Parses `id=http://host:port,id2=http://...`.
+/// Parses `id=http://host:port,id2=https://...`.
 pub fn parse_peers(spec: &str) -> Result<BTreeMap<String, String>, ConfigError> {
     let mut nodes = BTreeMap::new();
     for entry in spec.split(',').map(str::trim).filter(|e| !e.is_empty()) {
@@ -77,10 +77,13 @@ pub fn parse_peers(spec: &str) -> Result<BTreeMap<String, String>, ConfigError> 
         })?;
         let (id, url) = (id.trim(), url.trim().trim_end_matches('/'));
         validate_node_id(id).map_err(|e| err("KV_PEERS", e.to_string()))?;
-        if !url.starts_with("http://") || url.len() <= "http://".len() {
+        let rest = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"));
+        if rest.is_none_or(str::is_empty) {
             return Err(err(
                 "KV_PEERS",
-                format!("URL of {id} must start with http://, got {url:?}"),
+                format!("URL of {id} must start with http:// or https://, got {url:?}"),
             ));
         }
         if nodes.insert(id.to_owned(), url.to_owned()).is_some() {

@@ -14,12 +14,14 @@
 
 mod email;
 mod env;
+mod tls;
 
 #[cfg(test)]
 mod tests;
 
 pub use email::{EmailConfig, TlsMode};
 pub use env::parse_peers;
+pub use tls::{ClientAuth, RedisTlsSettings, TlsSettings, install_default_provider};
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -83,6 +85,14 @@ pub struct Config {
     pub cluster_secret_is_default: bool,
     /// `KV_API_TOKEN`: when set, clients must send `Authorization: Bearer <token>`.
     pub api_token: Option<Secret>,
+    /// `KV_ADMIN_TOKEN`: when set, `Authorization: Bearer <token>` is
+    /// accepted on the membership routes in place of the cluster secret, so
+    /// operators need not hold the secret every node shares.
+    pub admin_token: Option<Secret>,
+    /// `KV_TLS_*`: HTTPS for the API and between nodes (see `config::tls`).
+    pub tls: TlsSettings,
+    /// `KV_REDIS_TLS_*`: the certificates of a `rediss://` connection.
+    pub redis_tls: RedisTlsSettings,
     /// `KV_KEY_BYTES_MAX` (default 1024).
     pub key_bytes_max: usize,
     /// `KV_VALUE_BYTES_MAX` (default 1 MiB).
@@ -204,10 +214,35 @@ impl Config {
             None => SocketAddr::from(([127, 0, 0, 1], 8001)),
         };
 
+        let tls = TlsSettings::from_lookup(&get)?;
         let nodes = match get("KV_PEERS") {
             Some(v) => parse_peers(&v)?,
-            None => BTreeMap::from([(node_id.clone(), format!("http://{listen}"))]),
+            None => {
+                let scheme = if tls.serves_tls() { "https" } else { "http" };
+                BTreeMap::from([(node_id.clone(), format!("{scheme}://{listen}"))])
+            }
         };
+        if let Some(own) = nodes.get(&node_id) {
+            match (tls.serves_tls(), own.starts_with("https://")) {
+                (true, false) => {
+                    return Err(err(
+                        "KV_PEERS",
+                        format!(
+                            "this node serves TLS (KV_TLS_CERT is set): its URL must be https://, got {own:?}"
+                        ),
+                    ));
+                }
+                (false, true) => {
+                    return Err(err(
+                        "KV_PEERS",
+                        format!(
+                            "this node's URL {own:?} is https://: set KV_TLS_CERT and KV_TLS_KEY"
+                        ),
+                    ));
+                }
+                _ => {}
+            }
+        }
         let join = parse_bool(&get, "KV_JOIN", false)?;
         if !join && !nodes.contains_key(&node_id) {
             return Err(err(
@@ -229,8 +264,14 @@ impl Config {
 
         let redis_url = match get("REDIS_URL") {
             Some(url) => {
-                if !(url.starts_with("redis://") || url.starts_with("unix://")) {
-                    return Err(err("REDIS_URL", "must start with redis:// or unix://"));
+                if !["redis://", "rediss://", "unix://"]
+                    .iter()
+                    .any(|scheme| url.starts_with(scheme))
+                {
+                    return Err(err(
+                        "REDIS_URL",
+                        "must start with redis://, rediss:// (TLS) or unix://",
+                    ));
                 }
                 url
             }
@@ -255,6 +296,19 @@ impl Config {
             None => (Secret(CLUSTER_SECRET_DEFAULT.to_owned()), true),
         };
         let api_token = get("KV_API_TOKEN").map(Secret);
+        let admin_token = match get("KV_ADMIN_TOKEN") {
+            Some(token) if token.len() < 16 => {
+                return Err(err("KV_ADMIN_TOKEN", "must be at least 16 characters"));
+            }
+            Some(token) if token == cluster_secret.0 => {
+                return Err(err(
+                    "KV_ADMIN_TOKEN",
+                    "must differ from KV_CLUSTER_SECRET (it exists so operators need not hold the secret)",
+                ));
+            }
+            token => token.map(Secret),
+        };
+        let redis_tls = RedisTlsSettings::from_lookup(&get)?;
 
         let key_bytes_max = parse_or(&get, "KV_KEY_BYTES_MAX", KEY_BYTES_MAX_DEFAULT)?;
         if key_bytes_max == 0 || key_bytes_max > 64 * 1024 {
@@ -442,6 +496,9 @@ impl Config {
             cluster_secret,
             cluster_secret_is_default,
             api_token,
+            admin_token,
+            tls,
+            redis_tls,
             key_bytes_max,
             value_bytes_max,
             vnodes,

@@ -77,6 +77,48 @@ fn peers_and_replication() {
 }
 
 #[test]
+fn tls_peers_redis_and_admin_token() {
+    let tls = [
+        ("KV_TLS_CERT", "/etc/kv/node1.pem"),
+        ("KV_TLS_KEY", "/etc/kv/node1.key"),
+    ];
+    let c = config(&[
+        tls[0],
+        tls[1],
+        ("KV_PEERS", "node1=https://a:1,node2=https://b:2"),
+        ("REDIS_URL", "rediss://:pw@r:6380/0"),
+        ("KV_REDIS_TLS_CA", "/etc/kv/ca.pem"),
+        ("KV_ADMIN_TOKEN", "an-operator-token-0123"),
+    ])
+    .unwrap();
+    assert!(c.tls.serves_tls());
+    assert_eq!(c.nodes["node2"], "https://b:2");
+    assert_eq!(c.redis_url, "rediss://:pw@r:6380/0");
+    assert!(c.redis_tls.ca.is_some());
+    assert!(c.admin_token.is_some());
+    // Alone, a TLS node's own URL is https.
+    assert_eq!(
+        config(&[tls[0], tls[1]]).unwrap().nodes["node1"],
+        "https://127.0.0.1:8001"
+    );
+    // Its scheme must match whether it serves TLS, either way.
+    let e = config(&[tls[0], tls[1], ("KV_PEERS", "node1=http://a:1")]).unwrap_err();
+    assert_eq!(e.var, "KV_PEERS");
+    assert!(e.message.contains("https://"), "{e}");
+    let e = config(&[("KV_PEERS", "node1=https://a:1")]).unwrap_err();
+    assert!(e.message.contains("KV_TLS_CERT"), "{e}");
+    // The admin token is long, and is not the cluster secret.
+    let e = config(&[("KV_ADMIN_TOKEN", "short")]).unwrap_err();
+    assert_eq!(e.var, "KV_ADMIN_TOKEN");
+    let e = config(&[
+        ("KV_CLUSTER_SECRET", "the-same-secret-0123"),
+        ("KV_ADMIN_TOKEN", "the-same-secret-0123"),
+    ])
+    .unwrap_err();
+    assert!(e.message.contains("differ"), "{e}");
+}
+
+#[test]
 fn bad_values_name_the_variable() {
     let cases: &[(&[(&str, &str)], &str)] = &[
         (&[("KV_NODE_ID", "bad id")], "KV_NODE_ID"),
@@ -92,6 +134,8 @@ fn bad_values_name_the_variable() {
         (&[("KV_WRITE_CONSISTENCY", "most")], "KV_WRITE_CONSISTENCY"),
         (&[("REDIS_PORT", "70000")], "REDIS_PORT"),
         (&[("REDIS_URL", "http://x")], "REDIS_URL"),
+        (&[("KV_REDIS_TLS_CERT", "c.pem")], "KV_REDIS_TLS_KEY"),
+        (&[("KV_PEERS", "node1=https://")], "KV_PEERS"),
         (&[("KV_CLUSTER_SECRET", "short")], "KV_CLUSTER_SECRET"),
         (&[("KV_VALUE_BYTES_MAX", "0")], "KV_VALUE_BYTES_MAX"),
         (

@@ -257,6 +257,7 @@ impl Node {
             cfg.peer_connect_timeout,
             cfg.peer_request_timeout,
             cfg.peer_source_addr,
+            cfg.tls.client_config().map_err(PeerSetupError::Tls)?,
         )?;
         let stats = Arc::new(Stats::default());
         peers.set_peers(&view.topology.nodes, view.topology.epoch)?;

@@ -477,14 +477,26 @@ fn range_page(
 }
 
 /// Opens a managed, auto-reconnecting Redis connection with explicit
-/// timeouts and `TCP_NODELAY`.
+/// timeouts and `TCP_NODELAY`; over TLS for a `rediss://` URL, with the
+/// certificates of `KV_REDIS_TLS_*`.
 pub async fn connect_redis(cfg: &Config) -> Result<ConnectionManager, redis::RedisError> {
     let info = cfg
         .redis_url
         .as_str()
         .into_connection_info()?
         .set_tcp_settings(TcpSettings::default().set_nodelay(true));
-    let client = redis::Client::open(info)?;
+    let client = if cfg.redis_url.starts_with("rediss://") {
+        let certificates = cfg.redis_tls.certificates().map_err(|e| {
+            redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "TLS settings",
+                e.to_string(),
+            ))
+        })?;
+        redis::Client::build_with_tls(info, certificates)?
+    } else {
+        redis::Client::open(info)?
+    };
     let manager_cfg = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(cfg.redis_connect_timeout))
         .set_response_timeout(Some(cfg.redis_response_timeout))
@@ -516,6 +528,10 @@ pub async fn connect_redis_ready(
         .await;
         match attempt {
             Ok(conn) => return Ok(conn),
+            // A wrong setting (a certificate file, say) is not cured by waiting.
+            Err(error) if error.kind() == redis::ErrorKind::InvalidClientConfig => {
+                return Err(error);
+            }
             Err(error) if tokio::time::Instant::now() < deadline => {
                 tracing::warn!(redis = %cfg.redis_url_redacted(), %error, "redis not ready yet (unreachable or loading its data); retrying");
                 tokio::time::sleep(delay).await;
