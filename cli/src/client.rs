@@ -3,6 +3,7 @@
 //! what went wrong to an exit code.
 
 use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use reqwest::blocking::Client as Http;
@@ -120,34 +121,119 @@ impl Answer {
     }
 }
 
+/// What `https://` needs: the CA to trust (`--ca-cert`; default: the
+/// Mozilla roots) and a client certificate (`--cert`, `--key`) for a
+/// cluster that asks every client for one (`KV_TLS_CLIENT_AUTH=all`).
+#[derive(Debug, Default, Clone)]
+pub struct TlsOptions {
+    pub ca: Option<PathBuf>,
+    pub identity: Option<(PathBuf, PathBuf)>,
+}
+
+impl TlsOptions {
+    /// The rustls configuration (ring provider), files read now.
+    fn client_config(&self) -> Result<rustls::ClientConfig, CliError> {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let certs = |flag: &str, path: &PathBuf| {
+            CertificateDer::pem_file_iter(path)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| CliError::Input(format!("{flag} {}: {e}", path.display())))
+        };
+        let roots = match &self.ca {
+            None => rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            },
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                let (added, _) = roots.add_parsable_certificates(certs("--ca-cert", ca)?);
+                if added == 0 {
+                    return Err(CliError::Input(format!(
+                        "--ca-cert {}: holds no usable CA certificate",
+                        ca.display()
+                    )));
+                }
+                roots
+            }
+        };
+        let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| CliError::Input(format!("TLS: {e}")))?
+        .with_root_certificates(roots);
+        match &self.identity {
+            None => Ok(builder.with_no_client_auth()),
+            Some((cert, key)) => {
+                let key = PrivateKeyDer::from_pem_file(key)
+                    .map_err(|e| CliError::Input(format!("--key {}: {e}", key.display())))?;
+                builder
+                    .with_client_auth_cert(certs("--cert", cert)?, key)
+                    .map_err(|e| CliError::Input(format!("--cert/--key: {e}")))
+            }
+        }
+    }
+}
+
+/// The credential of a membership request.
+pub enum Admin<'a> {
+    /// `KV_ADMIN_TOKEN`, sent as `x-kv-admin-token`.
+    Token(&'a str),
+    /// The cluster secret, sent as `x-kv-cluster-secret`.
+    Secret(&'a str),
+}
+
 /// One node's HTTP API.
 pub struct Client {
     http: Http,
     base: String,
     token: Option<String>,
     timeout: Duration,
+    tls: rustls::ClientConfig,
+}
+
+/// An HTTP client with the TLS configuration, bounded by `timeout` (none:
+/// only connecting is bounded).
+fn http_client(
+    tls: &rustls::ClientConfig,
+    timeout: Option<Duration>,
+    connect: Duration,
+) -> Result<Http, CliError> {
+    Http::builder()
+        .timeout(timeout)
+        .connect_timeout(connect)
+        .no_proxy()
+        .tls_backend_preconfigured(tls.clone())
+        .build()
+        .map_err(|e| CliError::Input(format!("cannot build the HTTP client: {e}")))
 }
 
 impl Client {
-    /// `base` is `http://host:port` (a trailing `/` is dropped).
-    pub fn new(base: &str, token: Option<String>, timeout: Duration) -> Result<Client, CliError> {
+    /// `base` is `http://host:port` or `https://host:port` (a trailing `/`
+    /// is dropped).
+    pub fn new(
+        base: &str,
+        token: Option<String>,
+        timeout: Duration,
+        tls: &TlsOptions,
+    ) -> Result<Client, CliError> {
         let base = base.trim_end_matches('/').to_owned();
-        if !base.starts_with("http://") || base.len() <= "http://".len() {
+        let rest = base
+            .strip_prefix("http://")
+            .or_else(|| base.strip_prefix("https://"));
+        if rest.is_none_or(str::is_empty) {
             return Err(CliError::Input(format!(
-                "--url / KV_URL must be http://host:port, got {base:?} (nodes speak plain HTTP)"
+                "--url / KV_URL must be http://host:port or https://host:port, got {base:?}"
             )));
         }
-        let http = Http::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(3)))
-            .no_proxy()
-            .build()
-            .map_err(|e| CliError::Input(format!("cannot build the HTTP client: {e}")))?;
+        let tls = tls.client_config()?;
+        let http = http_client(&tls, Some(timeout), timeout.min(Duration::from_secs(3)))?;
         Ok(Client {
             http,
             base,
             token: token.filter(|t| !t.is_empty()),
             timeout,
+            tls,
         })
     }
 
@@ -198,20 +284,21 @@ impl Client {
         self.send(Method::GET, path, None)
     }
 
-    /// A membership request: sent with the cluster secret
-    /// (`x-kv-cluster-secret`), the only credential a node takes for it.
+    /// A membership request: sent with the admin token or the cluster
+    /// secret, the credentials a node takes for it.
     pub fn send_admin(
         &self,
         method: Method,
         path: &str,
         body: Option<&Value>,
-        secret: &str,
+        credential: Admin<'_>,
     ) -> Result<Answer, CliError> {
         let url = format!("{}{path}", self.base);
-        let mut request = self
-            .http
-            .request(method, &url)
-            .header("x-kv-cluster-secret", secret);
+        let (header, value) = match credential {
+            Admin::Token(token) => ("x-kv-admin-token", token),
+            Admin::Secret(secret) => ("x-kv-cluster-secret", secret),
+        };
+        let mut request = self.http.request(method, &url).header(header, value);
         if let Some(body) = body {
             request = request
                 .header("content-type", "application/json")
@@ -229,12 +316,7 @@ impl Client {
         path: &str,
         mut each: impl FnMut(&str, Option<&str>, &str) -> Result<(), CliError>,
     ) -> Result<(), CliError> {
-        let http = Http::builder()
-            .timeout(None)
-            .connect_timeout(self.timeout.min(Duration::from_secs(3)))
-            .no_proxy()
-            .build()
-            .map_err(|e| CliError::Input(format!("cannot build the HTTP client: {e}")))?;
+        let http = http_client(&self.tls, None, self.timeout.min(Duration::from_secs(3)))?;
         let mut request = http.get(format!("{}{path}", self.base));
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
@@ -352,15 +434,44 @@ mod tests {
     }
 
     #[test]
-    fn only_http_urls_are_taken() {
+    fn only_http_and_https_urls_are_taken() {
         let t = Duration::from_secs(1);
-        assert!(Client::new("http://127.0.0.1:8001/", None, t).is_ok());
-        for bad in ["https://x:1", "127.0.0.1:8001", "http://"] {
+        let tls = TlsOptions::default();
+        assert!(Client::new("http://127.0.0.1:8001/", None, t, &tls).is_ok());
+        assert!(Client::new("https://node1.example:8001", None, t, &tls).is_ok());
+        for bad in ["ftp://x:1", "127.0.0.1:8001", "http://", "https://"] {
             assert_eq!(
-                Client::new(bad, None, t).err().map(|e| e.exit_code()),
+                Client::new(bad, None, t, &tls).err().map(|e| e.exit_code()),
                 Some(exit::BAD_INPUT),
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn a_missing_or_empty_ca_file_is_bad_input() {
+        let t = Duration::from_secs(1);
+        let missing = TlsOptions {
+            ca: Some("/nonexistent/ca.pem".into()),
+            identity: None,
+        };
+        let e = Client::new("https://x:1", None, t, &missing).err().unwrap();
+        assert_eq!(e.exit_code(), exit::BAD_INPUT);
+        assert!(e.to_string().contains("--ca-cert"), "{e}");
+        let empty = std::env::temp_dir().join(format!("kvctl-empty-{}.pem", std::process::id()));
+        std::fs::write(&empty, "nothing\n").unwrap();
+        let e = Client::new(
+            "https://x:1",
+            None,
+            t,
+            &TlsOptions {
+                ca: Some(empty.clone()),
+                identity: None,
+            },
+        )
+        .err()
+        .unwrap();
+        assert!(e.to_string().contains("no usable CA"), "{e}");
+        let _ = std::fs::remove_file(empty);
     }
 }

@@ -21,7 +21,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use client::{CliError, Client, encode, exit};
+use client::{Admin, CliError, Client, TlsOptions, encode, exit};
 
 /// The largest value read from a file or stdin (the node's own limit,
 /// `KV_VALUE_BYTES_MAX`, is usually far lower and is what counts).
@@ -35,7 +35,7 @@ Exit codes:
   3  not found: the key is missing or deleted (404)
   4  unavailable: HTTP 503 (too few replicas for the consistency level, overloaded, clock skew)
   5  connection failure: the node could not be reached or did not answer within --timeout
-  6  unauthorized: client token or cluster secret missing or wrong (401, 403)
+  6  unauthorized: client token, admin token or cluster secret missing or wrong (401, 403)
 
 Examples:
   kvctl put username123 mci_admin --string
@@ -47,6 +47,7 @@ Examples:
   kvctl cluster
   kvctl members
   KV_CLUSTER_SECRET=... kvctl join node4 http://127.0.0.1:8004 --wait
+  KV_ADMIN_TOKEN=... kvctl leave node4 --url https://node1:8001 --ca-cert ca.pem
   kvctl completions bash > /etc/bash_completion.d/kvctl";
 
 /// Command-line client of the key-value store.
@@ -81,6 +82,33 @@ struct Global {
     /// The cluster secret, for join, leave and resume (sent as x-kv-cluster-secret).
     #[arg(long, env = "KV_CLUSTER_SECRET", hide_env_values = true, global = true)]
     secret: Option<String>,
+    /// The admin token, for join, leave and resume in place of the secret
+    /// (the cluster's KV_ADMIN_TOKEN, sent as x-kv-admin-token).
+    #[arg(long, env = "KV_ADMIN_TOKEN", hide_env_values = true, global = true)]
+    admin_token: Option<String>,
+    /// PEM file of the CA that signed the nodes' certificates, for an
+    /// https:// --url (default: the public Mozilla roots).
+    #[arg(long, env = "KV_CA_CERT", value_name = "PEM", global = true)]
+    ca_cert: Option<PathBuf>,
+    /// PEM client certificate, for a cluster that asks every client for one
+    /// (KV_TLS_CLIENT_AUTH=all); with --key.
+    #[arg(
+        long = "cert",
+        env = "KV_CLIENT_CERT",
+        value_name = "PEM",
+        requires = "client_key",
+        global = true
+    )]
+    client_cert: Option<PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(
+        long = "key",
+        env = "KV_CLIENT_KEY",
+        value_name = "PEM",
+        requires = "client_cert",
+        global = true
+    )]
+    client_key: Option<PathBuf>,
     /// Seconds one request may take, connecting included.
     #[arg(long, default_value = "10", value_parser = parse_seconds, global = true)]
     timeout: Duration,
@@ -192,7 +220,7 @@ enum Command {
     Cluster,
     /// The members at the asked node's topology epoch, and the change it drives.
     Members,
-    /// A started node (KV_JOIN=1) joins the cluster; needs --secret.
+    /// A started node (KV_JOIN=1) joins the cluster; needs --admin-token or --secret.
     Join {
         id: String,
         /// The node's base URL, e.g. http://127.0.0.1:8004.
@@ -201,14 +229,14 @@ enum Command {
         #[arg(long)]
         wait: bool,
     },
-    /// A member leaves the cluster, its data moving to the others; needs --secret.
+    /// A member leaves the cluster, its data moving to the others; needs --admin-token or --secret.
     Leave {
         id: String,
         /// Wait until the data has moved (the change is done).
         #[arg(long)]
         wait: bool,
     },
-    /// Drive on a change whose driving node is gone; needs --secret.
+    /// Drive on a change whose driving node is gone; needs --admin-token or --secret.
     Resume {
         /// Wait until the change is done.
         #[arg(long)]
@@ -279,7 +307,11 @@ fn run(cli: &Cli) -> Result<(), CliError> {
         clap_complete::generate(*shell, &mut Cli::command(), "kvctl", &mut script);
         return emit(&String::from_utf8_lossy(&script));
     }
-    let client = Client::new(&g.url, g.token.clone(), g.timeout)?;
+    let tls = TlsOptions {
+        ca: g.ca_cert.clone(),
+        identity: g.client_cert.clone().zip(g.client_key.clone()),
+    };
+    let client = Client::new(&g.url, g.token.clone(), g.timeout, &tls)?;
     let consistency = g
         .consistency
         .map(|c| format!("&consistency={}", c.as_str()))
@@ -443,9 +475,16 @@ fn run(cli: &Cli) -> Result<(), CliError> {
             (body, text)
         }
         Command::Join { wait, .. } | Command::Leave { wait, .. } | Command::Resume { wait } => {
-            let secret = g.secret.as_deref().ok_or_else(|| {
-                CliError::Input("membership changes need --secret or KV_CLUSTER_SECRET".to_owned())
-            })?;
+            let credential = match (&g.admin_token, &g.secret) {
+                (Some(token), _) => Admin::Token(token),
+                (None, Some(secret)) => Admin::Secret(secret),
+                (None, None) => {
+                    return Err(CliError::Input(
+                        "membership changes need --admin-token (KV_ADMIN_TOKEN) or --secret (KV_CLUSTER_SECRET)"
+                            .to_owned(),
+                    ));
+                }
+            };
             let (method, path, body) = match &cli.command {
                 Command::Join { id, url, .. } => (
                     Method::POST,
@@ -460,7 +499,7 @@ fn run(cli: &Cli) -> Result<(), CliError> {
                 _ => (Method::POST, "/cluster/change/resume".to_owned(), None),
             };
             let started = client
-                .send_admin(method, &path, body.as_ref(), secret)?
+                .send_admin(method, &path, body.as_ref(), credential)?
                 .ok()?;
             if !*wait {
                 let text = render::change_started(&started);

@@ -110,6 +110,81 @@ async fn seed_scenarios_pass_over_tls() {
     wait_status(&c, 0, "node2", "up").await;
 
     refusals(&c).await;
+    kvctl_over_tls(&c);
+    join_over_tls(&mut c).await;
+}
+
+/// `kvctl` against the HTTPS API: it trusts the cluster's CA with
+/// `--ca-cert`, fails to connect without it (exit 5), and takes the admin
+/// token for membership commands.
+fn kvctl_over_tls(c: &Cluster) {
+    let ca = c.tls_dir().join("ca.pem");
+    let ca = ca.to_str().unwrap();
+    let kvctl = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(kv_tests::binary("kvctl"));
+        cmd.env_remove("KV_URL")
+            .env_remove("KV_CLUSTER_SECRET")
+            .env_remove("KV_ADMIN_TOKEN")
+            .env_remove("KV_CA_CERT")
+            .args(["--url", &c.url(1)])
+            .args(args);
+        kv_tests::run_bounded(&mut cmd, None, Duration::from_secs(30))
+    };
+    let out = kvctl(&["--ca-cert", ca, "put", "via-kvctl", "\"tls\""]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let out = kvctl(&["--ca-cert", ca, "get", "via-kvctl", "--raw"]);
+    assert_eq!((out.code, out.stdout.trim()), (Some(0), "tls"), "{out:?}");
+    let out = kvctl(&["get", "via-kvctl"]);
+    assert_eq!(
+        out.code,
+        Some(5),
+        "an unknown CA is a connection failure: {out:?}"
+    );
+    let out = kvctl(&["--ca-cert", ca, "--admin-token", ADMIN_TOKEN, "resume"]);
+    assert_eq!(out.code, Some(2), "nothing to resume, but allowed: {out:?}");
+    let out = kvctl(&[
+        "--ca-cert",
+        ca,
+        "--admin-token",
+        "a-wrong-token-of-length",
+        "resume",
+    ]);
+    assert_eq!(out.code, Some(6), "{out:?}");
+}
+
+/// A fourth node joins the TLS cluster (asked with the admin token): it
+/// pulls its share from the others over mutual TLS, and every key written
+/// above reads through it.
+async fn join_over_tls(c: &mut Cluster) {
+    let before = c.snapshot(0).await;
+    assert!(before.len() > 5, "{before:?}");
+    let n4 = c.add_node().await;
+    let (status, body) = read_json(
+        c.http
+            .post(format!("{}/cluster/members", c.url(0)))
+            .header("x-kv-admin-token", ADMIN_TOKEN)
+            .json(&json!({"id": c.nodes[n4].id, "url": c.url(n4)}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let view = c.change_finished(0, Duration::from_secs(90)).await.unwrap();
+    assert_eq!(view["change"]["state"], "done", "{view}");
+    assert_eq!(view["members"].as_array().unwrap().len(), 4, "{view}");
+    for (key, record) in &before {
+        let (status, body) = c.get(n4, key).await;
+        if record["deleted"] == true {
+            assert_eq!(status, 404, "{key}: {body}");
+        } else {
+            assert_eq!((status, &body["value"]), (200, &record["value"]), "{key}");
+        }
+    }
+    assert!(
+        !c.snapshot(n4).await.is_empty(),
+        "node4 holds its share of the keys"
+    );
 }
 
 /// What a TLS cluster refuses: plain HTTP, internal calls without a client
