@@ -2,6 +2,9 @@
 
 # Nodes of the `make run` cluster (node1..nodeN on ports 8001.., Redis 6381..).
 NODES ?= 3
+# TLS=1: the `make run` cluster serves HTTPS, with mutual TLS between nodes
+# (a development CA and certificates made in .cluster/tls).
+TLS ?= 0
 .PHONY: run node-stop node-start node-add node-remove status build release test lint fmt clean-cluster compose-up compose-test bench chaos schemathesis fuzz scale
 
 CARGO ?= cargo
@@ -15,7 +18,7 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 run:
 	@KV_NODES=$(NODES) ./scripts/run-cluster.sh preflight
 	$(MAKE) --no-print-directory release
-	KV_NODES=$(NODES) ./scripts/run-cluster.sh
+	KV_NODES=$(NODES) KV_TLS=$(TLS) ./scripts/run-cluster.sh
 
 # One node of the running `make run` cluster: its API and workers stop (its
 # Redis keeps running), or start again with the same configuration and data.

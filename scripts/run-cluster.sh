@@ -39,6 +39,10 @@
 #                      empty: none)
 #   REDIS_PASSWORD     password the Redis servers require (default: a random
 #                      one, generated once and kept in $KV_CLUSTER_DIR/redis-password)
+#   KV_TLS             1: the nodes serve HTTPS and call each other with mutual
+#                      TLS (KV_TLS_CLIENT_AUTH, default internal), with a
+#                      development CA and node certificates made once by
+#                      scripts/gen-certs.sh in $KV_CLUSTER_DIR/tls (default 0)
 # The Redis servers listen on 127.0.0.1 only.
 # Every other variable (and .env) is passed through to every node, so
 # `EMAIL_HOST=... make run` configures all of them.
@@ -57,6 +61,12 @@ redis_base="${KV_REDIS_BASE_PORT:-6381}"
 fsync="${KV_FSYNC:-everysec}"
 env_file="${KV_ENV_FILE-$root/.env}"
 node_count="${KV_NODES:-3}"
+case "${KV_TLS:-0}" in
+  1|on|true|yes) scheme=https ;;
+  0|off|false|no|"") scheme=http ;;
+  *) echo "KV_TLS must be 0 or 1, got '${KV_TLS}'" >&2; exit 2 ;;
+esac
+tls_dir="$cluster_dir/tls"
 # Bound of KV_NODES: the default ports stay below 8017 and 6397.
 NODES_MAX=16
 
@@ -75,6 +85,10 @@ control="$cluster_dir/control"
 ports="$cluster_dir/supervisor.ports"
 
 die() { echo "$*" >&2; exit 1; }
+# Every HTTP call of this script: over TLS, trusting the cluster's CA.
+curl() {
+  if [ "$scheme" = https ]; then command curl --cacert "$tls_dir/ca.pem" "$@"; else command curl "$@"; fi
+}
 
 for v in workers api_base redis_base; do
   [[ ${!v} =~ ^[0-9]+$ ]] || die "KV_${v^^} must be a number, got '${!v}'"
@@ -121,8 +135,9 @@ already_running() {
 # The running cluster's ports and worker count, as its supervisor wrote them.
 read_ports() {
   if [ -r "$ports" ]; then
-    read -r api_base redis_base workers node_count <"$ports"
+    read -r api_base redis_base workers node_count ports_scheme <"$ports"
     node_count="${node_count:-3}"
+    scheme="${ports_scheme:-http}"
     set_nodes
   fi
   return 0
@@ -160,7 +175,7 @@ client() {
     done
     die "$node did not stop within $((CONTROL_WAIT / 10)) s; see the supervisor's terminal"
   fi
-  local url; url="http://127.0.0.1:$(api_port "$i")"
+  local url; url="$scheme://127.0.0.1:$(api_port "$i")"
   for ((n = 0; n < CONTROL_WAIT; n++)); do
     if [ -e "$cluster_dir/$node/api.pid" ] && curl -fsS -m 1 "$url/health" >/dev/null 2>&1; then
       echo "$node started: $url (workers: $workers); it restores itself from its peers"
@@ -186,7 +201,7 @@ member_url() {
   local i url
   for i in "${!nodes[@]}"; do
     [ "${nodes[$i]}" = "${1:-}" ] && continue
-    url="http://127.0.0.1:$(api_port "$i")"
+    url="$scheme://127.0.0.1:$(api_port "$i")"
     curl -fsS -m 2 "$url/health" 2>/dev/null | grep -q '"member":true' && { echo "$url"; return 0; }
   done
   return 1
@@ -219,7 +234,7 @@ membership() {
     done
     (( node_count > before )) || die "the supervisor did not start a new node; see its terminal"
     local i=$((node_count - 1)); node="${nodes[$i]}"
-    local new_url="http://127.0.0.1:$(api_port "$i")"
+    local new_url="$scheme://127.0.0.1:$(api_port "$i")"
     for ((n = 0; n < CONTROL_WAIT; n++)); do
       curl -fsS -m 1 "$new_url/health" >/dev/null 2>&1 && break
       sleep 0.1
@@ -248,7 +263,7 @@ status() {
   echo "supervisor pid $(cat "$pidfile" 2>/dev/null || echo '?'), folder $cluster_dir"
   local i f pid
   for i in "${!nodes[@]}"; do
-    printf '  %s  http://127.0.0.1:%s  redis %s\n' "${nodes[$i]}" "$(api_port "$i")" "$(redis_port "$i")"
+    printf '  %s  %s://127.0.0.1:%s  redis %s\n' "${nodes[$i]}" "$scheme" "$(api_port "$i")" "$(redis_port "$i")"
     for f in "$cluster_dir/${nodes[$i]}"/*.pid; do
       [ -e "$f" ] || continue
       pid="$(cat "$f")"
@@ -320,7 +335,7 @@ fi
 # Nodes beyond the first ones were added to a running cluster (they join).
 first_count=$node_count
 peers=""
-for i in "${!nodes[@]}"; do peers+="${peers:+,}${nodes[$i]}=http://127.0.0.1:$(api_port "$i")"; done
+for i in "${!nodes[@]}"; do peers+="${peers:+,}${nodes[$i]}=$scheme://127.0.0.1:$(api_port "$i")"; done
 
 pwfile="$cluster_dir/redis-password"
 if [ -z "${REDIS_PASSWORD:-}" ]; then
@@ -332,7 +347,7 @@ fi
 # Passed to redis-server in a config file on stdin, so it is not in `ps`.
 export REDISCLI_AUTH="$REDIS_PASSWORD"
 
-echo "$api_base $redis_base $workers $node_count" >"$ports"
+echo "$api_base $redis_base $workers $node_count $scheme" >"$ports"
 rm -f "$control"
 mkfifo -m 600 "$control"
 # Read and write, so the supervisor never blocks opening it and never sees
@@ -398,7 +413,14 @@ node_env() {
   # A node added to the running cluster starts outside it and joins
   # (after a restart it resumes the topology its Redis keeps).
   if (( i >= first_count )); then
-    node_cmd+=(KV_JOIN=1 KV_PEERS="$peers,${nodes[$i]}=http://127.0.0.1:$(api_port "$i")")
+    node_cmd+=(KV_JOIN=1 KV_PEERS="$peers,${nodes[$i]}=$scheme://127.0.0.1:$(api_port "$i")")
+  fi
+  if [ "$scheme" = https ]; then
+    local node="${nodes[$i]}"
+    [ -f "$tls_dir/$node.pem" ] || "$root/scripts/gen-certs.sh" "$tls_dir" "$node:127.0.0.1,localhost" \
+      || say "cannot make the certificate of $node (is openssl installed?)"
+    node_cmd+=(KV_TLS_CERT="$tls_dir/$node.pem" KV_TLS_KEY="$tls_dir/$node.key" KV_TLS_CA="$tls_dir/ca.pem"
+      KV_TLS_CLIENT_AUTH="${KV_TLS_CLIENT_AUTH:-internal}")
   fi
 }
 
@@ -412,8 +434,8 @@ add_node() {
   done
   node_count=$((node_count + 1))
   set_nodes
-  echo "$api_base $redis_base $workers $node_count" >"$ports"
-  say "node-add: starting ${nodes[$i]} on http://127.0.0.1:$(api_port "$i") (it joins the cluster)"
+  echo "$api_base $redis_base $workers $node_count $scheme" >"$ports"
+  say "node-add: starting ${nodes[$i]} on $scheme://127.0.0.1:$(api_port "$i") (it joins the cluster)"
   start_node "$i" || say "node-add: ${nodes[$i]} did not start"
 }
 
@@ -586,7 +608,7 @@ for i in "${!nodes[@]}"; do wait_redis "$i" || break; done
 for i in "${!nodes[@]}"; do (( stop_requested )) || start_node "$i" || true; done
 
 for i in "${!nodes[@]}"; do
-  url="http://127.0.0.1:$(api_port "$i")"
+  url="$scheme://127.0.0.1:$(api_port "$i")"
   for ((n = 0; n < API_START_WAIT; n++)); do
     (( stop_requested )) && break
     curl -fsS -m 1 "$url/health" >/dev/null 2>&1 && break
@@ -598,19 +620,20 @@ done
 (( stop_requested )) && shutdown
 kvctl="$bin_dir/kvctl"
 [ -x "$kvctl" ] || kvctl=kvctl
-url1="http://127.0.0.1:$(api_port 0)"
+url1="$scheme://127.0.0.1:$(api_port 0)"
 {
   echo "cluster up (logs and data in $cluster_dir):"
   for i in "${!nodes[@]}"; do
-    echo "  ${nodes[$i]}: http://127.0.0.1:$(api_port "$i")  redis 127.0.0.1:$(redis_port "$i")  workers: $workers"
+    echo "  ${nodes[$i]}: $scheme://127.0.0.1:$(api_port "$i")  redis 127.0.0.1:$(redis_port "$i")  workers: $workers"
   done
   echo "redis password: in $pwfile (redis-cli -p $redis_base --askpass, or REDISCLI_AUTH=...)"
   echo
   echo "kvctl, the command-line client (--url or KV_URL picks the node; kvctl --help):"
   [ "$url1" = http://127.0.0.1:8001 ] || echo "  export KV_URL=$url1"
+  if [ "$scheme" = https ]; then echo "  export KV_CA_CERT=$tls_dir/ca.pem    # the cluster's CA (TLS)"; fi
   echo "  $kvctl put username123 mci_admin --string"
   echo "  $kvctl get username123"
-  echo "  $kvctl get username123 --url http://127.0.0.1:$(api_port 1)"
+  echo "  $kvctl get username123 --url $scheme://127.0.0.1:$(api_port 1)"
   echo "  $kvctl cluster"
   echo "  $kvctl route crash_test"
   echo "one node down and back (seed scenario III), from another shell:"
