@@ -130,6 +130,7 @@ async fn run() -> anyhow::Result<()> {
             loop {
                 ticker.tick().await;
                 prober.probe_peers(false).await;
+                prober.resume_if_stalled().await;
             }
         });
     }

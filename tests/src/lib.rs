@@ -32,12 +32,18 @@ pub const TEST_REDIS_PASSWORD: &str = "test-redis-password";
 
 static CLUSTER_SEQ: AtomicU32 = AtomicU32::new(0);
 
+/// `reqwest::Client::builder()` for every client of the tests: reqwest is
+/// built without a default TLS provider (it would pull a second crypto
+/// library), so the process installs rustls' `ring` first.
+pub fn client_builder() -> reqwest::ClientBuilder {
+    shared::config::install_default_provider();
+    reqwest::Client::builder()
+}
+
 /// The harness's HTTP client: bounded, no proxy; with `ca`, it trusts that
 /// CA for `https://` (and presents no certificate).
 pub fn http_client(ca: Option<&Path>) -> reqwest::Client {
-    let builder = reqwest::Client::builder()
-        .timeout(Duration::from_secs(15))
-        .no_proxy();
+    let builder = client_builder().timeout(Duration::from_secs(15)).no_proxy();
     let builder = match ca {
         None => builder,
         Some(ca) => builder.tls_backend_preconfigured(tls_client_config(ca, None)),

@@ -202,7 +202,7 @@ async fn compose_cluster_runs_the_seed_scenarios() {
         &format!("worker1={NODE1_WORKERS}"),
     ]);
     let c = Client {
-        http: reqwest::Client::builder()
+        http: kv_tests::client_builder()
             .timeout(Duration::from_secs(10))
             .no_proxy()
             .build()

@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use kv_tests::reqwest::{self, Method, header::HeaderValue};
+use kv_tests::reqwest::{Method, header::HeaderValue};
 use kv_tests::{Cluster, Options, encode, json, read_json};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -753,7 +753,7 @@ async fn slowloris_connections_do_not_starve_clients() {
     });
 
     // Meanwhile ordinary clients, with a 1 s timeout, are served.
-    let client = reqwest::Client::builder()
+    let client = kv_tests::client_builder()
         .timeout(Duration::from_secs(1))
         .no_proxy()
         .build()

@@ -80,7 +80,7 @@ impl LocalCluster {
             dir,
             api_base,
             env,
-            http: reqwest::Client::builder()
+            http: kv_tests::client_builder()
                 .timeout(Duration::from_secs(10))
                 .no_proxy()
                 .build()

@@ -70,7 +70,7 @@ fn value_seq(body: &Value) -> Option<usize> {
 }
 
 async fn writer(load: Arc<Load>, w: usize) {
-    let http = reqwest::Client::builder()
+    let http = kv_tests::client_builder()
         .timeout(Duration::from_secs(10))
         .no_proxy()
         .build()
@@ -116,7 +116,7 @@ async fn writer(load: Arc<Load>, w: usize) {
 }
 
 async fn reader(load: Arc<Load>, r: usize) {
-    let http = reqwest::Client::builder()
+    let http = kv_tests::client_builder()
         .timeout(Duration::from_secs(10))
         .no_proxy()
         .build()
@@ -512,6 +512,29 @@ async fn wait_placed(
     .await
 }
 
+/// Writes `k0`..`k{keys-1}`, each its number, through node 0.
+async fn load_numbered(c: &Cluster, keys: usize) {
+    load_keys(
+        c,
+        (0..keys)
+            .map(|k| json!({"op": "put", "key": format!("k{k}"), "value": k}))
+            .collect(),
+    )
+    .await;
+}
+
+/// Every key of [`load_numbered`] reads its number at quorum through `via`.
+async fn all_readable(c: &Cluster, via: usize, keys: usize) {
+    for k in 0..keys {
+        let (status, body) = c.get_with(via, &format!("k{k}"), "quorum").await;
+        assert_eq!(
+            (status, body["value"].as_u64()),
+            (200, Some(k as u64)),
+            "k{k}"
+        );
+    }
+}
+
 /// Writes `ops` (batch operations) through node 0, 100 per batch.
 async fn load_keys(c: &Cluster, ops: Vec<Value>) {
     for chunk in ops.chunks(100) {
@@ -536,32 +559,7 @@ async fn a_dead_node_is_removed_and_a_change_outlives_its_driver() {
     })
     .await;
     let keys = 400;
-    load_keys(
-        &c,
-        (0..keys)
-            .map(|k| json!({"op": "put", "key": format!("k{k}"), "value": k}))
-            .collect(),
-    )
-    .await;
-    let all_readable = |c: &Cluster, via: usize| {
-        let http = c.http.clone();
-        let url = c.url(via);
-        async move {
-            for k in 0..keys {
-                let resp = http
-                    .get(format!("{url}/kv/?key=k{k}&consistency=quorum"))
-                    .send()
-                    .await
-                    .unwrap();
-                let (status, body) = kv_tests::read_json(resp).await;
-                assert_eq!(
-                    (status, body["value"].as_u64()),
-                    (200, Some(k as u64)),
-                    "k{k}"
-                );
-            }
-        }
-    };
+    load_numbered(&c, keys).await;
 
     // node4 dies for good; the others remove it. Its share is pulled from
     // the other holders, and nobody waits for it to take the epochs.
@@ -580,7 +578,7 @@ async fn a_dead_node_is_removed_and_a_change_outlives_its_driver() {
         "every key on its 3 holders after node4 was removed",
     )
     .await;
-    all_readable(&c, 1).await;
+    all_readable(&c, 1, keys).await;
 
     // node5 joins through node1, whose API crashes at once and restarts:
     // the change stays where it was until node2 drives it on.
@@ -637,5 +635,62 @@ async fn a_dead_node_is_removed_and_a_change_outlives_its_driver() {
         "every key on its holders after node5 joined",
     )
     .await;
-    all_readable(&c, n5).await;
+    all_readable(&c, n5, keys).await;
+}
+
+/// A change whose driving node restarts mid-way is resumed by the nodes
+/// themselves (`KV_CHANGE_RESUME_AFTER_S`), with no operator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_change_whose_driver_restarts_is_resumed_without_an_operator() {
+    let mut c = Cluster::start(
+        Options::default()
+            .env("KV_CHANGE_RESUME_AFTER_S", "2")
+            // Slow pulls: node1 is restarted while node4 still pulls.
+            .env("KV_MOVE_BYTES_PER_S", "2048"),
+    )
+    .await;
+    let keys = 300;
+    load_numbered(&c, keys).await;
+    let n4 = c.add_node().await;
+    let join = json!({"id": c.nodes[n4].id, "url": c.url(n4)});
+    let (status, body) = c
+        .admin(reqwest::Method::POST, 0, "/cluster/members", Some(join))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let epoch = body["epoch"].as_u64().unwrap();
+    c.kill_api(0);
+    c.restart_api(0).await;
+    let members = [0, 1, 2, n4];
+    wait_for(
+        "every member at one stable epoch with 4 members",
+        Duration::from_secs(180),
+        || async {
+            let mut epochs = BTreeSet::new();
+            for i in members {
+                let (_, view) = c
+                    .request(reqwest::Method::GET, i, "/cluster/members", None)
+                    .await;
+                if view["phase"] != "stable" || view["members"].as_array()?.len() != 4 {
+                    return None;
+                }
+                epochs.insert(view["epoch"].as_u64()?);
+            }
+            (epochs.len() == 1 && epochs.iter().all(|e| *e > epoch)).then_some(())
+        },
+    )
+    .await;
+    let resumed_by: Vec<&str> = members
+        .iter()
+        .filter(|i| c.api_log(**i).contains("no node drives it: resuming it"))
+        .map(|i| c.nodes[*i].id.as_str())
+        .collect();
+    assert!(!resumed_by.is_empty(), "no node logged resuming the change");
+    wait_placed(
+        &c,
+        &members,
+        1,
+        "every key on its holders after node4 joined",
+    )
+    .await;
+    all_readable(&c, n4, keys).await;
 }

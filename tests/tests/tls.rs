@@ -208,7 +208,7 @@ async fn refusals(c: &Cluster) {
         "{body}"
     );
     let dir = c.tls_dir();
-    let as_node2 = reqwest::Client::builder()
+    let as_node2 = kv_tests::client_builder()
         .timeout(Duration::from_secs(15))
         .no_proxy()
         .tls_backend_preconfigured(tls_client_config(
@@ -241,7 +241,7 @@ async fn refusals(c: &Cluster) {
     // A certificate from another CA fails the handshake.
     let rogue = c.dir.join("rogue-ca");
     make_certificates(&rogue, "node2", "127.0.0.1");
-    let impostor = reqwest::Client::builder()
+    let impostor = kv_tests::client_builder()
         .timeout(Duration::from_secs(15))
         .no_proxy()
         .tls_backend_preconfigured(tls_client_config(

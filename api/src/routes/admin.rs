@@ -277,6 +277,8 @@ pub async fn health(State(state): State<AppState>) -> Response {
         // Peers learn of a newer topology from here (and fetch it).
         obj.insert("epoch".into(), json!(state.coord.view().topology.epoch));
         obj.insert("member".into(), json!(state.coord.is_member()));
+        // Peers resume a stalled change only when no node drives it.
+        obj.insert("driving".into(), json!(state.coord.is_driving()));
     }
     (status, Json(body)).into_response()
 }

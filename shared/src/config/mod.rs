@@ -70,6 +70,9 @@ pub struct Config {
     /// `KV_MOVE_BYTES_PER_S` (default 67108864; 0 = unbounded): how fast a
     /// node pulls its share during a membership change.
     pub move_bytes_per_s: Option<u64>,
+    /// `KV_CHANGE_RESUME_AFTER_S` (default 60; 0 = never): a change that
+    /// stays at one epoch this long with no node driving it is resumed.
+    pub change_resume_after: Option<Duration>,
     /// `KV_REPLICATION_FACTOR`: N (default 3); a ring of fewer nodes holds
     /// each key on all of them.
     pub replication_factor: usize,
@@ -444,6 +447,7 @@ impl Config {
             0 => None,
             bytes => Some(bytes),
         };
+        let change_resume_after = seconds_or_off("KV_CHANGE_RESUME_AFTER_S", 60.0)?;
         let requests_in_flight_max = parse_or(
             &get,
             "KV_REQUESTS_IN_FLIGHT_MAX",
@@ -489,6 +493,7 @@ impl Config {
             nodes,
             join,
             move_bytes_per_s,
+            change_resume_after,
             replication_factor,
             read_consistency,
             write_consistency,

@@ -266,6 +266,20 @@ impl Topology {
         })
     }
 
+    /// The node that resumes a change in progress no node drives: the
+    /// first, by id, of the nodes that own keys after it and are `up`
+    /// (this node's view). Every node computes the same one from the same
+    /// topology and health, so, most of the time, one node resumes. Two
+    /// that do are safe too (the steps are deterministic), only wasteful.
+    /// `None` when stable or when no such node is up.
+    pub fn resumer(&self, up: impl Fn(&str) -> bool) -> Option<&str> {
+        self.next
+            .as_ref()?
+            .iter()
+            .map(String::as_str)
+            .find(|id| up(id))
+    }
+
     /// The next step of the change in progress (`moving` → `switched` →
     /// `stable`), at the next epoch; `None` when stable.
     pub fn advance(&self) -> Option<Topology> {
@@ -636,5 +650,22 @@ mod tests {
             prop_assert_eq!(holders.len(), w.replicas.len());
             prop_assert_eq!(w.replicas.len() + w.fallbacks.len(), t.nodes.len());
         }
+    }
+
+    #[test]
+    fn the_resumer_is_the_first_owner_after_the_change_that_is_up() {
+        let stable = Topology::seed(urls(&["a", "b", "c"]));
+        assert_eq!(stable.resumer(|_| true), None);
+        // a leaves, d joins: the owners after are b, c, d.
+        let joining = stable
+            .change(Some(("d", "http://127.0.0.1:8004")), Some("a"))
+            .unwrap();
+        assert_eq!(joining.resumer(|_| true), Some("b"));
+        assert_eq!(joining.resumer(|id| id != "b"), Some("c"));
+        assert_eq!(joining.resumer(|id| id == "d"), Some("d"));
+        // The leaving node never resumes; nobody up, nobody resumes.
+        assert_eq!(joining.resumer(|id| id == "a"), None);
+        let switched = joining.advance().unwrap();
+        assert_eq!(switched.resumer(|_| true), Some("b"));
     }
 }

@@ -492,10 +492,7 @@ impl Coordinator {
         join: Option<(String, String)>,
         leave: Option<String>,
     ) -> Result<ChangeStarted, CoordError> {
-        if lock(&self.change)
-            .as_ref()
-            .is_some_and(|c| c.state == "running")
-        {
+        if self.is_driving() {
             let t = self.view().topology.clone();
             return Err(CoordError::Membership(ChangeError::InProgress {
                 epoch: t.epoch,
@@ -557,9 +554,7 @@ impl Coordinator {
     /// stable or this node drives a change already.
     pub async fn resume_change(self: &Arc<Self>) -> Result<ChangeStarted, CoordError> {
         let t = self.view().topology.clone();
-        let running = lock(&self.change)
-            .as_ref()
-            .is_some_and(|c| c.state == "running");
+        let running = self.is_driving();
         if running || t.is_stable() {
             return Err(CoordError::Membership(if running {
                 ChangeError::InProgress {
@@ -575,6 +570,64 @@ impl Coordinator {
         let leave = t.current.iter().find(|n| !next.contains(*n)).cloned();
         info!(epoch = t.epoch, phase = ?t.phase, "resuming the membership change");
         Ok(self.start_driving(t, join, leave))
+    }
+
+    /// True while this node drives a change (peers read it in `/health`).
+    pub fn is_driving(&self) -> bool {
+        lock(&self.change)
+            .as_ref()
+            .is_some_and(|c| c.state == "running")
+    }
+
+    /// Resumes the change in progress when it has stayed at one epoch for
+    /// `KV_CHANGE_RESUME_AFTER_S`, no node says it drives it, and this node
+    /// is the one to resume it ([`Topology::resumer`]). Called every probe
+    /// round; a change whose driving node died or restarted then finishes
+    /// without an operator (`POST /cluster/change/resume` does it at once).
+    pub async fn resume_if_stalled(self: &Arc<Self>) {
+        let Some(after) = self.cfg.change_resume_after else {
+            return;
+        };
+        let topology = self.view().topology.clone();
+        let now = now_ms();
+        let since = {
+            let mut stall = lock(&self.stall);
+            if topology.is_stable() || self.is_driving() || stall.0 != topology.epoch {
+                *stall = (topology.epoch, now);
+                return;
+            }
+            stall.1
+        };
+        if now.saturating_sub(since) < after.as_millis() as u64 {
+            return;
+        }
+        let me = self.cfg.node_id.as_str();
+        let io = &self.replicas.io;
+        if topology.resumer(|id| io.peer_health(id) != Health::Down) != Some(me) {
+            return;
+        }
+        for node in topology.nodes.keys().filter(|n| n.as_str() != me) {
+            let driving = io
+                .peers
+                .health(node)
+                .await
+                .is_ok_and(|h| h["driving"] == true);
+            if driving {
+                // Slow, not stalled (a long pull): look again a period later.
+                *lock(&self.stall) = (topology.epoch, now_ms());
+                return;
+            }
+        }
+        warn!(
+            epoch = topology.epoch,
+            phase = ?topology.phase,
+            stalled_s = now.saturating_sub(since) / 1000,
+            "the membership change made no progress and no node drives it: resuming it"
+        );
+        *lock(&self.stall) = (topology.epoch, now_ms());
+        if let Err(error) = self.resume_change().await {
+            info!(%error, "the stalled change was not resumed");
+        }
     }
 
     /// A leaving node the failure detector marks down: a change neither

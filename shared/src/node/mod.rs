@@ -187,6 +187,9 @@ pub struct Coordinator {
     change: Mutex<Option<members::ChangeProgress>>,
     /// Reads and writes in flight, by the topology epoch that placed them.
     in_flight: members::InFlight,
+    /// A change in progress: the epoch this node follows and since when
+    /// (ms), to resume a change no node drives (`resume_if_stalled`).
+    stall: Mutex<(u64, u64)>,
 }
 
 impl std::ops::Deref for Coordinator {
@@ -225,6 +228,7 @@ impl Coordinator {
             condition_locks: conditional::ConditionLocks::default(),
             change: Mutex::new(None),
             in_flight: members::InFlight::default(),
+            stall: Mutex::new((0, 0)),
         }))
     }
 

@@ -43,7 +43,7 @@ impl Shared {
 }
 
 pub(super) fn client_http() -> reqwest::Client {
-    reqwest::Client::builder()
+    crate::client_builder()
         .connect_timeout(Duration::from_millis(1000))
         .timeout(Duration::from_secs(3))
         .no_proxy()

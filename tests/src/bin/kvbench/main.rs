@@ -47,7 +47,7 @@ struct Point {
 
 /// An HTTP client with connect and request timeouts.
 fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
+    kv_tests::client_builder()
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(15))
         .no_proxy()
