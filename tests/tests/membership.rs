@@ -512,6 +512,22 @@ async fn wait_placed(
     .await
 }
 
+/// Starts a node, asks node1 to join it, and SIGKILLs and restarts node1's
+/// API at once, so no node drives the change; the new node's index and
+/// the change's first epoch.
+async fn join_and_restart_the_driver(c: &mut Cluster) -> (usize, u64) {
+    let new = c.add_node().await;
+    let join = json!({"id": c.nodes[new].id, "url": c.url(new)});
+    let (status, body) = c
+        .admin(reqwest::Method::POST, 0, "/cluster/members", Some(join))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let epoch = body["epoch"].as_u64().unwrap();
+    c.kill_api(0);
+    c.restart_api(0).await;
+    (new, epoch)
+}
+
 /// Writes `k0`..`k{keys-1}`, each its number, through node 0.
 async fn load_numbered(c: &Cluster, keys: usize) {
     load_keys(
@@ -582,15 +598,7 @@ async fn a_dead_node_is_removed_and_a_change_outlives_its_driver() {
 
     // node5 joins through node1, whose API crashes at once and restarts:
     // the change stays where it was until node2 drives it on.
-    let n5 = c.add_node().await;
-    let join = json!({"id": c.nodes[n5].id, "url": c.url(n5)});
-    let (status, body) = c
-        .admin(reqwest::Method::POST, 0, "/cluster/members", Some(join))
-        .await;
-    assert_eq!(status, 202, "{body}");
-    let epoch = body["epoch"].as_u64().unwrap();
-    c.kill_api(0);
-    c.restart_api(0).await;
+    let (n5, epoch) = join_and_restart_the_driver(&mut c).await;
     // node2 learns the epoch node1 adopted (and kept in Redis) from node1's
     // answers to its probes, if node1 had no time to offer it.
     wait_for(
@@ -651,15 +659,7 @@ async fn a_change_whose_driver_restarts_is_resumed_without_an_operator() {
     .await;
     let keys = 300;
     load_numbered(&c, keys).await;
-    let n4 = c.add_node().await;
-    let join = json!({"id": c.nodes[n4].id, "url": c.url(n4)});
-    let (status, body) = c
-        .admin(reqwest::Method::POST, 0, "/cluster/members", Some(join))
-        .await;
-    assert_eq!(status, 202, "{body}");
-    let epoch = body["epoch"].as_u64().unwrap();
-    c.kill_api(0);
-    c.restart_api(0).await;
+    let (n4, epoch) = join_and_restart_the_driver(&mut c).await;
     let members = [0, 1, 2, n4];
     wait_for(
         "every member at one stable epoch with 4 members",

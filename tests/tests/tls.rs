@@ -187,6 +187,23 @@ async fn join_over_tls(c: &mut Cluster) {
     );
 }
 
+/// A client trusting the CA in `trusted`, presenting `name`'s certificate
+/// from `issued` (a folder of `scripts/gen-certs.sh`).
+fn presenting(trusted: &std::path::Path, issued: &std::path::Path, name: &str) -> reqwest::Client {
+    kv_tests::client_builder()
+        .timeout(Duration::from_secs(15))
+        .no_proxy()
+        .tls_backend_preconfigured(tls_client_config(
+            &trusted.join("ca.pem"),
+            Some((
+                &issued.join(format!("{name}.pem")),
+                &issued.join(format!("{name}.key")),
+            )),
+        ))
+        .build()
+        .unwrap()
+}
+
 /// What a TLS cluster refuses: plain HTTP, internal calls without a client
 /// certificate, a certificate of another CA, a plain-HTTP member; and the
 /// admin token stands in for the secret on membership routes only.
@@ -208,15 +225,7 @@ async fn refusals(c: &Cluster) {
         "{body}"
     );
     let dir = c.tls_dir();
-    let as_node2 = kv_tests::client_builder()
-        .timeout(Duration::from_secs(15))
-        .no_proxy()
-        .tls_backend_preconfigured(tls_client_config(
-            &dir.join("ca.pem"),
-            Some((&dir.join("node2.pem"), &dir.join("node2.key"))),
-        ))
-        .build()
-        .unwrap();
+    let as_node2 = presenting(&dir, &dir, "node2");
     let (status, body) = read_json(
         as_node2
             .get(format!("{}/internal/status", c.url(0)))
@@ -241,15 +250,7 @@ async fn refusals(c: &Cluster) {
     // A certificate from another CA fails the handshake.
     let rogue = c.dir.join("rogue-ca");
     make_certificates(&rogue, "node2", "127.0.0.1");
-    let impostor = kv_tests::client_builder()
-        .timeout(Duration::from_secs(15))
-        .no_proxy()
-        .tls_backend_preconfigured(tls_client_config(
-            &dir.join("ca.pem"),
-            Some((&rogue.join("node2.pem"), &rogue.join("node2.key"))),
-        ))
-        .build()
-        .unwrap();
+    let impostor = presenting(&dir, &rogue, "node2");
     let refused = impostor
         .get(format!("{}/internal/status", c.url(0)))
         .header("x-kv-cluster-secret", TEST_SECRET)

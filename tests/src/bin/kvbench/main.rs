@@ -10,6 +10,8 @@
 //! For before/after runs of one change: `BENCH_ONLY=store` measures this
 //! store alone, `BENCH_APPENDFSYNC=always` then only its `always` PUT point,
 //! and `BENCH_GET=0` leaves out its GET points.
+//! `BENCH_TLS=1` runs the store with TLS everywhere (compare with a run
+//! without it, `BENCH_ONLY=store`, for the cost of TLS).
 //! `BENCH_YCSB=0` skips the YCSB-style mixed workloads (`ycsb.rs`; at the
 //! largest of `BENCH_CONNECTIONS`, over `BENCH_YCSB_KEYS` keys, default
 //! 100000).
@@ -45,14 +47,22 @@ struct Point {
     errors: u64,
 }
 
-/// An HTTP client with connect and request timeouts.
+/// The CA of the store's cluster under `BENCH_TLS=1` (set when it starts).
+static STORE_CA: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// An HTTP client with connect and request timeouts (trusting the store's
+/// CA under `BENCH_TLS=1`).
 fn http_client() -> reqwest::Client {
-    kv_tests::client_builder()
+    let builder = kv_tests::client_builder()
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(15))
-        .no_proxy()
-        .build()
-        .expect("http client")
+        .no_proxy();
+    match STORE_CA.get() {
+        Some(ca) => builder.tls_backend_preconfigured(kv_tests::tls_client_config(ca, None)),
+        None => builder,
+    }
+    .build()
+    .expect("http client")
 }
 
 fn bench_dir() -> PathBuf {
@@ -210,17 +220,24 @@ async fn preload(url: &str, etcd: bool) {
     }
 }
 
-/// The store as every part of the bench runs it: 3 nodes, one worker each.
+/// The store as every part of the bench runs it: 3 nodes, one worker each;
+/// with `BENCH_TLS=1`, TLS everywhere (HTTPS, mutual TLS between nodes,
+/// `rediss://`; wrk speaks HTTPS too).
 async fn bench_cluster(appendfsync: &'static str) -> Cluster {
-    Cluster::start(
+    let c = Cluster::start(
         Options {
             workers: 1,
             appendfsync,
+            tls: env_or("BENCH_TLS", 0u8) == 1,
             ..Options::default()
         }
         .env("RUST_LOG", "warn"),
     )
-    .await
+    .await;
+    if c.url(0).starts_with("https://") {
+        let _ = STORE_CA.set(c.tls_dir().join("ca.pem"));
+    }
+    c
 }
 
 async fn bench_store(points: &mut Vec<Point>, appendfsync: &'static str, gets: bool) {
