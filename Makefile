@@ -100,7 +100,7 @@ DURATION ?= 60
 RESTORE_KEYS ?= 10000
 chaos: release
 	$(CARGO) build --release -q -p kv-tests --bin chaos
-	SEED=$(SEED) DURATION=$(DURATION) RESTORE_KEYS=$(RESTORE_KEYS) KV_CHAOS_MOVES=$(MOVES) \
+	SEED=$(SEED) DURATION=$(DURATION) RESTORE_KEYS=$(RESTORE_KEYS) KV_CHAOS_MOVES=$(MOVES) KV_CHAOS_TLS=$(TLS) \
 	  KV_BIN_DIR=$(TARGET_DIR)/release $(TARGET_DIR)/release/chaos
 
 # How repair costs grow with the data: anti-entropy between identical nodes

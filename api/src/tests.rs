@@ -467,7 +467,7 @@ async fn membership_changes_need_the_secret_and_a_valid_member() {
     for bad in [
         r#"{"id": "node2"}"#,
         r#"{"id": "node 2", "url": "http://127.0.0.1:9"}"#,
-        r#"{"id": "node2", "url": "https://x:1"}"#,
+        r#"{"id": "node2", "url": "ftp://x:1"}"#,
         r#"{"id": "node2", "url": "http://127.0.0.1:9", "extra": 1}"#,
         "[]",
     ] {

@@ -32,6 +32,7 @@ async fn main() -> ExitCode {
     settings.subnet = env_or("CHAOS_SUBNET", 78u8);
     settings.background_sync = std::env::var("KV_BACKGROUND_SYNC").map_or(true, |v| v != "off");
     settings.moves = std::env::var("KV_CHAOS_MOVES").is_ok_and(|v| v == "1");
+    settings.tls = std::env::var("KV_CHAOS_TLS").is_ok_and(|v| v == "1");
     let report = run(&settings).await;
     println!("{report}");
 

@@ -42,13 +42,20 @@ impl Shared {
     }
 }
 
+/// The CA of the cluster under test when it runs with TLS (`KV_CHAOS_TLS=1`).
+pub(super) static CLUSTER_CA: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
 pub(super) fn client_http() -> reqwest::Client {
-    crate::client_builder()
+    let builder = crate::client_builder()
         .connect_timeout(Duration::from_millis(1000))
         .timeout(Duration::from_secs(3))
-        .no_proxy()
-        .build()
-        .expect("http client")
+        .no_proxy();
+    match CLUSTER_CA.get() {
+        Some(ca) => builder.tls_backend_preconfigured(crate::tls_client_config(ca, None)),
+        None => builder,
+    }
+    .build()
+    .expect("http client")
 }
 
 /// Sends one operation and classifies the answer.

@@ -34,6 +34,7 @@ pub fn chaos_options(settings: &Settings) -> Options {
         workers: usize::from(settings.background_sync),
         appendfsync: "everysec",
         subnet: Some(settings.subnet),
+        tls: settings.tls,
         ..Options::default()
     }
     .env("KV_PROBE_INTERVAL_MS", "250")
@@ -176,6 +177,9 @@ async fn route_indices(c: &Cluster, key: &str) -> Vec<usize> {
 pub async fn run(settings: &Settings) -> Report {
     preflight().unwrap_or_else(|e| panic!("{e}"));
     let mut c = Cluster::start(chaos_options(settings)).await;
+    if settings.tls {
+        let _ = super::clients::CLUSTER_CA.set(c.tls_dir().join("ca.pem"));
+    }
     let hosts = c.nodes.iter().map(|n| n.host.clone()).collect();
     let mut net = Net::new(settings.subnet, hosts).unwrap_or_else(|e| panic!("{e}"));
     let mut report = Report {

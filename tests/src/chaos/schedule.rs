@@ -65,6 +65,9 @@ pub struct Settings {
     /// Membership moves between the faults (`KV_CHAOS_MOVES=1`): a node
     /// leaves and joins again every third step.
     pub moves: bool,
+    /// TLS everywhere (`KV_CHAOS_TLS=1`): HTTPS, mutual TLS between nodes,
+    /// `rediss://` (see `Options::tls`).
+    pub tls: bool,
 }
 
 impl Settings {
@@ -82,6 +85,7 @@ impl Settings {
             restore_keys: 0,
             background_sync: true,
             moves: false,
+            tls: false,
         }
     }
 }
