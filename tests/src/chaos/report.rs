@@ -12,6 +12,8 @@ use super::schedule::Fault;
 pub struct Report {
     pub seed: u64,
     pub background_sync: bool,
+    /// The cluster served HTTPS, with mutual TLS and `rediss://`.
+    pub tls: bool,
     pub faults: Vec<String>,
     /// Every fault injected and undone, with its time.
     pub timeline: Vec<FaultEvent>,
@@ -44,10 +46,11 @@ impl std::fmt::Display for Report {
         let v = &self.verdict;
         writeln!(
             f,
-            "chaos seed {} ({} fault steps, background sync {})",
+            "chaos seed {} ({} fault steps, background sync {}{})",
             self.seed,
             self.faults.len(),
-            if self.background_sync { "on" } else { "off" }
+            if self.background_sync { "on" } else { "off" },
+            if self.tls { ", TLS everywhere" } else { "" }
         )?;
         for fault in &self.faults {
             writeln!(f, "  fault: {fault}")?;

@@ -185,6 +185,7 @@ pub async fn run(settings: &Settings) -> Report {
     let mut report = Report {
         seed: settings.seed,
         background_sync: settings.background_sync,
+        tls: c.url(0).starts_with("https://"),
         ..Report::default()
     };
     // The ring this harness computes is the one the nodes use.
