@@ -111,7 +111,38 @@ async fn seed_scenarios_pass_over_tls() {
 
     refusals(&c).await;
     kvctl_over_tls(&c);
+    healthcheck_over_tls(&c);
     join_over_tls(&mut c).await;
+}
+
+/// `api healthcheck` (the container health check) speaks TLS to a node
+/// that serves it, checking its certificate: exit 0, and 1 when the
+/// certificate does not verify against the CA given.
+fn healthcheck_over_tls(c: &Cluster) {
+    let dir = c.tls_dir();
+    let file = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let node = &c.nodes[0];
+    let check = |ca: String| {
+        let mut cmd = std::process::Command::new(kv_tests::binary("api"));
+        cmd.arg("healthcheck")
+            .env_clear()
+            .env("KV_NODE_ID", &node.id)
+            .env("KV_LISTEN", format!("{}:{}", node.host, node.api_port))
+            .env("KV_PEERS", format!("{}={}", node.id, c.url(0)))
+            .env("KV_TLS_CERT", file("node1.pem"))
+            .env("KV_TLS_KEY", file("node1.key"))
+            .env("KV_TLS_CA", ca);
+        kv_tests::run_bounded(&mut cmd, None, Duration::from_secs(30))
+    };
+    let out = check(file("ca.pem"));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let rogue = c.dir.join("rogue-ca").join("ca.pem");
+    let out = check(rogue.to_string_lossy().into_owned());
+    assert_eq!(
+        out.code,
+        Some(1),
+        "an unverified node is unhealthy: {out:?}"
+    );
 }
 
 /// `kvctl` against the HTTPS API: it trusts the cluster's CA with
