@@ -654,7 +654,7 @@ async fn a_change_whose_driver_restarts_is_resumed_without_an_operator() {
         Options::default()
             .env("KV_CHANGE_RESUME_AFTER_S", "2")
             // Slow pulls: node1 is restarted while node4 still pulls.
-            .env("KV_MOVE_BYTES_PER_S", "2048"),
+            .env("KV_MOVE_BYTES_PER_S", "1024"),
     )
     .await;
     let keys = 300;
