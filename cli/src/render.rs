@@ -502,14 +502,27 @@ pub fn members(body: &Value) -> String {
         if let Some(moves) = change["moves"].as_object() {
             for (node, m) in moves {
                 out.push_str(&format!(
-                    "  {node}: pulled {} records ({} bytes) in {} ms, cleanup removed {}\n",
+                    "  {node}: pulled {} records ({} bytes, {}/{} ranges) in {} ms, cleanup removed {}\n",
                     text(&m["records"]),
                     text(&m["bytes"]),
+                    text(&m["ranges_pulled"]),
+                    text(&m["ranges"]),
                     text(&m["pull_ms"]),
                     text(&m["removed"])
                 ));
             }
         }
+    }
+    let pulling = &body["pulling"];
+    if pulling.is_object() {
+        out.push_str(&format!(
+            "pulling now from {}: {}/{} ranges, {} records ({} bytes)\n",
+            text(&pulling["node"]),
+            text(&pulling["leaves_pulled"]),
+            text(&pulling["leaves_wanted"]),
+            text(&pulling["received"]),
+            text(&pulling["bytes_received"])
+        ));
     }
     out
 }

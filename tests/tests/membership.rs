@@ -31,6 +31,15 @@ struct KeyLog {
     deletes: Vec<bool>,
     /// The highest acknowledged seq (0: none).
     acked: usize,
+    /// The highest seq acknowledged strictly, on its preference list: what
+    /// a quorum read must see. A sloppy write (`"sloppy": true`, stored on
+    /// a fallback while an owner was marked down, as happens when probes
+    /// time out on an overloaded machine) reaches the owners by hinted
+    /// handoff, later; the contract promises strict reads only after
+    /// strict writes, as the chaos checker holds too.
+    acked_strict: usize,
+    /// Acknowledged seqs that were sloppy.
+    sloppy: Vec<usize>,
 }
 
 impl KeyLog {
@@ -102,10 +111,19 @@ async fn writer(load: Arc<Load>, w: usize) {
                 .await
         };
         let ok = matches!(&sent, Ok(r) if r.status().is_success() || (delete && r.status() == 404));
+        let body: Value = match sent {
+            Ok(r) if ok => r.json().await.unwrap_or(Value::Null),
+            _ => Value::Null,
+        };
         if ok {
             let mut logs = load.logs.lock().unwrap();
             let log = logs.get_mut(&key).unwrap();
             log.acked = log.acked.max(seq);
+            if body["sloppy"] == true {
+                log.sloppy.push(seq);
+            } else {
+                log.acked_strict = log.acked_strict.max(seq);
+            }
         }
         load.samples.lock().unwrap().push(Sample {
             at: started,
@@ -126,7 +144,12 @@ async fn reader(load: Arc<Load>, r: usize) {
         let _running = load.pause.read().await;
         n += 1;
         let key = format!("w{}-{}", n % WRITERS, n % KEYS_PER_WRITER);
-        let floor = load.logs.lock().unwrap().get(&key).map_or(0, |l| l.acked);
+        let floor = load
+            .logs
+            .lock()
+            .unwrap()
+            .get(&key)
+            .map_or(0, |l| l.acked_strict);
         let target = {
             let targets = load.targets.read().unwrap();
             targets[n % targets.len()].clone()
@@ -159,8 +182,9 @@ async fn reader(load: Arc<Load>, r: usize) {
         let log = logs.get(&key).cloned().unwrap_or_default();
         if !log.allows(floor, seen) {
             load.violations.lock().unwrap().push(format!(
-                "stale strict read of {key} from {target} at {:.1} s: saw {seen:?}, acknowledged up to {floor}",
-                load.started.elapsed().as_secs_f64()
+                "stale strict read of {key} from {target} at {:.1} s: saw {seen:?}, acknowledged up to {floor} (sloppy acks: {:?}; answer {body})",
+                load.started.elapsed().as_secs_f64(),
+                log.sloppy
             ));
         }
     }
@@ -397,6 +421,17 @@ async fn a_loaded_cluster_grows_to_five_and_shrinks_to_three_under_load() {
         assert_eq!(loaded, LOADED_KEYS, "{what}: loaded keys held");
         drop(guard);
         let moves = &done["change"]["moves"];
+        // Every range of the hash space a node had to pull, it pulled whole.
+        for (node, m) in moves.as_object().unwrap() {
+            assert_eq!(m["ranges_pulled"], m["ranges"], "step {step}: {node}: {m}");
+        }
+        let ranges: u64 = moves
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|m| m["ranges"].as_u64().unwrap_or(0))
+            .sum();
+        assert!(ranges > 0, "step {step}: no range to pull: {moves}");
         let moved: u64 = moves
             .as_object()
             .unwrap()
@@ -425,21 +460,35 @@ async fn a_loaded_cluster_grows_to_five_and_shrinks_to_three_under_load() {
     }
     // Every acknowledged write on its own: a quorum read of each key now.
     let logs = load.logs.lock().unwrap().clone();
+    let sloppy: usize = logs.values().map(|l| l.sloppy.len()).sum();
+    eprintln!("writes acknowledged sloppy (an owner marked down): {sloppy}");
     let via = *members.iter().next().unwrap();
     let mut checked = 0;
     for (key, log) in &logs {
-        let (status, body) = c.get_with(via, key, "quorum").await;
-        assert!(status == 200 || status == 404, "{key}: {status} {body}");
-        let seen = if status == 200 {
-            value_seq(&body)
-        } else {
-            None
-        };
-        assert!(
-            log.allows(log.acked, seen),
-            "{key}: lost or resurrected: saw {seen:?}, acknowledged up to {}",
-            log.acked
-        );
+        // Sloppy writes reach their owners by hinted handoff: give it time.
+        wait_for(
+            &format!("{key} to read as its last acknowledged operation"),
+            Duration::from_secs(30),
+            || async {
+                let (status, body) = c.get_with(via, key, "quorum").await;
+                assert!(status == 200 || status == 404, "{key}: {status} {body}");
+                let seen = if status == 200 {
+                    value_seq(&body)
+                } else {
+                    None
+                };
+                if log.allows(log.acked, seen) {
+                    return Some(());
+                }
+                assert!(
+                    !log.sloppy.is_empty(),
+                    "{key}: lost or resurrected: saw {seen:?}, acknowledged up to {} (all strictly)",
+                    log.acked
+                );
+                None
+            },
+        )
+        .await;
         checked += 1;
     }
     for k in (0..LOADED_KEYS).step_by(7) {
@@ -661,10 +710,26 @@ async fn a_change_whose_driver_restarts_is_resumed_without_an_operator() {
     load_numbered(&c, keys).await;
     let (n4, epoch) = join_and_restart_the_driver(&mut c).await;
     let members = [0, 1, 2, n4];
+    // node4's pull is slow: its live progress is seen on the way.
+    let seen_pulling = AtomicBool::new(false);
     wait_for(
         "every member at one stable epoch with 4 members",
         Duration::from_secs(180),
         || async {
+            let (_, own) = c
+                .request(reqwest::Method::GET, n4, "/cluster/members", None)
+                .await;
+            let pulling = &own["pulling"];
+            if pulling.is_object() {
+                let (wanted, pulled) = (
+                    pulling["leaves_wanted"].as_u64()?,
+                    pulling["leaves_pulled"].as_u64()?,
+                );
+                assert!(pulled <= wanted, "{pulling}");
+                if wanted > 0 {
+                    seen_pulling.store(true, Ordering::Relaxed);
+                }
+            }
             let mut epochs = BTreeSet::new();
             for i in members {
                 let (_, view) = c
@@ -685,6 +750,10 @@ async fn a_change_whose_driver_restarts_is_resumed_without_an_operator() {
         .map(|i| c.nodes[*i].id.as_str())
         .collect();
     assert!(!resumed_by.is_empty(), "no node logged resuming the change");
+    assert!(
+        seen_pulling.load(Ordering::Relaxed),
+        "node4's pull in progress was never shown"
+    );
     wait_placed(
         &c,
         &members,

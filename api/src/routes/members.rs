@@ -43,6 +43,8 @@ pub async fn members(State(state): State<AppState>) -> Response {
         "phase": t.phase,
         "members": t.members(),
         "change": state.coord.change_progress(),
+        // This node's own pull in progress (a change's step), live.
+        "pulling": state.coord.pulling(),
     }))
     .into_response()
 }

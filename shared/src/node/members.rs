@@ -344,7 +344,7 @@ impl Node {
         }
         info!(node = %self.cfg.node_id, epoch, ?peers, "pulling this node's share");
         let report = self
-            .restore_paced(&peers, self.cfg.move_bytes_per_s)
+            .restore_paced(&peers, self.cfg.move_bytes_per_s, true)
             .await?;
         info!(
             node = %self.cfg.node_id,
@@ -416,6 +416,10 @@ pub struct NodeMove {
     /// Records and bytes it pulled, and how long that took.
     pub records: u64,
     pub bytes: u64,
+    /// Ranges of the hash space (hash-tree leaves) it had to pull from its
+    /// peers, and those it pulled whole.
+    pub ranges: u64,
+    pub ranges_pulled: u64,
     pub pull_ms: u64,
     /// Records its cleanup removed.
     pub removed: u64,
@@ -815,6 +819,8 @@ impl Coordinator {
                     if let Ok(report) = &outcome {
                         entry.records += report.stored;
                         entry.bytes += report.bytes_received;
+                        entry.ranges += report.leaves_wanted;
+                        entry.ranges_pulled += report.leaves_pulled;
                     }
                     entry.pull_ms += now_ms().saturating_sub(started);
                     entry.error = error.clone();

@@ -43,6 +43,10 @@ pub struct RestorePeerReport {
     pub peer_records: u64,
     /// Leaves of the hash tree that differed (0 when the trees matched).
     pub leaves_differing: u64,
+    /// Of those, the leaves (ranges of the hash space) the peer has records
+    /// in, to pull; and those whose records were all received.
+    pub leaves_wanted: u64,
+    pub leaves_pulled: u64,
     /// Records received from the peer (those of differing leaves only).
     pub received: u64,
     /// Of those, records newer than the local copy, now stored.
@@ -61,6 +65,8 @@ pub struct RestorePeerReport {
 pub struct RestoreReport {
     pub node: String,
     pub leaves_differing: u64,
+    pub leaves_wanted: u64,
+    pub leaves_pulled: u64,
     pub received: u64,
     /// Records newer than the local copy, now stored.
     pub stored: u64,
@@ -79,6 +85,8 @@ impl RestoreReport {
             self.peers_synced += 1;
         }
         self.leaves_differing += peer.leaves_differing;
+        self.leaves_wanted += peer.leaves_wanted;
+        self.leaves_pulled += peer.leaves_pulled;
         self.received += peer.received;
         self.stored += peer.stored;
         self.refused += peer.refused;
@@ -123,6 +131,9 @@ pub enum RestoreState {
 #[derive(Default)]
 pub struct SharingCache {
     tables: Mutex<BTreeMap<String, EpochTable>>,
+    /// The exchange with a peer in progress, if any (paced pulls only: a
+    /// membership change's share), for `GET /cluster/members`.
+    pulling: Mutex<Option<RestorePeerReport>>,
 }
 
 /// A peer's sharing table and the topology epoch it was computed for.
@@ -142,7 +153,7 @@ impl Node {
             Some(node) => return Err(CoordError::UnknownNode(node)),
             None => self.peer_ids(),
         };
-        self.restore_paced(&sources, None).await
+        self.restore_paced(&sources, None, false).await
     }
 
     /// Every other node of the topology (owners now or next).
@@ -155,6 +166,7 @@ impl Node {
         &self,
         sources: &[String],
         bytes_per_s: Option<u64>,
+        live: bool,
     ) -> Result<RestoreReport, CoordError> {
         let started = now_ms();
         let mut report = RestoreReport {
@@ -162,7 +174,12 @@ impl Node {
             ..RestoreReport::default()
         };
         for source in sources {
-            report.add(self.sync_paced(source, bytes_per_s).await?);
+            let exchange = self.sync_paced(source, bytes_per_s, live).await;
+            if live {
+                // Whichever way the exchange ended, it is not in progress.
+                *lock(&self.sharing.pulling) = None;
+            }
+            report.add(exchange?);
         }
         report.elapsed_ms = now_ms().saturating_sub(started);
         Stats::add(&self.stats.anti_entropy_runs, 1);
@@ -289,7 +306,7 @@ impl Node {
     /// the leaves under those that differ, then page through the peer's
     /// records of the differing leaves and store the newer ones.
     pub async fn sync_from(&self, peer: &str) -> Result<RestorePeerReport, CoordError> {
-        self.sync_paced(peer, None).await
+        self.sync_paced(peer, None, false).await
     }
 
     /// [`Node::sync_from`], pausing between pages so that the records
@@ -298,6 +315,7 @@ impl Node {
         &self,
         peer: &str,
         bytes_per_s: Option<u64>,
+        live: bool,
     ) -> Result<RestorePeerReport, CoordError> {
         let started = std::time::Instant::now();
         let mut report = RestorePeerReport {
@@ -343,6 +361,13 @@ impl Node {
             .into_iter()
             .filter(|l| theirs.get(l).is_some_and(|leaf| leaf.count > 0))
             .collect();
+        report.leaves_wanted = wanted.len() as u64;
+        let show = |report: &RestorePeerReport| {
+            if live {
+                *lock(&self.sharing.pulling) = Some(report.clone());
+            }
+        };
+        show(&report);
         for chunk in wanted.chunks(SYNC_LEAVES_PER_REQUEST_MAX) {
             let mut cursor = 0u64;
             loop {
@@ -363,6 +388,7 @@ impl Node {
                         ApplyStatus::Refused => report.refused += 1,
                     }
                 }
+                show(&report);
                 if let Some(rate) = bytes_per_s.filter(|r| *r > 0) {
                     let due = Duration::from_secs_f64(report.bytes_received as f64 / rate as f64);
                     if let Some(wait) = due.checked_sub(started.elapsed()) {
@@ -374,8 +400,19 @@ impl Node {
                 }
                 cursor = next;
             }
+            report.leaves_pulled += chunk.len() as u64;
+            show(&report);
         }
         Ok(report)
+    }
+}
+
+impl Node {
+    /// The paced exchange (a membership change's pull) in progress now:
+    /// the peer, the leaves (hash ranges) to pull and pulled, records and
+    /// bytes so far; `None` when none runs.
+    pub fn pulling(&self) -> Option<RestorePeerReport> {
+        lock(&self.sharing.pulling).clone()
     }
 }
 
