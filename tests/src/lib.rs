@@ -54,26 +54,19 @@ pub fn http_client(ca: Option<&Path>) -> reqwest::Client {
 /// A rustls client configuration trusting `ca`, presenting `identity`
 /// (certificate and key files) when given.
 pub fn tls_client_config(ca: &Path, identity: Option<(&Path, &Path)>) -> rustls::ClientConfig {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use shared::config::{ClientAuth, TlsSettings};
     shared::config::install_default_provider();
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca).expect("CA file") {
-        roots.add(cert.expect("CA certificate")).expect("CA");
-    }
-    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
-    match identity {
-        None => builder.with_no_client_auth(),
-        Some((cert, key)) => builder
-            .with_client_auth_cert(
-                CertificateDer::pem_file_iter(cert)
-                    .expect("certificate file")
-                    .map(|c| c.expect("certificate"))
-                    .collect(),
-                PrivateKeyDer::from_pem_file(key).expect("key file"),
-            )
-            .expect("client identity"),
-    }
+    // The nodes' own loader: a client presents its identity under mutual TLS.
+    let settings = TlsSettings {
+        identity: identity.map(|(cert, key)| (cert.to_path_buf(), key.to_path_buf())),
+        ca: Some(ca.to_path_buf()),
+        client_auth: if identity.is_some() {
+            ClientAuth::Internal
+        } else {
+            ClientAuth::Off
+        },
+    };
+    std::sync::Arc::unwrap_or_clone(settings.client_config().expect("test TLS files"))
 }
 
 /// Makes (once per folder) a test CA, and a certificate for `name` valid for
@@ -865,10 +858,13 @@ impl Cluster {
         path: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let req = self
-            .http
-            .request(method, format!("{}{}", self.url(i), path));
-        send_json(req, path, body).await
+        send_json(self.to(method, i, path), path, body).await
+    }
+
+    /// A request to node `i`'s `path`, not sent yet.
+    fn to(&self, method: reqwest::Method, i: usize, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{}", self.url(i), path))
     }
 
     /// Waits (polling, up to `timeout`) until the membership change node
@@ -902,8 +898,7 @@ impl Cluster {
         body: Option<Value>,
     ) -> (u16, Value) {
         let req = self
-            .http
-            .request(method, format!("{}{}", self.url(i), path))
+            .to(method, i, path)
             .header("x-kv-cluster-secret", TEST_SECRET);
         send_json(req, path, body).await
     }
@@ -918,8 +913,7 @@ impl Cluster {
         body: Vec<u8>,
     ) -> (u16, Value) {
         let resp = self
-            .http
-            .request(method, format!("{}{}", self.url(i), path))
+            .to(method, i, path)
             .header("content-type", content_type)
             .body(body)
             .send()
@@ -930,7 +924,7 @@ impl Cluster {
 }
 
 /// Sends `req` with `body` as JSON (if any); status and JSON answer.
-async fn send_json(
+pub async fn send_json(
     mut req: reqwest::RequestBuilder,
     path: &str,
     body: Option<Value>,

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kv_tests::{json, read_json, wait_for};
+use kv_tests::{json, read_json, send_json, wait_for};
 use serde_json::Value;
 
 const PROJECT: &str = "kvcompose";
@@ -149,11 +149,8 @@ impl Client {
         path: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let mut req = self.http.request(method, format!("{}{path}", Self::url(i)));
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        read_json(req.send().await.expect("request")).await
+        let req = self.http.request(method, format!("{}{path}", Self::url(i)));
+        send_json(req, path, body).await
     }
     async fn put(&self, i: usize, key: &str, value: Value) -> (u16, Value) {
         self.send(

@@ -592,7 +592,9 @@ impl Coordinator {
         let Some(after) = self.cfg.change_resume_after else {
             return;
         };
-        let topology = self.view().topology.clone();
+        // Every probe round: the view, not a copy of its topology.
+        let view = self.view();
+        let topology = &view.topology;
         let now = now_ms();
         let since = {
             let mut stall = lock(&self.stall);

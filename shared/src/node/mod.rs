@@ -166,6 +166,9 @@ pub struct Node {
     inline_mail: Option<MailSender>,
     /// Which hash-tree leaves each peer shares with this node.
     sharing: sync::SharingCache,
+    /// The exchange with a peer in progress, if any (a membership change's
+    /// pull), for `GET /cluster/members`.
+    pulling: Mutex<Option<sync::RestorePeerReport>>,
     pub stats: Arc<Stats>,
 }
 
@@ -271,6 +274,7 @@ impl Node {
             queues,
             inline_mail,
             sharing: sync::SharingCache::default(),
+            pulling: Mutex::new(None),
             stats,
             cfg,
         }))

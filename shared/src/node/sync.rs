@@ -131,9 +131,6 @@ pub enum RestoreState {
 #[derive(Default)]
 pub struct SharingCache {
     tables: Mutex<BTreeMap<String, EpochTable>>,
-    /// The exchange with a peer in progress, if any (paced pulls only: a
-    /// membership change's share), for `GET /cluster/members`.
-    pulling: Mutex<Option<RestorePeerReport>>,
 }
 
 /// A peer's sharing table and the topology epoch it was computed for.
@@ -177,7 +174,7 @@ impl Node {
             let exchange = self.sync_paced(source, bytes_per_s, live).await;
             if live {
                 // Whichever way the exchange ended, it is not in progress.
-                *lock(&self.sharing.pulling) = None;
+                *lock(&self.pulling) = None;
             }
             report.add(exchange?);
         }
@@ -364,7 +361,7 @@ impl Node {
         report.leaves_wanted = wanted.len() as u64;
         let show = |report: &RestorePeerReport| {
             if live {
-                *lock(&self.sharing.pulling) = Some(report.clone());
+                *lock(&self.pulling) = Some(report.clone());
             }
         };
         show(&report);
@@ -412,7 +409,7 @@ impl Node {
     /// the peer, the leaves (hash ranges) to pull and pulled, records and
     /// bytes so far; `None` when none runs.
     pub fn pulling(&self) -> Option<RestorePeerReport> {
-        lock(&self.sharing.pulling).clone()
+        lock(&self.pulling).clone()
     }
 }
 
