@@ -5,7 +5,9 @@ Starts a private redis-server (no persistence) on a free loopback port,
 loads NEWER + TREE + APPLY_DATA as the store does, applies 20,000 records
 in calls of 8 (new keys), then the same keys again with newer versions
 (overwrites), and prints Redis' own time per record (INFO commandstats,
-so client and network time are left out). Extra arguments are files with
+so client and network time are left out) and a digest of the hash tree
+it left (a variant computing another tree is wrong). Variants take the
+store's argument layout (key, record, leaf field, digest per record). Extra arguments are files with
 variants of the whole script to time beside it, in the same run, so
 figures compare side by side.
 
@@ -13,6 +15,7 @@ Needs: redis-server on PATH and the Python `redis` package
 (`pip install redis`). Usage: bench/lua_apply.py [variant.lua ...]
 """
 import os
+import hashlib
 import re
 import socket
 import subprocess
@@ -67,11 +70,15 @@ def main():
                         leaf = "%04x" % (hash(key) & 0xFFFF)
                         keys.append("kv:n1:d:" + leaf)
                         version = "%d:0:n1" % (1_764_480_000_000 + round_ * 1000 + i)
-                        argv += [key, '%s\nV"%s"' % (version, "x" * 98), leaf]
+                        digest = int(hashlib.sha1((key + "\0" + version).encode()).hexdigest()[:13], 16)
+                        argv += [key, '%s\nV"%s"' % (version, "x" * 98), leaf, str(digest)]
                     r.evalsha(sha, len(keys), *keys, *argv)
                     total += per_call
             usec = r.info("commandstats")["cmdstat_evalsha"]["usec"]
-            print("%-14s %.2f us per record (%d records)" % (name, usec / total, total))
+            # The tree each variant left, so a variant that computes another
+            # tree (a wrong digest) shows.
+            tree = hashlib.sha1(repr(sorted(r.hgetall("kv:n1:tree").items())).encode()).hexdigest()[:10]
+            print("%-14s %.2f us per record (%d records), tree %s" % (name, usec / total, total, tree))
     finally:
         server.kill()
         server.wait()

@@ -6,9 +6,10 @@
 //! modulo 2^52, of their digests ([`record_digest`]: the first 52 bits of
 //! SHA-1 over `key \0 version`). A sum does not depend on order, and a
 //! record replaced by a newer one changes it by `new − old`, so the store
-//! keeps every leaf current in the same atomic step as the write (the Redis
-//! apply script computes the same digest with `redis.sha1hex`; 52 bits keep
-//! the Lua arithmetic exact in doubles). Building a tree is then a read of at
+//! keeps every leaf current in the same atomic step as the write (the node
+//! passes each record's digest to the Redis apply script, which computes the
+//! replaced record's with `redis.sha1hex`; 52 bits keep the Lua arithmetic
+//! exact in doubles). Building a tree is then a read of at
 //! most [`LEAVES`] small entries, never a scan of the records.
 //!
 //! **Levels.** [`MIDS`] middle nodes each cover 256 consecutive leaves; a

@@ -16,7 +16,7 @@ use super::scripts;
 use super::{ScanPage, Space, StoreError, range_page};
 use crate::core::limits::SCAN_PAGE_BYTES_MAX;
 use crate::core::listing::{KeyRange, NodePage};
-use crate::core::merkle::{LEAVES, Leaf, leaf_field, leaf_of, parse_leaf_field};
+use crate::core::merkle::{LEAVES, Leaf, leaf_field, leaf_of, parse_leaf_field, record_digest};
 use crate::core::record::Record;
 use crate::keyspace::{
     changes_key, count_key, data_leaf_key, data_leaf_prefix, hints_key, key_index_key, leaves_key,
@@ -268,7 +268,8 @@ impl RedisStore {
             call.key(data_leaf_key(&self.node, leaf))
                 .arg(key)
                 .arg(record.encode())
-                .arg(leaf_field(leaf));
+                .arg(leaf_field(leaf))
+                .arg(record_digest(key, &record.version));
         }
         call
     }

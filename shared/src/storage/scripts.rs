@@ -6,9 +6,12 @@
 //! expiring values, scored by the time they are deleted) and the key
 //! index (a sorted set of every key, score 0, so its members are in byte
 //! order for listings). The leaf
-//! digest is the first 52 bits of `SHA-1(key \0 version)` (`redis.sha1hex`),
-//! summed modulo 2^52 — exactly `core::merkle::record_digest` and
-//! `Leaf::add`; 52-bit numbers keep Lua's double arithmetic exact.
+//! digest is the first 52 bits of `SHA-1(key \0 version)`, summed modulo
+//! 2^52 — exactly `core::merkle::record_digest` and `Leaf::add`; 52-bit
+//! numbers keep Lua's double arithmetic exact. The digest of a record being
+//! stored comes with it, computed by the node (Rust); only the digest of the
+//! record it replaces is computed here (`redis.sha1hex`), since Redis alone
+//! knows which one that is.
 
 /// Version order, shared by the apply scripts: numerically on `wall_ms` and
 /// `logical`, then byte by byte on the rest (`node\npayload`), which is the
@@ -40,20 +43,17 @@ end
 
 /// Leaf arithmetic and the deletion time (a tombstone's wall time, an
 /// expiring value's expiry: `Record::dead_since`), shared by the data
-/// scripts. `version_of` finds a record's version line and where its
-/// payload starts in one match (nil for a corrupt record, which is not in
-/// the tree, as `core::merkle` skips it); the rest works from that.
+/// scripts. `parse` reads a record's version line, its two numbers, where
+/// the rest of the version (`node`) starts and where the payload starts,
+/// in one match (nil for a corrupt record, which is not in the tree, as
+/// `core::merkle` skips it); the rest works from that.
 const TREE: &str = r#"
 local M = 4503599627370496
-local function version_of(rec)
-  return string.match(rec, "^(%d+:%d+:[^\n]*)\n()")
+local function parse(rec)
+  return string.match(rec, "^((%d+):(%d+):()[^\n]*)\n()")
 end
 local function digest_of(key, version)
   return tonumber(string.sub(redis.sha1hex(key .. "\0" .. version), 1, 13), 16)
-end
-local function digest(key, rec)
-  local version = version_of(rec)
-  return version and digest_of(key, version)
 end
 local function dead_since(rec, p)
   local kind = string.byte(rec, p)
@@ -75,7 +75,7 @@ local function leaf_add(tree, leaves, field, dcount, ddigest)
     redis.call('HDEL', tree, field)
     if was > 0 then redis.call('ZREM', leaves, field) end
   else
-    redis.call('HSET', tree, field, string.format('%d:%.0f', count, dig))
+    redis.call('HSET', tree, field, string.format('%d:%d', count, dig))
     if was <= 0 then redis.call('ZADD', leaves, tonumber(field, 16), field) end
   end
 end
@@ -84,23 +84,37 @@ end
 /// Apply records to a node's data if newer.
 /// KEYS = tree, count, tombstones, non-empty leaves, key index, change log,
 /// then one leaf hash per record; ARGV = the change log's length (0: no
-/// log), then key, record, leaf field per record. Each record stored is
+/// log), then key, record, leaf field and the record's digest
+/// (`core::merkle::record_digest`, decimal) per record. Each record stored is
 /// appended to the change log (key and version), trimmed to about that length. Returns 1 (stored) or 0
 /// (unchanged: the local copy is as new or newer) per record, in order; a
-/// key repeated in one call is decided against the newest so far.
+/// key repeated in one call is decided against the newest so far. `wins`
+/// is [`NEWER`]'s order on records already parsed, so each record is
+/// matched once.
 const APPLY_DATA: &str = r#"
+local function wins(a, va, wa, la, ra, b, vb, wb, lb, rb)
+  if not b then return true end
+  if a == b then return false end
+  if not vb then return true end
+  if not va then return false end
+  wa, la, wb, lb = tonumber(wa), tonumber(la), tonumber(wb), tonumber(lb)
+  if wa ~= wb then return wa > wb end
+  if la ~= lb then return la > lb end
+  return rest_gt(a, ra, b, rb)
+end
 local out = {}
-local loglen = tonumber(ARGV[1])
-for i = 1, (#ARGV - 1) / 3 do
+local loglen = ARGV[1]
+local logging = tonumber(loglen) > 0
+for i = 1, (#ARGV - 1) / 4 do
   local hash = KEYS[6 + i]
-  local key, rec, field = ARGV[3 * i - 1], ARGV[3 * i], ARGV[3 * i + 1]
+  local key, rec, field = ARGV[4 * i - 2], ARGV[4 * i - 1], ARGV[4 * i]
   local cur = redis.call('HGET', hash, key)
-  if (not cur) or newer(rec, cur) then
+  local version, wall, logical, r, p = parse(rec)
+  local cur_version, cur_wall, cur_logical, cur_r, cur_p
+  if cur then cur_version, cur_wall, cur_logical, cur_r, cur_p = parse(cur) end
+  if wins(rec, version, wall, logical, r, cur, cur_version, cur_wall, cur_logical, cur_r) then
     redis.call('HSET', hash, key, rec)
-    local version, p = version_of(rec)
-    local new = version and digest_of(key, version) or 0
-    local cur_version, cur_p
-    if cur then cur_version, cur_p = version_of(cur) end
+    local new = version and tonumber(ARGV[4 * i + 1]) or 0
     if cur_version then
       leaf_add(KEYS[1], KEYS[4], field, 0, new - digest_of(key, cur_version))
     else
@@ -114,7 +128,7 @@ for i = 1, (#ARGV - 1) / 3 do
     elseif cur_p and dead_since(cur, cur_p) then
       redis.call('ZREM', KEYS[3], key)
     end
-    if loglen > 0 and version then
+    if logging and version then
       redis.call('XADD', KEYS[6], 'MAXLEN', '~', loglen, '*', 'k', key, 'v', version)
     end
     out[#out + 1] = 1
@@ -130,12 +144,12 @@ return out
 /// only collected tombstones are removed). Returns how many were removed.
 const REMOVE_DATA: &str = r#"
 local removed = 0
-for i = 1, (#ARGV - 1) / 3 do
+for i = 1, (#ARGV - 1) / 4 do
   local hash = KEYS[6 + i]
-  local key, rec, field = ARGV[3 * i - 1], ARGV[3 * i], ARGV[3 * i + 1]
+  local key, rec, field = ARGV[4 * i - 2], ARGV[4 * i - 1], ARGV[4 * i]
   if redis.call('HGET', hash, key) == rec then
     redis.call('HDEL', hash, key)
-    leaf_add(KEYS[1], KEYS[4], field, -1, -(digest(key, rec) or 0))
+    leaf_add(KEYS[1], KEYS[4], field, -1, -(tonumber(ARGV[4 * i + 1]) or 0))
     redis.call('DECR', KEYS[2])
     redis.call('ZREM', KEYS[3], key)
     redis.call('ZREM', KEYS[5], key)
