@@ -3,7 +3,8 @@
 
 use std::sync::Arc;
 
-use tokio::task::JoinSet;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use tracing::{debug, warn};
 
 use super::stats::Stats;
@@ -52,32 +53,31 @@ impl Coordinator {
         let required = consistency.required(replicas.len());
         let down = self.replicas.io.believed_down(&replicas);
         let mut plan = ReadPlan::new(&replicas, &self.cfg.node_id, &down, required);
-        let mut calls = JoinSet::new();
-        let start = |calls: &mut JoinSet<_>, node: String| {
-            let this = Arc::clone(self);
+        // The calls run inside this read's task, as a write's do (no task
+        // per call): each is mostly a wait on the coalescer, which makes the
+        // actual call. A task per call cost a spawn, a copy of the call's
+        // future into it and a wake-up across threads on every read.
+        let start = |node: String| {
             let keys = vec![key.clone()];
-            calls.spawn(async move {
-                let outcome = this.replicas.read(&node, keys).await;
+            async move {
+                let outcome = self.replicas.read(&node, keys).await;
                 (node, outcome)
-            });
+            }
         };
-        for node in plan.first_calls() {
-            start(&mut calls, node);
-        }
+        let mut calls: FuturesUnordered<_> = plan.first_calls().into_iter().map(start).collect();
         let mut answers: Vec<(String, Option<Record>)> = Vec::with_capacity(replicas.len());
-        while let Some(joined) = calls.join_next().await {
-            match joined {
-                Ok((node, Ok(mut records))) => {
+        while let Some((node, outcome)) = calls.next().await {
+            match outcome {
+                Ok(mut records) => {
                     plan.answered(&node);
                     answers.push((node, records.pop().flatten()));
                 }
-                Ok((node, Err(error))) => {
+                Err(error) => {
                     debug!(%key, %error, "replica read failed");
                     if let Some(next) = plan.failed(&node, error.kind) {
-                        start(&mut calls, next);
+                        calls.push(start(next));
                     }
                 }
-                Err(join_error) => warn!(%join_error, "replica call task failed"),
             }
         }
         if !plan.reached() {
