@@ -33,8 +33,8 @@ use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::error::ApiError;
 use crate::middleware::{
-    close_after_refused_body, method_not_allowed, no_route, panic_response, request_span,
-    require_secret, require_token,
+    client_gate, close_after_refused_body, method_not_allowed, no_route, observe_request,
+    panic_response, require_secret,
 };
 use crate::routes::{admin, batch, dashboard, internal, kv, members, watch};
 use crate::state::AppState;
@@ -91,8 +91,7 @@ pub fn app(coord: Arc<Coordinator>) -> Router {
         .route("/cluster/members", get(members::members))
         .route("/cluster/members/", get(members::members))
         .layer(DefaultBodyLimit::max(body_limit))
-        .route_layer(from_fn_with_state(state.clone(), members::require_member))
-        .route_layer(from_fn_with_state(state.clone(), require_token));
+        .route_layer(from_fn_with_state(state.clone(), client_gate));
 
     // Joins and leaves carry the cluster secret or the client token
     // (checked in the handlers).
@@ -142,8 +141,10 @@ pub fn app(coord: Arc<Coordinator>) -> Router {
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
-        .layer(from_fn_with_state(metrics, metrics::track))
-        .layer(from_fn_with_state(state_for_span, request_span))
+        .layer(from_fn_with_state(
+            (state_for_span, metrics),
+            observe_request,
+        ))
         .layer(
             ServiceBuilder::new()
                 .layer(CatchPanicLayer::custom(panic_response))

@@ -4,17 +4,15 @@
 //! keep the dependency tree small; label sets are bounded because routes are
 //! the router's matched patterns, never raw paths.
 //!
-//! The same middleware feeds the dashboard's request window (the last ten
+//! The same records feed the dashboard's request window (the last ten
 //! minutes in 10 s buckets, bounded: see `shared::core::status`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::State;
 use axum::http::header;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use shared::core::histogram::Histogram;
 use shared::core::membership::Health;
@@ -103,20 +101,13 @@ impl Metrics {
     }
 }
 
-/// Middleware: times every request and records it under its matched route.
-pub async fn track(State(metrics): State<Metrics>, request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = request.method().as_str().to_owned();
-    let response = next.run(request).await;
-    let status = response.status().as_u16();
-    let elapsed_s = started.elapsed().as_secs_f64();
-    metrics.observe_window(&route, status, elapsed_s);
-    metrics.observe(route, method, status, elapsed_s);
-    response
+impl Metrics {
+    /// Records one answered request under its matched route (see
+    /// `middleware::observe_request`, which times every request).
+    pub fn record(&self, route: String, method: String, status: u16, elapsed_s: f64) {
+        self.observe_window(&route, status, elapsed_s);
+        self.observe(route, method, status, elapsed_s);
+    }
 }
 
 fn gauge(out: &mut String, name: &str, help: &str, kind: &str, samples: &[(String, f64)]) {

@@ -1,5 +1,5 @@
-//! What wraps the handlers: the request's tracing span and id, the
-//! client-token and cluster-secret checks, the JSON answers of the
+//! What wraps the handlers: the request's tracing span, id and metrics, the
+//! client-token, membership and cluster-secret checks, the JSON answers of the
 //! fallbacks (no route, wrong method, a panic) and `Connection: close`
 //! after a refused body. The router in the crate root puts each in place.
 
@@ -15,6 +15,7 @@ use shared::secret_eq;
 use tracing::error;
 
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use crate::state::{AppState, ConnectionTls};
 use shared::config::ClientAuth;
 
@@ -68,8 +69,11 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
-/// Client routes: when `KV_API_TOKEN` is set, require `Authorization: Bearer <token>`.
-pub async fn require_token(
+/// Client routes: when `KV_API_TOKEN` is set, require `Authorization:
+/// Bearer <token>`; then, on a node that is not a member, answer 503
+/// `not_a_member` except on `/cluster` routes. One middleware for both
+/// checks (see [`observe_request`]).
+pub async fn client_gate(
     State(state): State<AppState>,
     request: Request,
     next: Next,
@@ -82,6 +86,9 @@ pub async fn require_token(
             }
             Some(_) => {}
         }
+    }
+    if !request.uri().path().starts_with("/cluster") && !state.coord.is_member() {
+        return Err(ApiError::NotAMember);
     }
     Ok(next.run(request).await)
 }
@@ -148,9 +155,15 @@ fn request_id(headers: &HeaderMap, node: &str) -> String {
 /// Middleware: every request runs in a `request` span carrying the node id,
 /// the request id, the method and the matched route (and, once a handler
 /// knows it, `key_hash`: the key's ring position, so a request's lines can
-/// be matched to a key without the span carrying the key itself). The id
-/// is echoed in `X-Request-Id`.
-pub async fn request_span(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// be matched to a key without the span carrying the key itself), and is
+/// timed into the request metrics under its matched route. The id is
+/// echoed in `X-Request-Id`. One middleware for both: each layer costs
+/// every request a boxed future and a clone of the route's service.
+pub async fn observe_request(
+    State((state, metrics)): State<(AppState, Metrics)>,
+    request: Request,
+    next: Next,
+) -> Response {
     let node = state.coord.node_id();
     let id = request_id(request.headers(), node);
     let route = request
@@ -158,11 +171,12 @@ pub async fn request_span(State(state): State<AppState>, request: Request, next:
         .get::<axum::extract::MatchedPath>()
         .map_or("unmatched", |p| p.as_str())
         .to_owned();
+    let method = request.method().as_str().to_owned();
     let span = tracing::info_span!(
         "request",
         node = %node,
         request_id = %id,
-        method = %request.method(),
+        method = %method,
         route = %route,
         key_hash = tracing::field::Empty,
     );
@@ -180,6 +194,8 @@ pub async fn request_span(State(state): State<AppState>, request: Request, next:
         span,
     )
     .await;
+    let elapsed_s = started.elapsed().as_secs_f64();
+    metrics.record(route, method, response.status().as_u16(), elapsed_s);
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }

@@ -245,16 +245,3 @@ pub async fn check_epoch(State(state): State<AppState>, request: Request, next: 
     }
     next.run(request).await
 }
-
-/// Client data routes on a node that is not a member: 503 `not_a_member`.
-pub async fn require_member(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    let path = request.uri().path();
-    if !path.starts_with("/cluster") && !state.coord.is_member() {
-        return Err(ApiError::NotAMember);
-    }
-    Ok(next.run(request).await)
-}
