@@ -453,6 +453,32 @@ async fn memory_and_restore(keys: usize) {
         },
     )
     .await;
+    // Redis' own memory per stored record: the record, its hash-tree leaf
+    // share, the key index and the change log, as each node's Redis counts
+    // them (`used_memory` less that of an empty server, about 1 MiB).
+    for i in 0..3 {
+        let mut conn = c
+            .redis_client(i)
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis connection");
+        let info: String = redis::cmd("INFO")
+            .arg("memory")
+            .query_async(&mut conn)
+            .await
+            .expect("INFO memory");
+        let used: f64 = info
+            .lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(f64::NAN);
+        println!(
+            "  node{} redis: used_memory {:.1} MiB, {:.0} bytes per record",
+            i + 1,
+            used / 1_048_576.0,
+            (used - 1_048_576.0) / keys as f64
+        );
+    }
     println!("resident memory with {keys} keys (MiB):");
     for i in 0..3 {
         let (api, workers) = c.pids(i);
