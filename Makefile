@@ -40,8 +40,10 @@ node-remove:
 status:
 	@./scripts/run-cluster.sh status
 
+# The cluster's binaries (api, worker, kvctl), optimised with fat LTO (see
+# Cargo.toml); the bench and fault tools are built by their own targets.
 release:
-	$(CARGO) build --release --bins
+	$(CARGO) build --release -p kv-api -p kv-worker -p kv-cli --bins
 
 build:
 	$(CARGO) build --workspace --bins

@@ -16,9 +16,10 @@ declare -A shared_rung=(
 )
 declare -A api_rung=(
   [error]=0 [state]=0
-  [metrics]=1 [middleware]=1
-  [routes]=2
-  [server]=3 [lib]=3 [tests]=4 [main]=4
+  [metrics]=1
+  [middleware]=2
+  [routes]=3
+  [server]=4 [lib]=4 [tests]=5 [main]=5
 )
 
 fail=0
