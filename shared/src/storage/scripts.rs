@@ -15,7 +15,8 @@
 
 /// Version order, shared by the apply scripts: numerically on `wall_ms` and
 /// `logical`, then byte by byte on the rest (`node\npayload`), which is the
-/// order of `Record::cmp` in Rust. Redis' Lua `<` on strings uses the
+/// order of `Record::cmp` in Rust (`parsed_gt` on two records already
+/// matched, `newer` on two that are not). Redis' Lua `<` on strings uses the
 /// locale's collation, hence the explicit byte loop. Only the two numbers
 /// are captured; the rest is compared in place. A stored record that does
 /// not parse (corrupt) is older than anything.
@@ -28,16 +29,19 @@ local function rest_gt(a, i, b, j)
   end
   return na > nb
 end
+local function parsed_gt(a, wa, la, ra, b, wb, lb, rb)
+  wa, la, wb, lb = tonumber(wa), tonumber(la), tonumber(wb), tonumber(lb)
+  if wa ~= wb then return wa > wb end
+  if la ~= lb then return la > lb end
+  return rest_gt(a, ra, b, rb)
+end
 local function newer(a, b)
   if a == b then return false end
   local wa, la, ra = string.match(a, "^(%d+):(%d+):()")
   local wb, lb, rb = string.match(b, "^(%d+):(%d+):()")
   if not wb then return true end
   if not wa then return false end
-  wa, la, wb, lb = tonumber(wa), tonumber(la), tonumber(wb), tonumber(lb)
-  if wa ~= wb then return wa > wb end
-  if la ~= lb then return la > lb end
-  return rest_gt(a, ra, b, rb)
+  return parsed_gt(a, wa, la, ra, b, wb, lb, rb)
 end
 "#;
 
@@ -97,10 +101,7 @@ local function wins(a, va, wa, la, ra, b, vb, wb, lb, rb)
   if a == b then return false end
   if not vb then return true end
   if not va then return false end
-  wa, la, wb, lb = tonumber(wa), tonumber(la), tonumber(wb), tonumber(lb)
-  if wa ~= wb then return wa > wb end
-  if la ~= lb then return la > lb end
-  return rest_gt(a, ra, b, rb)
+  return parsed_gt(a, wa, la, ra, b, wb, lb, rb)
 end
 local out = {}
 local loglen = ARGV[1]
