@@ -99,9 +99,7 @@ impl Metrics {
             s.render(out, "kv_http_request_duration_seconds", &labels);
         }
     }
-}
 
-impl Metrics {
     /// Records one answered request under its matched route (see
     /// `middleware::observe_request`, which times every request).
     pub fn record(&self, route: String, method: String, status: u16, elapsed_s: f64) {
