@@ -425,19 +425,18 @@ async fn a_loaded_cluster_grows_to_five_and_shrinks_to_three_under_load() {
         for (node, m) in moves.as_object().unwrap() {
             assert_eq!(m["ranges_pulled"], m["ranges"], "step {step}: {node}: {m}");
         }
-        let ranges: u64 = moves
-            .as_object()
-            .unwrap()
-            .values()
-            .map(|m| m["ranges"].as_u64().unwrap_or(0))
-            .sum();
+        // A field of the moves summed over the nodes that pulled.
+        let total = |field: &str| -> u64 {
+            moves
+                .as_object()
+                .unwrap()
+                .values()
+                .map(|m| m[field].as_u64().unwrap_or(0))
+                .sum()
+        };
+        let ranges = total("ranges");
         assert!(ranges > 0, "step {step}: no range to pull: {moves}");
-        let moved: u64 = moves
-            .as_object()
-            .unwrap()
-            .values()
-            .map(|m| m["bytes"].as_u64().unwrap_or(0))
-            .sum();
+        let moved = total("bytes");
         let share: f64 = planned.values().sum();
         let ideal = share * loaded_bytes as f64;
         let line = format!(
