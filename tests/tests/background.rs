@@ -450,3 +450,68 @@ async fn a_full_queue_turns_replication_into_hints_and_loses_nothing() {
         wait_snapshot_has(&c, i, keys, Duration::from_secs(30)).await;
     }
 }
+
+/// Fetch scripts a node's Redis has run (the `LRANGE` of apalis-redis's
+/// fetch script: nothing else of the node's own runs one unasked).
+async fn fetches(c: &Cluster, i: usize) -> u64 {
+    let mut conn = c
+        .redis_client(i)
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_lrange:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// An idle worker polls each of its three queues about once per
+/// `POLL_INTERVAL_MS` (50 ms), not in a loop: apalis fetches again as soon
+/// as an empty fetch returns, which kept idle workers and their Redis busy
+/// (about 550 fetches a second per queue) until empty fetches were held back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_worker_polls_at_the_interval_not_in_a_loop() {
+    let c = Cluster::start(Options {
+        workers: 1,
+        ..Options::default()
+    })
+    .await;
+    // The worker runs jobs (so it is polling), then the queues are empty.
+    let (status, body) = c.put(0, "idle-poll", json!(1)).await;
+    assert_eq!(status, 200, "{body}");
+    for p in pending(&body) {
+        wait_snapshot_has(
+            &c,
+            c.index_of(&p),
+            &["idle-poll".to_owned()],
+            Duration::from_secs(10),
+        )
+        .await;
+    }
+    let (before, started) = (fetches(&c, 0).await, Instant::now());
+    // Measured over at least two seconds; the check ends as soon as it has.
+    let after = wait_for(
+        "two seconds of idle polling",
+        Duration::from_secs(10),
+        || async {
+            let n = fetches(&c, 0).await;
+            (started.elapsed() >= Duration::from_secs(2)).then_some(n)
+        },
+    )
+    .await;
+    let per_s = (after - before) as f64 / started.elapsed().as_secs_f64();
+    // 3 queues × 20 polls a second = 60; twice that as a margin.
+    assert!(
+        per_s <= 120.0,
+        "an idle worker fetched {per_s:.0} times a second"
+    );
+    assert!(
+        per_s >= 5.0,
+        "an idle worker should still poll ({per_s:.1}/s)"
+    );
+}

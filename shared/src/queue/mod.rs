@@ -14,7 +14,8 @@
 //! apalis-redis 1.0 is used with these choices, each working around a
 //! behaviour of its source (see README, "Background sync"):
 //! - workers poll every [`POLL_INTERVAL_MS`] (a plain storage only polls on
-//!   its heartbeat, 30 s by default);
+//!   its heartbeat, 30 s by default), and an empty fetch is answered only
+//!   after that interval ([`paced`]): apalis otherwise fetches in a loop;
 //! - worker heartbeat 2 s × 3 missed beats: jobs held by a killed worker are
 //!   re-queued by a live worker after about 6-9 s (default would be 300 s);
 //! - retries are ours, not apalis's (which reschedules failures linearly, up
@@ -26,6 +27,7 @@
 
 pub mod batcher;
 pub mod lease;
+pub mod paced;
 
 use std::time::Duration;
 
@@ -42,6 +44,7 @@ use crate::core::jobs::{
 };
 use crate::core::mail::MailJob;
 use crate::core::message::JobView;
+use paced::PacedConnection;
 
 /// How often an idle worker looks for new jobs.
 pub const POLL_INTERVAL_MS: u64 = 50;
@@ -234,8 +237,10 @@ impl JobQueues {
 
     /// The storage a worker of queue `kind` consumes: the same queue, read
     /// leniently (see [`Lenient`]).
-    pub fn worker_storage<T>(&self, kind: &str) -> RedisStorage<Lenient<T>> {
-        RedisStorage::new(self.conn.clone()).with_config(queue_config(&self.node, kind))
+    /// Its empty fetches are held back (see [`paced`]).
+    pub fn worker_storage<T>(&self, kind: &str) -> RedisStorage<Lenient<T>, PacedConnection> {
+        RedisStorage::new(PacedConnection::new(self.conn.clone()))
+            .with_config(queue_config(&self.node, kind))
     }
 
     /// Dead-letters a job its worker could not decode.
