@@ -768,6 +768,26 @@ impl Cluster {
         std::fs::read_to_string(self.nodes[i].dir.join("api.log")).unwrap_or_default()
     }
 
+    /// The logs of node `i`'s worker processes (every one started, in
+    /// start order), for failure messages.
+    pub fn worker_logs(&self, i: usize) -> String {
+        let mut names: Vec<_> = std::fs::read_dir(&self.nodes[i].dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with("worker-") && name.ends_with(".log"))
+            .collect();
+        names.sort();
+        names
+            .iter()
+            .map(|name| {
+                let log = std::fs::read_to_string(self.nodes[i].dir.join(name)).unwrap_or_default();
+                format!("--- {name}\n{log}")
+            })
+            .collect()
+    }
+
     // ---- HTTP helpers -------------------------------------------------
 
     pub async fn put(&self, i: usize, key: &str, value: Value) -> (u16, Value) {

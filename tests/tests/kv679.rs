@@ -79,11 +79,23 @@ async fn wait_gc_rounds(c: &Cluster, nodes: &[usize], rounds: u64) {
         if nodes.iter().all(|&i| now[i] >= since[i] + rounds) {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {rounds} more GC rounds on nodes {nodes:?} than {since:?}: now {now:?}\n{:#?}",
-            late_delivery_stats(c).await
-        );
+        if Instant::now() >= deadline {
+            let stalled: Vec<String> = nodes
+                .iter()
+                .filter(|&&i| now[i] < since[i] + rounds)
+                .map(|&i| {
+                    let logs = c.worker_logs(i);
+                    let lines: Vec<&str> = logs.lines().collect();
+                    let tail = lines[lines.len().saturating_sub(80)..].join("\n");
+                    format!("node{}'s workers (last lines):\n{tail}", i + 1)
+                })
+                .collect();
+            panic!(
+                "timed out waiting for {rounds} more GC rounds on nodes {nodes:?} than {since:?}: now {now:?}\n{:#?}\n{}",
+                late_delivery_stats(c).await,
+                stalled.join("\n")
+            );
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

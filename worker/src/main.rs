@@ -11,15 +11,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use apalis::prelude::{
-    BackendExt, BoxDynError, Data, WorkerBuilder, WorkerBuilderExt, WorkerError,
-};
+use apalis::prelude::{BoxDynError, Data, WorkerBuilder, WorkerBuilderExt, WorkerError};
 use shared::core::jobs::{Lenient, PeriodicJob, PeriodicTask, ReplicateJob};
 use shared::core::limits::REDIS_STARTUP_WAIT_MS;
 use shared::core::mail::MailJob;
 use shared::mail::Mailer;
 use shared::node::Node;
-use shared::queue::{EMAIL, JobQueues, PERIODIC, POLL_INTERVAL_MS, REPLICATE, retry_policy};
+use shared::queue::{EMAIL, JobQueues, PERIODIC, REPLICATE, retry_policy};
 use shared::storage::{RedisStore, Store, connect_redis_ready};
 use shared::work::mail::mail_and_settle;
 use shared::work::periodic::{run_periodic_job, spawn_counter_flush};
@@ -206,11 +204,7 @@ async fn run() -> anyhow::Result<()> {
     // name whose last beat is recent.
     let replicate = supervise(REPLICATE, stop_rx.clone(), |restart, stop| {
         WorkerBuilder::new(format!("{name}-replicate-{restart}"))
-            .backend(
-                replicate_storage
-                    .clone()
-                    .poll_with_interval(Duration::from_millis(POLL_INTERVAL_MS)),
-            )
+            .backend(replicate_storage.clone())
             .data(state.clone())
             .concurrency(concurrency)
             .build(replicate_job)
@@ -218,11 +212,7 @@ async fn run() -> anyhow::Result<()> {
     });
     let periodic = supervise(PERIODIC, stop_rx.clone(), |restart, stop| {
         WorkerBuilder::new(format!("{name}-periodic-{restart}"))
-            .backend(
-                periodic_storage
-                    .clone()
-                    .poll_with_interval(Duration::from_millis(POLL_INTERVAL_MS)),
-            )
+            .backend(periodic_storage.clone())
             .data(state.clone())
             .concurrency(PERIODIC_CONCURRENCY)
             .build(periodic_job)
@@ -230,11 +220,7 @@ async fn run() -> anyhow::Result<()> {
     });
     let email = supervise(EMAIL, stop_rx, |restart, stop| {
         WorkerBuilder::new(format!("{name}-email-{restart}"))
-            .backend(
-                email_storage
-                    .clone()
-                    .poll_with_interval(Duration::from_millis(POLL_INTERVAL_MS)),
-            )
+            .backend(email_storage.clone())
             .data(mail_state.clone())
             .concurrency(MAIL_CONCURRENCY)
             .build(mail_job)

@@ -14,8 +14,10 @@
 //! apalis-redis 1.0 is used with these choices, each working around a
 //! behaviour of its source (see README, "Background sync"):
 //! - workers poll every [`POLL_INTERVAL_MS`] (a plain storage only polls on
-//!   its heartbeat, 30 s by default), and an empty fetch is answered only
-//!   after that interval ([`paced`]): apalis otherwise fetches in a loop;
+//!   its heartbeat, 30 s by default) on a timer of ours that is always
+//!   re-armed ([`paced::PollEvery`]: apalis's can be left unarmed), and an
+//!   empty fetch is answered only after that interval ([`paced`]): apalis
+//!   otherwise fetches in a loop;
 //! - worker heartbeat 2 s × 3 missed beats: jobs held by a killed worker are
 //!   re-queued by a live worker after about 6-9 s (default would be 300 s);
 //! - retries are ours, not apalis's (which reschedules failures linearly, up
@@ -31,7 +33,7 @@ pub mod paced;
 
 use std::time::Duration;
 
-use apalis::prelude::{TaskBuilder, TaskId, TaskSink};
+use apalis::prelude::{BackendExt, PollWith, TaskBuilder, TaskId, TaskSink};
 use apalis_redis::{Config as QueueConfig, RedisStorage};
 use redis::aio::ConnectionManager;
 use serde::Serialize;
@@ -44,7 +46,11 @@ use crate::core::jobs::{
 };
 use crate::core::mail::MailJob;
 use crate::core::message::JobView;
-use paced::PacedConnection;
+use paced::{PacedConnection, PollEvery};
+
+/// What a worker of one queue consumes: the queue's storage, read leniently,
+/// through a [`PacedConnection`], polled by [`PollEvery`].
+pub type WorkerStorage<T> = PollWith<RedisStorage<Lenient<T>, PacedConnection>, PollEvery>;
 
 /// How often an idle worker looks for new jobs.
 pub const POLL_INTERVAL_MS: u64 = 50;
@@ -237,10 +243,12 @@ impl JobQueues {
 
     /// The storage a worker of queue `kind` consumes: the same queue, read
     /// leniently (see [`Lenient`]).
-    /// Its empty fetches are held back (see [`paced`]).
-    pub fn worker_storage<T>(&self, kind: &str) -> RedisStorage<Lenient<T>, PacedConnection> {
+    /// It polls every [`POLL_INTERVAL_MS`] and its empty fetches are held
+    /// back (see [`paced`]).
+    pub fn worker_storage<T>(&self, kind: &str) -> WorkerStorage<T> {
         RedisStorage::new(PacedConnection::new(self.conn.clone()))
             .with_config(queue_config(&self.node, kind))
+            .poll_with_strategy(PollEvery::new(Duration::from_millis(POLL_INTERVAL_MS)))
     }
 
     /// Dead-letters a job its worker could not decode.

@@ -9,11 +9,23 @@
 //! empty answer back turns the loop into the poll the configuration asks for
 //! (at most one empty fetch per queue per interval), while a fetch that finds
 //! jobs is answered at once, so a busy queue is drained without waiting.
+//!
+//! What wakes an idle worker to fetch again is [`PollEvery`]: apalis's own
+//! `IntervalStrategy` re-arms its timer without polling it, so when the
+//! timer fires in the same wake-up as an empty fetch ends (which the held
+//! back answer makes likely), no timer is left to wake the worker: it slept
+//! until its next liveness beat (2 s), and periodic jobs ran late or were
+//! skipped as stale.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use apalis::prelude::{PollSnapshot, PollStrategy};
 use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::{Cmd, Pipeline, RedisFuture, Value};
+use tokio::time::{Instant, Sleep};
 
 use super::POLL_INTERVAL_MS;
 
@@ -81,6 +93,47 @@ impl ConnectionLike for PacedConnection {
     }
 }
 
+/// Wakes a worker every `period` to fetch again (the poll strategy of every
+/// queue's worker; see the module docs for why not apalis's own).
+#[derive(Debug)]
+pub struct PollEvery {
+    period: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl PollEvery {
+    pub fn new(period: Duration) -> Self {
+        PollEvery {
+            period,
+            timer: None,
+        }
+    }
+}
+
+impl Clone for PollEvery {
+    /// A copy starts its own timer.
+    fn clone(&self) -> Self {
+        PollEvery::new(self.period)
+    }
+}
+
+impl PollStrategy for PollEvery {
+    fn poll_drive(&mut self, cx: &mut Context<'_>, _: &PollSnapshot) -> Poll<Option<()>> {
+        let period = self.period;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(period)));
+        if timer.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        // Fired: arm the next tick and poll it, so that it will wake this
+        // task whatever the caller does next.
+        timer.as_mut().reset(Instant::now() + period);
+        let _armed = timer.as_mut().poll(cx);
+        Poll::Ready(Some(()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,5 +166,46 @@ mod tests {
         assert!(!is_empty_fetch(&job));
         assert!(!is_empty_fetch(&Value::Int(0)));
         assert!(!is_empty_fetch(&Value::Array(vec![])));
+    }
+}
+
+#[cfg(test)]
+mod poll_every_tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Wake, Waker};
+
+    use super::*;
+
+    /// Counts its wake-ups.
+    struct CountingWaker(AtomicUsize);
+
+    impl Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// After every tick the strategy has armed the next one: polled once
+    /// per wake-up (as apalis does, whatever else the wake-up finds), it
+    /// keeps waking the task at its period, tick after tick.
+    #[tokio::test(start_paused = true)]
+    async fn every_tick_arms_the_next_one() {
+        let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        let waker = Waker::from(Arc::clone(&counter));
+        let mut cx = Context::from_waker(&waker);
+        let mut strategy = PollEvery::new(Duration::from_millis(50));
+        let snapshot = PollSnapshot::default();
+        assert!(strategy.poll_drive(&mut cx, &snapshot).is_pending());
+        for tick in 1..=5 {
+            let woken = counter.0.load(Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(51)).await;
+            assert_eq!(
+                counter.0.load(Ordering::SeqCst),
+                woken + 1,
+                "tick {tick}: the armed timer woke the task"
+            );
+            assert!(strategy.poll_drive(&mut cx, &snapshot).is_ready());
+        }
     }
 }
