@@ -19,7 +19,6 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
@@ -57,17 +56,11 @@ type Reply<R, E> = oneshot::Sender<Result<Vec<R>, CallError<E>>>;
 type Waiter<T, R, E> = (Vec<T>, Reply<R, E>);
 
 /// Bounds of one batch: items and approximate bytes (a single caller's
-/// items always leave, whatever their size), and how long a batch may
-/// linger for more callers.
+/// items always leave, whatever their size).
 #[derive(Debug, Clone, Copy)]
 pub struct BatchLimits {
     pub items_max: usize,
     pub bytes_max: usize,
-    /// Under load only: when the previous batch carried more than one
-    /// caller, the next waits this long (after its slot is free) before it
-    /// leaves, so it carries more. A caller after a lone call never waits.
-    /// `None` for calls a client waits on directly.
-    pub linger: Option<Duration>,
 }
 
 /// Group commit towards one target (see the module docs).
@@ -90,8 +83,6 @@ impl<T: Send + 'static, R: Send + 'static, E: Clone + Send + 'static> Coalescer<
         tokio::spawn(async move {
             // A waiter taken from the channel that did not fit the last batch.
             let mut carried: Option<Waiter<T, R, E>> = None;
-            // Callers the previous batch carried (see `BatchLimits::linger`).
-            let mut last_callers = 0;
             loop {
                 let first = match carried.take() {
                     Some(waiter) => waiter,
@@ -104,11 +95,6 @@ impl<T: Send + 'static, R: Send + 'static, E: Clone + Send + 'static> Coalescer<
                 let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
                     return;
                 };
-                if let Some(linger) = limits.linger
-                    && last_callers > 1
-                {
-                    tokio::time::sleep(linger).await;
-                }
                 let mut bytes: usize = first.0.iter().map(weight).sum();
                 let mut lens = vec![first.0.len()];
                 let mut items = first.0;
@@ -126,7 +112,6 @@ impl<T: Send + 'static, R: Send + 'static, E: Clone + Send + 'static> Coalescer<
                     items.extend(more);
                     replies.push(reply);
                 }
-                last_callers = replies.len();
                 let call = Arc::clone(&call);
                 tokio::spawn(async move {
                     let _permit = permit;
@@ -181,7 +166,6 @@ mod tests {
             BatchLimits {
                 items_max: 100,
                 bytes_max: 1000,
-                linger: None,
             },
             |_| 1,
             move |items: Vec<u32>| {
@@ -217,7 +201,6 @@ mod tests {
             BatchLimits {
                 items_max: 10,
                 bytes_max: 10,
-                linger: None,
             },
             |_| 1,
             |_| Box::pin(async { Err("down".to_owned()) }),
@@ -225,81 +208,6 @@ mod tests {
         assert_eq!(
             c.call(vec![1]).await,
             Err(CallError::Call("down".to_owned()))
-        );
-    }
-
-    /// A coalescer that lingers `linger` and whose calls take 5 ms, counting calls.
-    fn lingering(linger: Duration, calls: Arc<AtomicUsize>) -> Arc<Coalescer<u32, u32, String>> {
-        Arc::new(Coalescer::start(
-            BatchLimits {
-                items_max: 1000,
-                bytes_max: 1000,
-                linger: Some(linger),
-            },
-            |_| 1,
-            move |items: Vec<u32>| {
-                calls.fetch_add(1, Ordering::Relaxed);
-                Box::pin(async move {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                    Ok(items)
-                })
-            },
-        ))
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_lone_call_never_lingers() {
-        let c = lingering(Duration::from_secs(1), Arc::new(AtomicUsize::new(0)));
-        for i in 0..3u32 {
-            let started = tokio::time::Instant::now();
-            assert_eq!(c.call(vec![i]).await, Ok(vec![i]));
-            assert!(
-                started.elapsed() < Duration::from_secs(1),
-                "call {i} waited"
-            );
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn under_load_a_batch_lingers_and_carries_more() {
-        let linger = Duration::from_millis(50);
-        let calls = Arc::new(AtomicUsize::new(0));
-        let c = lingering(linger, Arc::clone(&calls));
-        // One caller leaves alone; two more arrive while its call is out and
-        // leave together in the next call (after a lone call: no linger).
-        let mut tasks = tokio::task::JoinSet::new();
-        for i in 0..3u32 {
-            let c = Arc::clone(&c);
-            tasks.spawn(async move { c.call(vec![i]).await });
-            if i == 0 {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        }
-        while let Some(joined) = tasks.join_next().await {
-            assert!(joined.unwrap().is_ok());
-        }
-        assert_eq!(
-            calls.load(Ordering::Relaxed),
-            2,
-            "one lone call, then one batch of two"
-        );
-        // The next batch follows a batch of several callers: it lingers,
-        // and the callers that arrive meanwhile leave with it.
-        let started = tokio::time::Instant::now();
-        let mut tasks = tokio::task::JoinSet::new();
-        for i in 0..10u32 {
-            let c = Arc::clone(&c);
-            tasks.spawn(async move { c.call(vec![i]).await });
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        while let Some(joined) = tasks.join_next().await {
-            assert!(joined.unwrap().is_ok());
-        }
-        assert!(started.elapsed() >= linger, "{:?}", started.elapsed());
-        assert_eq!(
-            calls.load(Ordering::Relaxed),
-            3,
-            "ten callers over 10 ms left in one call"
         );
     }
 }

@@ -531,7 +531,6 @@ impl Replicas {
         let limits = BatchLimits {
             items_max: APPLY_BATCH_LEN_MAX,
             bytes_max: COALESCED_APPLY_BYTES_MAX,
-            linger: None,
         };
         let direct: Direct<KeyedRecord, ApplyStatus> =
             |io, node, records| Box::pin(async move { io.apply_on(&node, records).await });
@@ -560,7 +559,6 @@ impl Replicas {
         let limits = BatchLimits {
             items_max: READ_BATCH_LEN_MAX,
             bytes_max: COALESCED_APPLY_BYTES_MAX,
-            linger: None,
         };
         let direct: Direct<String, Option<Record>> =
             |io, node, keys| Box::pin(async move { io.read_on(&node, keys).await });

@@ -28,14 +28,7 @@ pub const REPLICATION_ENQUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 const LIMITS: BatchLimits = BatchLimits {
     items_max: REPLICATE_BATCH_RECORDS_MAX,
     bytes_max: REPLICATE_BATCH_BYTES_MAX,
-    linger: Some(REPLICATION_LINGER),
 };
-
-/// Under load, how long a batch of replications waits for more before it is
-/// pushed (see `BatchLimits::linger`). A write waits for its job to be queued
-/// side by side with its replica calls, which take longer under load, so the
-/// wait is hidden there; a lone write does not wait.
-pub const REPLICATION_LINGER: Duration = Duration::from_millis(2);
 
 /// Group commit for replication jobs (see the module docs).
 pub struct ReplicationBatcher {
