@@ -14,8 +14,9 @@
 //! `IntervalStrategy` re-arms its timer without polling it, so when the
 //! timer fires in the same wake-up as an empty fetch ends (which the held
 //! back answer makes likely), no timer is left to wake the worker: it slept
-//! until its next liveness beat (2 s), and periodic jobs ran late or were
-//! skipped as stale.
+//! until its next liveness beat (2 s), or for good when that beat's wake-up
+//! had been spent during a fetch, and periodic jobs ran late or were skipped
+//! as stale.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -136,6 +137,10 @@ impl PollStrategy for PollEvery {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Wake, Waker};
+
     use super::*;
 
     #[test]
@@ -167,15 +172,6 @@ mod tests {
         assert!(!is_empty_fetch(&Value::Int(0)));
         assert!(!is_empty_fetch(&Value::Array(vec![])));
     }
-}
-
-#[cfg(test)]
-mod poll_every_tests {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::task::{Wake, Waker};
-
-    use super::*;
 
     /// Counts its wake-ups.
     struct CountingWaker(AtomicUsize);
