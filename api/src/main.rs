@@ -148,22 +148,31 @@ async fn run() -> anyhow::Result<()> {
         });
     }
 
-    if coord.view().topology.nodes.len() > 1 {
-        // Measure the peers' clocks (and health) before the first request:
-        // a node restarted with a clock far from its peers' must be fenced
-        // before it stamps or judges any version. Each probe has the peer
-        // timeouts; a lone node, or one whose peers are all down, goes on.
-        // A probe also tells a newer topology epoch, which is fetched.
-        coord.probe_peers(false).await;
-    }
-    api::server::serve(
+    // Measure the peers' clocks (and health) before the first client
+    // request: a node restarted with a clock far from its peers' must be
+    // fenced before it stamps or judges any version. Client routes wait for
+    // this round; the node serves meanwhile, so the peers' own start-up
+    // probes are answered (two nodes started together would otherwise wait
+    // for each other until their peer timeout). Each probe has the peer
+    // timeouts; a lone node, or one whose peers are all down, goes on. A
+    // probe also tells a newer topology epoch, which is fetched.
+    let measure = {
+        let coord = Arc::clone(&coord);
+        async move {
+            if coord.view().topology.nodes.len() > 1 {
+                coord.probe_peers(false).await;
+            }
+            coord.mark_clock_measured();
+        }
+    };
+    let serve = api::server::serve(
         listener,
         api::app(coord),
         api::server::ServeOptions::default(),
         tls,
         shared::process::shutdown_signal(),
-    )
-    .await;
+    );
+    tokio::join!(measure, serve);
     info!("node stopped");
     Ok(())
 }

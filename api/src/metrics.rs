@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::extract::State;
@@ -33,6 +34,17 @@ type SeriesKey = (String, String, u16);
 pub struct Metrics {
     series: Arc<Mutex<BTreeMap<SeriesKey, Histogram>>>,
     window: Arc<Mutex<RequestWindow>>,
+    in_flight: Arc<AtomicU64>,
+}
+
+/// One request in flight, counted until it is dropped (answered or
+/// cancelled).
+pub struct InFlight(Arc<AtomicU64>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// How a matched route counts in the request window: the data routes as
@@ -80,6 +92,13 @@ impl Metrics {
     }
 
     fn render(&self, out: &mut String) {
+        gauge(
+            out,
+            "kv_http_requests_in_flight",
+            "HTTP requests received and not answered yet (this one included).",
+            "gauge",
+            &[(String::new(), self.in_flight.load(Ordering::Relaxed) as f64)],
+        );
         let series = self.series.lock().unwrap_or_else(PoisonError::into_inner);
         out.push_str(
             "# HELP kv_http_requests_total HTTP requests served, by route, method and status.\n",
@@ -98,6 +117,12 @@ impl Metrics {
             let labels = format!("route=\"{route}\",method=\"{method}\",status=\"{status}\"");
             s.render(out, "kv_http_request_duration_seconds", &labels);
         }
+    }
+
+    /// Counts a request in flight until the guard is dropped.
+    pub fn enter(&self) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(Arc::clone(&self.in_flight))
     }
 
     /// Records one answered request under its matched route (see

@@ -12,7 +12,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use shared::peer::SECRET_HEADER;
 use shared::secret_eq;
-use tracing::error;
+use tracing::{error, warn};
 
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -90,6 +90,16 @@ pub async fn client_gate(
     if !request.uri().path().starts_with("/cluster") && !state.coord.is_member() {
         return Err(ApiError::NotAMember);
     }
+    // The start-up probe round is bounded by the peer timeouts (a probe,
+    // then perhaps a topology fetch); past that, serve rather than hang.
+    let config = state.coord.config();
+    let bound = config.peer_request_timeout * 2 + config.peer_connect_timeout;
+    if !state.coord.wait_clock_measured(bound).await {
+        warn!(
+            waited_ms = bound.as_millis() as u64,
+            "the start-up probe of the peers' clocks has not finished: serving anyway"
+        );
+    }
     Ok(next.run(request).await)
 }
 
@@ -164,6 +174,7 @@ pub async fn observe_request(
     request: Request,
     next: Next,
 ) -> Response {
+    let _in_flight = metrics.enter();
     let node = state.coord.node_id();
     let id = request_id(request.headers(), node);
     let route = request

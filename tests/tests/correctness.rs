@@ -7,6 +7,94 @@ use std::time::Duration;
 use kv_tests::{Cluster, Options, wait_for};
 use serde_json::{Value, json};
 
+/// A node whose start-up probe waits on a peer that accepts connections
+/// and never answers still serves `/health` at once (nodes started together
+/// probe each other: each must answer while its own probes wait), and holds
+/// client requests until that probe round ends, then serves them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_starting_node_answers_probes_while_its_own_wait() {
+    let mut c = Cluster::start(Options {
+        nodes: 1,
+        ..Options::default()
+    })
+    .await;
+    // Never accepted: the kernel completes the handshakes, nobody answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let ghost = silent.local_addr().expect("address");
+    // A fresh Redis: KV_PEERS is the topology (a kept one would win).
+    c.wipe_node(0).await;
+    let url = c.url(0);
+    c.nodes[0].env = vec![
+        (
+            "KV_PEERS".to_owned(),
+            format!("node1={url},ghost=http://{ghost}"),
+        ),
+        ("KV_PEER_TIMEOUT_MS".to_owned(), "120000".to_owned()),
+    ];
+    // Waits for /health (60 s at most): served while the probe waits.
+    c.restart_api(0).await;
+    let health = |c: &Cluster| {
+        let http = reqwest::Client::new();
+        let url = format!("{}/health", c.url(0));
+        async move {
+            let response = http.get(url).send().await.expect("/health");
+            response.json::<Value>().await.expect("/health JSON")
+        }
+    };
+    let body = health(&c).await;
+    assert_eq!(body["clock_measured"], false, "{body}");
+    let held = tokio::spawn({
+        let url = format!("{url}/cluster/");
+        async move {
+            let response = reqwest::get(url).await?;
+            Ok::<_, reqwest::Error>((response.status().as_u16(), response.json::<Value>().await?))
+        }
+    });
+    // Held, not answered: in flight beside the scrape that counts it.
+    wait_for(
+        "the client request held in flight",
+        Duration::from_secs(10),
+        || async {
+            let text = reqwest::get(format!("{url}/metrics"))
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            let in_flight = text
+                .lines()
+                .find_map(|l| l.strip_prefix("kv_http_requests_in_flight "))?
+                .trim()
+                .parse::<f64>()
+                .ok()?;
+            (in_flight >= 2.0).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        !held.is_finished(),
+        "a client request was served before the probes"
+    );
+    let body = health(&c).await;
+    assert_eq!(body["clock_measured"], false, "{body}");
+    // The peer goes away: its call fails, the round ends, the request is
+    // served, and what it shows was measured after the round: the peer's
+    // failed probe (a request served before would show it `unknown`).
+    drop(silent);
+    let (status, view) = held.await.expect("join").expect("the held request");
+    assert_eq!(status, 200, "{view}");
+    let ghost = view["nodes"]
+        .as_array()
+        .and_then(|nodes| nodes.iter().find(|n| n["id"] == "ghost"))
+        .unwrap_or_else(|| panic!("ghost in {view}"));
+    assert!(
+        ghost["status"] == "suspect" || ghost["status"] == "down",
+        "served before the start-up probe ended: {ghost}"
+    );
+    let body = health(&c).await;
+    assert_eq!(body["clock_measured"], true, "{body}");
+}
+
 /// node3's clock 10 minutes ahead (drift bound 60 s): it refuses to
 /// coordinate writes (503 `clock_skew`), and no read through any node
 /// returns a version it made; writes through the others go on.
@@ -17,12 +105,11 @@ async fn a_fast_node_is_fenced_and_loses_no_acknowledged_write() {
     c.kill_api(2);
     c.nodes[2].env = vec![("KV_CLOCK_OFFSET_MS".to_owned(), "600000".to_owned())];
     c.restart_api(2).await;
-    // Fenced as soon as its probes have measured the peers' clocks.
-    let body = wait_for("node3 fenced", Duration::from_secs(15), || async {
-        let (status, body) = c.put(2, "fence-probe", json!("x")).await;
-        (status == 503 && body["error"]["code"] == "clock_skew").then_some(body)
-    })
-    .await;
+    // Fenced before its first write: client requests wait for the start-up
+    // probes, which measure the peers' clocks.
+    let (status, body) = c.put(2, "fence-probe", json!("x")).await;
+    assert_eq!(status, 503, "the first write through the fast node: {body}");
+    assert_eq!(body["error"]["code"], "clock_skew", "{body}");
     assert!(
         body["error"]["message"]
             .as_str()

@@ -124,6 +124,7 @@ async fn metrics_parse_the_dashboard_matches_and_logs_carry_the_request() {
     let samples = parse_with_reference_parser(&text);
     for name in [
         "kv_http_requests_total",
+        "kv_http_requests_in_flight",
         "kv_http_request_duration_seconds_bucket",
         "kv_peer_request_duration_seconds_bucket",
         "kv_peer_request_duration_seconds_count",

@@ -279,6 +279,8 @@ pub async fn health(State(state): State<AppState>) -> Response {
         obj.insert("member".into(), json!(state.coord.is_member()));
         // Peers resume a stalled change only when no node drives it.
         obj.insert("driving".into(), json!(state.coord.is_driving()));
+        // Client requests wait for the start-up probe round.
+        obj.insert("clock_measured".into(), json!(state.coord.clock_measured()));
     }
     (status, Json(body)).into_response()
 }

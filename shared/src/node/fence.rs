@@ -11,6 +11,35 @@ use crate::keyspace::clock_key;
 use crate::storage::StoreError;
 
 impl Coordinator {
+    /// Marks the start-up probe round done: from now on client requests
+    /// are served (see [`Coordinator::wait_clock_measured`]).
+    pub fn mark_clock_measured(&self) {
+        self.clock_measured.send_replace(true);
+    }
+
+    /// Whether the start-up probe round has measured the peers' clocks.
+    pub fn clock_measured(&self) -> bool {
+        *self.clock_measured.borrow()
+    }
+
+    /// Waits, at most `within`, until the start-up probe round has measured
+    /// the peers' clocks; whether it has. A node restarted with a clock far
+    /// from its peers' must be fenced before it stamps or judges a client's
+    /// version, so client requests wait for that round; internal routes do
+    /// not (the peers' probes must be answered meanwhile: two nodes starting
+    /// together would otherwise each wait for the other's answer until
+    /// their peer timeout).
+    pub async fn wait_clock_measured(&self, within: std::time::Duration) -> bool {
+        if self.clock_measured() {
+            return true;
+        }
+        let mut measured = self.clock_measured.subscribe();
+        matches!(
+            tokio::time::timeout(within, measured.wait_for(|m| *m)).await,
+            Ok(Ok(_))
+        )
+    }
+
     /// Probes the peers (measuring their clocks too), then reports a
     /// change of this node's clock fence: logged, and an alert e-mail.
     pub async fn probe_peers(&self, only_unhealthy: bool) {

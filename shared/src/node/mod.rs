@@ -184,6 +184,9 @@ pub struct Coordinator {
     restore_state: Mutex<RestoreState>,
     /// Whether the last probe round found this node's clock fenced.
     was_fenced: AtomicBool,
+    /// Whether the start-up probe round has measured the peers' clocks
+    /// (client requests wait for it; see [`Coordinator::wait_clock_measured`]).
+    clock_measured: tokio::sync::watch::Sender<bool>,
     /// Per-key locks of the conditional writes this node referees.
     condition_locks: conditional::ConditionLocks,
     /// The membership change this node drives or drove last.
@@ -205,8 +208,11 @@ impl std::ops::Deref for Coordinator {
 
 impl Coordinator {
     /// A node without queues (tests of handlers and pure paths).
+    /// Its clock counts as measured: nothing probes its peers first.
     pub fn new(cfg: Arc<Config>, store: Store) -> Result<Arc<Self>, PeerSetupError> {
-        Self::build(cfg, store, None, None)
+        let coord = Self::build(cfg, store, None, None)?;
+        coord.mark_clock_measured();
+        Ok(coord)
     }
 
     /// Wires the API's handle over a new [`Node`]; see [`Node::build`].
@@ -228,6 +234,7 @@ impl Coordinator {
             repair_permits: Arc::new(Semaphore::new(READ_REPAIRS_IN_FLIGHT_MAX)),
             restore_state: Mutex::new(RestoreState::Idle),
             was_fenced: AtomicBool::new(false),
+            clock_measured: tokio::sync::watch::Sender::new(false),
             condition_locks: conditional::ConditionLocks::default(),
             change: Mutex::new(None),
             in_flight: members::InFlight::default(),
