@@ -104,15 +104,44 @@ where
     }
 }
 
-/// A free TCP port on 127.0.0.1 (the kernel picks it; we release it at once).
+/// Ports the harness hands out: below the kernel's ephemeral range
+/// (32768-60999 by default), so no outgoing connection of any process takes
+/// one between the moment it is chosen and the moment a node binds it.
+const TEST_PORTS: std::ops::Range<u16> = 10_000..32_000;
+
+/// How many ports of [`TEST_PORTS`] this process has handed out: each is
+/// handed out once (tests of one binary run in parallel), from a start
+/// that depends on the process id.
+static PORTS_HANDED: AtomicU32 = AtomicU32::new(0);
+
+/// `count` consecutive ports of [`TEST_PORTS`] never handed out before by
+/// this process, each bindable on `host` now; the first of them.
+fn hand_out_ports(host: &str, count: u16) -> u16 {
+    let span = u32::from(TEST_PORTS.end - TEST_PORTS.start);
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..200 {
+        let n = PORTS_HANDED.fetch_add(u32::from(count), Ordering::Relaxed);
+        let offset = (start + n) % span;
+        if offset + u32::from(count) > span {
+            continue;
+        }
+        let base = TEST_PORTS.start + offset as u16;
+        if (0..count).all(|k| TcpListener::bind((host, base + k)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no {count} consecutive free ports on {host} in {TEST_PORTS:?}");
+}
+
+/// A free TCP port on 127.0.0.1, handed out once per test process.
 pub fn free_port() -> u16 {
     free_port_on("127.0.0.1")
 }
 
-/// A free TCP port on `host` (a loopback address).
+/// A free TCP port on `host` (a loopback address), handed out once per
+/// test process.
 pub fn free_port_on(host: &str) -> u16 {
-    let listener = TcpListener::bind((host, 0)).expect("bind port 0");
-    listener.local_addr().expect("local addr").port()
+    hand_out_ports(host, 1)
 }
 
 /// The repository's root folder (scripts, Makefile, compose files).
@@ -124,20 +153,10 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// A first port `base` such that `base..base + count` are all free on
-/// 127.0.0.1 now (for programs that take a base port, like the local
-/// cluster's KV_API_BASE_PORT).
+/// 127.0.0.1 now and handed out to nobody else (for programs that take a
+/// base port, like the local cluster's KV_API_BASE_PORT).
 pub fn free_port_run(count: u16) -> u16 {
-    for _ in 0..200 {
-        let base = free_port();
-        if base.checked_add(count).is_none() {
-            continue;
-        }
-        let free = (1..count).all(|k| TcpListener::bind(("127.0.0.1", base + k)).is_ok());
-        if free {
-            return base;
-        }
-    }
-    panic!("no {count} consecutive free ports on 127.0.0.1");
+    hand_out_ports("127.0.0.1", count)
 }
 
 /// What a finished command printed and how it ended.
@@ -645,9 +664,8 @@ impl Cluster {
         let http = self.http.clone();
         wait_for(
             &format!("{} to be healthy", self.nodes[i].id),
-            // Generous: start-up connects to Redis, moves legacy records and
-            // measures the peers' clocks before serving; a loaded machine
-            // stretches that.
+            // Generous: start-up connects to Redis and moves legacy records
+            // before serving; a loaded machine stretches that.
             Duration::from_secs(60),
             || {
                 let (url, http) = (url.clone(), http.clone());
@@ -1036,6 +1054,15 @@ pub async fn key_with_primary(cluster: &Cluster, primary: &str, prefix: &str) ->
     panic!("no key with primary {primary}");
 }
 
+/// Lines of each API's log printed when a test fails.
+const FAILURE_LOG_LINES: usize = 40;
+
+/// The last `lines` lines of `text`, for failure messages.
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         for node in &mut self.nodes {
@@ -1046,6 +1073,15 @@ impl Drop for Cluster {
             node.redis.kill();
         }
         if std::thread::panicking() {
+            // CI keeps no files: the end of every API's log goes with the
+            // failure.
+            for (i, node) in self.nodes.iter().enumerate() {
+                eprintln!(
+                    "--- {}'s api.log (last {FAILURE_LOG_LINES} lines)\n{}",
+                    node.id,
+                    tail(&self.api_log(i), FAILURE_LOG_LINES)
+                );
+            }
             eprintln!("test failed; cluster files kept in {}", self.dir.display());
         } else if std::env::var_os("KV_KEEP_CLUSTER").is_some() {
             eprintln!(

@@ -14,7 +14,7 @@
 
 use std::time::{Duration, Instant};
 
-use kv_tests::{Cluster, Options, wait_for};
+use kv_tests::{Cluster, Options, tail, wait_for};
 use serde_json::{Value, json};
 use shared::core::ring::Ring;
 
@@ -84,9 +84,7 @@ async fn wait_gc_rounds(c: &Cluster, nodes: &[usize], rounds: u64) {
                 .iter()
                 .filter(|&&i| now[i] < since[i] + rounds)
                 .map(|&i| {
-                    let logs = c.worker_logs(i);
-                    let lines: Vec<&str> = logs.lines().collect();
-                    let tail = lines[lines.len().saturating_sub(80)..].join("\n");
+                    let tail = tail(&c.worker_logs(i), 80);
                     format!("node{}'s workers (last lines):\n{tail}", i + 1)
                 })
                 .collect();

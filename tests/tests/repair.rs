@@ -290,7 +290,7 @@ async fn explain_shows_every_replica_job_and_hint_and_repairs_one_key() {
     c.kill_api(2);
     wait_for(
         "node1 to see node3 down",
-        Duration::from_secs(10),
+        Duration::from_secs(20),
         || async {
             let view = c.cluster_view(0).await;
             view["nodes"]

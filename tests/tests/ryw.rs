@@ -59,7 +59,7 @@ async fn a_read_with_the_token_sees_a_sloppy_write_its_replicas_miss() {
     let down_ids: Vec<&str> = down.iter().map(String::as_str).collect();
     wait_for(
         "the others to see two replicas down",
-        Duration::from_secs(10),
+        Duration::from_secs(20),
         || sees_down(&c, a, &down_ids),
     )
     .await;
