@@ -12,6 +12,7 @@
 //! and `BENCH_GET=0` leaves out its GET points.
 //! `BENCH_TLS=1` runs the store with TLS everywhere (compare with a run
 //! without it, `BENCH_ONLY=store`, for the cost of TLS).
+//! `BENCH_ONLY=etcd` measures etcd's PUT and GET points alone.
 //! `BENCH_YCSB=0` skips the YCSB-style mixed workloads (`ycsb.rs`; at the
 //! largest of `BENCH_CONNECTIONS`, over `BENCH_YCSB_KEYS` keys, default
 //! 100000).
@@ -222,18 +223,25 @@ async fn preload(url: &str, etcd: bool) {
 
 /// The store as every part of the bench runs it: 3 nodes, one worker each;
 /// with `BENCH_TLS=1`, TLS everywhere (HTTPS, mutual TLS between nodes,
-/// `rediss://`; wrk speaks HTTPS too).
+/// `rediss://`; wrk speaks HTTPS too). Each of its processes runs one
+/// runtime thread (`TOKIO_WORKER_THREADS`, from `BENCH_STORE_THREADS`,
+/// default 1; 0 leaves tokio's default, one per core): with three nodes,
+/// their workers, Redis servers and the load generator on the machine's
+/// cores, one measured faster (README, Performance). etcd keeps its
+/// default (`GOMAXPROCS=1` measured slower for it).
 async fn bench_cluster(appendfsync: &'static str) -> Cluster {
-    let c = Cluster::start(
-        Options {
-            workers: 1,
-            appendfsync,
-            tls: env_or("BENCH_TLS", 0u8) == 1,
-            ..Options::default()
-        }
-        .env("RUST_LOG", "warn"),
-    )
-    .await;
+    let mut options = Options {
+        workers: 1,
+        appendfsync,
+        tls: env_or("BENCH_TLS", 0u8) == 1,
+        ..Options::default()
+    }
+    .env("RUST_LOG", "warn");
+    let threads: u16 = env_or("BENCH_STORE_THREADS", 1);
+    if threads > 0 {
+        options = options.env("TOKIO_WORKER_THREADS", &threads.to_string());
+    }
+    let c = Cluster::start(options).await;
     if c.url(0).starts_with("https://") {
         let _ = STORE_CA.set(c.tls_dir().join("ca.pem"));
     }
@@ -580,16 +588,24 @@ async fn main() {
     let mut points = Vec::new();
     // BENCH_ONLY=store measures this store alone (for before/after runs).
     let only_store = std::env::var("BENCH_ONLY").is_ok_and(|v| v == "store");
-    eprintln!("this store: 3 nodes, N=3, W=R=quorum, background sync on, 1 worker per node");
+    eprintln!(
+        "this store: 3 nodes, N=3, W=R=quorum, background sync on, 1 worker per node, {} runtime thread(s) per process",
+        match env_or("BENCH_STORE_THREADS", 1u16) {
+            0 => "default".to_owned(),
+            n => n.to_string(),
+        }
+    );
     // BENCH_APPENDFSYNC=always with BENCH_ONLY=store measures only the `always` PUT point.
     let only_always = std::env::var("BENCH_APPENDFSYNC").is_ok_and(|v| v == "always");
+    // BENCH_ONLY=etcd measures etcd alone (its PUT and GET points).
+    let only_etcd = std::env::var("BENCH_ONLY").is_ok_and(|v| v == "etcd");
     if only_store && only_always {
         bench_store(&mut points, "always", false).await;
-    } else {
+    } else if !only_etcd {
         let gets = std::env::var("BENCH_GET").map_or(true, |v| v != "0");
         bench_store(&mut points, "everysec", gets).await;
     }
-    if !only_store {
+    if !only_store && !only_etcd {
         bench_store(&mut points, "always", false).await;
     }
     eprintln!("etcd: 3 members on loopback, JSON gateway");
@@ -620,7 +636,7 @@ async fn main() {
         ycsb::run(&mut points, conns, only_store).await;
     }
     eprintln!("raw redis-server: redis-benchmark, no pipelining");
-    if !only_store {
+    if !only_store && !only_etcd {
         redis_benchmark(&mut points);
     }
 
