@@ -33,8 +33,10 @@ async fn a_starting_node_answers_probes_while_its_own_wait() {
     ];
     // Waits for /health (60 s at most): served while the probe waits.
     c.restart_api(0).await;
+    // Every call bounded (15 s), the held one too (60 s).
+    let http = kv_tests::http_client(None);
     let health = |c: &Cluster| {
-        let http = reqwest::Client::new();
+        let http = http.clone();
         let url = format!("{}/health", c.url(0));
         async move {
             let response = http.get(url).send().await.expect("/health");
@@ -44,9 +46,11 @@ async fn a_starting_node_answers_probes_while_its_own_wait() {
     let body = health(&c).await;
     assert_eq!(body["clock_measured"], false, "{body}");
     let held = tokio::spawn({
-        let url = format!("{url}/cluster/");
+        let request = http
+            .get(format!("{url}/cluster/"))
+            .timeout(Duration::from_secs(60));
         async move {
-            let response = reqwest::get(url).await?;
+            let response = request.send().await?;
             Ok::<_, reqwest::Error>((response.status().as_u16(), response.json::<Value>().await?))
         }
     });
@@ -55,7 +59,9 @@ async fn a_starting_node_answers_probes_while_its_own_wait() {
         "the client request held in flight",
         Duration::from_secs(10),
         || async {
-            let text = reqwest::get(format!("{url}/metrics"))
+            let text = http
+                .get(format!("{url}/metrics"))
+                .send()
                 .await
                 .ok()?
                 .text()
