@@ -550,7 +550,9 @@ impl PeerClient {
         Ok((status.as_u16(), bytes))
     }
 
-    /// `GET /health` of a peer: the cheapest liveness probe.
+    /// `GET /health` of a peer: the cheapest liveness probe. An answer
+    /// signed by another node id is an error (`Decode`): the address is
+    /// not this peer's.
     pub async fn health(&self, node: &str) -> Result<serde_json::Value, PeerError> {
         let endpoints = self.endpoints(node)?;
         let call = Outgoing {
@@ -559,7 +561,16 @@ impl PeerClient {
             headers: &HeaderMap::new(),
             body: Bytes::new(),
         };
-        Ok(self.send(node, call, self.request_timeout).await?.0)
+        let answer: serde_json::Value = self.send(node, call, self.request_timeout).await?.0;
+        // Another node answering at this peer's address (ports swapped or
+        // reused, a misconfigured peer list) is not this peer up.
+        match answer.get("node").and_then(serde_json::Value::as_str) {
+            Some(id) if id != node => Err(PeerError::Decode {
+                node: node.to_owned(),
+                reason: format!("its address is served by {id:?}, not by {node:?}"),
+            }),
+            _ => Ok(answer),
+        }
     }
 
     async fn post<B: Serialize, R: DeserializeOwned>(

@@ -101,6 +101,42 @@ async fn a_starting_node_answers_probes_while_its_own_wait() {
     assert_eq!(body["clock_measured"], true, "{body}");
 }
 
+/// Another node serving a peer's address (ports swapped or reused, a peer
+/// list gone wrong) does not make that peer up: node1 is told node2 lives
+/// at node3's address, and sees node2 down while node3 answers there.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_answering_at_a_peers_address_is_not_that_peer() {
+    let mut c = Cluster::start(Options::default()).await;
+    // A fresh Redis: KV_PEERS is the topology (a kept one would win).
+    c.wipe_node(0).await;
+    let (own, third) = (c.url(0), c.url(2));
+    c.nodes[0].env = vec![(
+        "KV_PEERS".to_owned(),
+        format!("node1={own},node2={third},node3={third}"),
+    )];
+    c.restart_api(0).await;
+    let view = wait_for(
+        "node1 to see node2 down",
+        Duration::from_secs(20),
+        || async {
+            let view = c.cluster_view(0).await;
+            let status = |id: &str| {
+                view["nodes"]
+                    .as_array()
+                    .and_then(|nodes| nodes.iter().find(|n| n["id"] == id))
+                    .map(|n| n["status"].clone())
+            };
+            (status("node2") == Some(json!("down"))).then_some(view)
+        },
+    )
+    .await;
+    let node3 = view["nodes"]
+        .as_array()
+        .and_then(|nodes| nodes.iter().find(|n| n["id"] == "node3"))
+        .unwrap_or_else(|| panic!("node3 in {view}"));
+    assert_eq!(node3["status"], "up", "{view}");
+}
+
 /// node3's clock 10 minutes ahead (drift bound 60 s): it refuses to
 /// coordinate writes (503 `clock_skew`), and no read through any node
 /// returns a version it made; writes through the others go on.
