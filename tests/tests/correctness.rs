@@ -7,6 +7,11 @@ use std::time::Duration;
 use kv_tests::{Cluster, Options, wait_for};
 use serde_json::{Value, json};
 
+/// Node `id` in a `GET /cluster/` view.
+fn node_in<'a>(view: &'a Value, id: &str) -> Option<&'a Value> {
+    view["nodes"].as_array()?.iter().find(|n| n["id"] == id)
+}
+
 /// A node whose start-up probe waits on a peer that accepts connections
 /// and never answers still serves `/health` at once (nodes started together
 /// probe each other: each must answer while its own probes wait), and holds
@@ -89,10 +94,7 @@ async fn a_starting_node_answers_probes_while_its_own_wait() {
     drop(silent);
     let (status, view) = held.await.expect("join").expect("the held request");
     assert_eq!(status, 200, "{view}");
-    let ghost = view["nodes"]
-        .as_array()
-        .and_then(|nodes| nodes.iter().find(|n| n["id"] == "ghost"))
-        .unwrap_or_else(|| panic!("ghost in {view}"));
+    let ghost = node_in(&view, "ghost").unwrap_or_else(|| panic!("ghost in {view}"));
     assert!(
         ghost["status"] == "suspect" || ghost["status"] == "down",
         "served before the start-up probe ended: {ghost}"
@@ -120,20 +122,11 @@ async fn a_node_answering_at_a_peers_address_is_not_that_peer() {
         Duration::from_secs(20),
         || async {
             let view = c.cluster_view(0).await;
-            let status = |id: &str| {
-                view["nodes"]
-                    .as_array()
-                    .and_then(|nodes| nodes.iter().find(|n| n["id"] == id))
-                    .map(|n| n["status"].clone())
-            };
-            (status("node2") == Some(json!("down"))).then_some(view)
+            (node_in(&view, "node2")?["status"] == "down").then_some(view)
         },
     )
     .await;
-    let node3 = view["nodes"]
-        .as_array()
-        .and_then(|nodes| nodes.iter().find(|n| n["id"] == "node3"))
-        .unwrap_or_else(|| panic!("node3 in {view}"));
+    let node3 = node_in(&view, "node3").unwrap_or_else(|| panic!("node3 in {view}"));
     assert_eq!(node3["status"], "up", "{view}");
 }
 
