@@ -334,25 +334,29 @@ pub fn check(
         }
         // A strict read that started after strict, not sloppy, writes or
         // deletes were acknowledged returns their version or a newer one.
-        let strict_writes: Vec<&Op> = ops
+        // With their places in the history: one client's operations run one
+        // after another and enter the history in that order, which orders
+        // two of them that share a millisecond (their times cannot).
+        let strict_writes: Vec<(usize, &Op)> = ops
             .iter()
             .copied()
-            .filter(|o| matches!(o.kind, Kind::Write | Kind::Delete))
-            .filter(|o| o.outcome == Outcome::Ok && o.version.is_some())
-            .filter(|o| strict(o.consistency) && !sloppy(o))
+            .enumerate()
+            .filter(|(_, o)| matches!(o.kind, Kind::Write | Kind::Delete))
+            .filter(|(_, o)| o.outcome == Outcome::Ok && o.version.is_some())
+            .filter(|(_, o)| strict(o.consistency) && !sloppy(o))
             .collect();
-        for read in ops.iter().filter(|o| {
+        for (at, read) in ops.iter().copied().enumerate().filter(|(_, o)| {
             o.kind == Kind::Read && o.outcome == Outcome::Ok && strict(o.consistency) && !o.sloppy
         }) {
             let before: Vec<&Op> = strict_writes
                 .iter()
-                .copied()
-                // Ended before the read started; for one client, whose
-                // operations run one after another, in the same ms too.
-                .filter(|w| {
+                // Ended before the read started; for the read's own client,
+                // in the same ms too when earlier in its sequence.
+                .filter(|(w_at, w)| {
                     w.end_ms < read.start_ms
-                        || (w.client == read.client && w.end_ms <= read.start_ms)
+                        || (w.client == read.client && w.end_ms == read.start_ms && *w_at < at)
                 })
+                .map(|(_, w)| *w)
                 .collect();
             let missed = missed_by(read, &before, ops);
             let Some(newest) = missed

@@ -285,6 +285,29 @@ fn a_read_by_the_writing_client_in_the_same_ms_is_after_the_write() {
     assert!(!verdict.is_clean());
 }
 
+/// One client's read and its next write in the same millisecond: the
+/// history's order (the client's own) puts the read first, so it need not
+/// see that write (seed 1209 reported such reads as stale).
+#[test]
+fn a_read_before_the_same_clients_write_in_the_same_ms_is_not_after_it() {
+    let mut h = stale_history(new_write(), 3);
+    let read = h.remove(2);
+    h[1] = at(new_write(), 3, 3);
+    h.insert(
+        1,
+        Op {
+            client: h[1].client,
+            ..at(read, 3, 3)
+        },
+    );
+    let verdict = check(&h, &finals_new(), &Context::none());
+    assert!(verdict.stale_reads.is_empty(), "{verdict:?}");
+    // The same two in the other order: the read comes after the write.
+    h.swap(1, 2);
+    let verdict = check(&h, &finals_new(), &Context::none());
+    assert_eq!(verdict.stale_reads.len(), 1, "{verdict:?}");
+}
+
 /// The new write of [`stale_history`] acknowledged by node2 and node3,
 /// of preference list node1-node3.
 fn acked_write() -> Op {
