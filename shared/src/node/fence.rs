@@ -22,17 +22,20 @@ impl Coordinator {
         *self.clock_measured.borrow()
     }
 
-    /// Waits, at most `within`, until the start-up probe round has measured
-    /// the peers' clocks; whether it has. A node restarted with a clock far
-    /// from its peers' must be fenced before it stamps or judges a client's
-    /// version, so client requests wait for that round; internal routes do
-    /// not (the peers' probes must be answered meanwhile: two nodes starting
-    /// together would otherwise each wait for the other's answer until
-    /// their peer timeout).
-    pub async fn wait_clock_measured(&self, within: std::time::Duration) -> bool {
+    /// Waits until the start-up probe round has measured the peers' clocks;
+    /// whether it has. A node restarted with a clock far from its peers'
+    /// must be fenced before it stamps or judges a client's version, so
+    /// client requests wait for that round; internal routes do not (the
+    /// peers' probes must be answered meanwhile: two nodes starting together
+    /// would otherwise each wait for the other's answer until their peer
+    /// timeout). The round is bounded by the peer timeouts (a probe, then
+    /// perhaps a topology fetch), and so is this wait: past twice the
+    /// request timeout plus the connect timeout, `false`.
+    pub async fn wait_clock_measured(&self) -> bool {
         if self.clock_measured() {
             return true;
         }
+        let within = self.cfg.peer_request_timeout * 2 + self.cfg.peer_connect_timeout;
         let mut measured = self.clock_measured.subscribe();
         matches!(
             tokio::time::timeout(within, measured.wait_for(|m| *m)).await,
