@@ -39,7 +39,9 @@ def free_port():
 
 
 def main():
-    variants = {"scripts.rs": const("NEWER") + const("TREE") + const("APPLY_DATA")}
+    entry_len = re.search(r"CHANGE_LOG_ENTRY_LEN_MAX: usize = (\d+);", SRC).group(1)
+    prelude = "local ENTRY_LEN_MAX = %s\n" % entry_len
+    variants = {"scripts.rs": prelude + const("NEWER") + const("TREE") + const("APPLY_DATA")}
     for path in sys.argv[1:]:
         variants[os.path.basename(path)] = open(path).read()
     port = free_port()
@@ -63,7 +65,7 @@ def main():
             total = 0
             for round_ in range(2):  # new keys, then overwrites
                 for first in range(0, records, per_call):
-                    keys = ["kv:n1:tree", "kv:n1:count", "kv:n1:tombs", "kv:n1:leaves", "kv:n1:keys", "kv:n1:changes"]
+                    keys = ["kv:n1:tree", "kv:n1:count", "kv:n1:tombs", "kv:n1:leaves", "kv:n1:keys", "kv:n1:changes", "kv:n1:changes:seq"]
                     argv = ["100000"]
                     for i in range(first, first + per_call):
                         key = "k%d" % i

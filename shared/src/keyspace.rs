@@ -37,11 +37,17 @@ pub fn key_index_key(node: &str) -> String {
     format!("kv:{node}:keys")
 }
 
-/// Stream of the changes a node stored (key and version per entry, in
-/// apply order), trimmed to about `KV_WATCH_LOG_LEN` entries: what
-/// `GET /kv/watch/` sends and resumes from.
+/// Stream of the changes a node stored (keys and versions, in apply order;
+/// each entry holds the changes of one apply call), trimmed to about
+/// `KV_WATCH_LOG_LEN` changes: what `GET /kv/watch/` sends and resumes from.
 pub fn changes_key(node: &str) -> String {
     format!("kv:{node}:changes")
+}
+
+/// How many changes the change log has numbered so far: the number of the
+/// newest change, which is the id of the log's newest entry.
+pub fn changes_seq_key(node: &str) -> String {
+    format!("kv:{node}:changes:seq")
 }
 
 /// How many records a node holds (kept by every write and removal).

@@ -543,3 +543,139 @@ async fn redis_store_and_namespacing() {
     assert_eq!(b.get("k1").await.unwrap(), None);
     assert_eq!(b.record_count().await.unwrap(), 0);
 }
+
+/// The change log holds the records of one apply call together and numbers
+/// every change: positions are consecutive, a reader resumes inside an
+/// entry, records left unchanged are not logged, a log written by an older
+/// build (one entry per change, ids by time) is continued above its ids,
+/// and trimming keeps about the configured number of changes.
+#[tokio::test]
+async fn redis_change_log_numbers_each_change_of_grouped_entries() {
+    let mut c = Cluster::start(Options {
+        nodes: 1,
+        ..Options::default()
+    })
+    .await;
+    c.kill_api(0);
+    let url = c.redis_url(0);
+    let cfg = Config::from_lookup(|name| (name == "REDIS_URL").then(|| url.clone())).unwrap();
+    let mut conn = connect_redis(&cfg).await.unwrap();
+    // Two entries as an older build wrote them.
+    for (id, key) in [("1796015047440-0", "old1"), ("1796015047440-1", "old2")] {
+        let version = rec(1, 0, "n1", None).version.to_string();
+        let _: String = redis::cmd("XADD")
+            .arg("kv:log-a:changes")
+            .arg(id)
+            .arg("k")
+            .arg(key)
+            .arg("v")
+            .arg(version)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let store = Store::Redis(RedisStore::new(conn.clone(), "log-a").with_change_log(50));
+    let batch = |keys: &[&str], wall: u64| -> Vec<(String, Record)> {
+        keys.iter()
+            .map(|k| ((*k).to_owned(), rec(wall, 0, "n1", Some("1"))))
+            .collect()
+    };
+    store.apply(&batch(&["a", "b", "c"], 10)).await.unwrap();
+    // Unchanged records are not logged.
+    store.apply(&batch(&["a", "b", "c"], 10)).await.unwrap();
+    let (all, more) = store.changes_after(None, 100).await.unwrap();
+    assert!(!more);
+    let seen: Vec<(String, String)> = all
+        .iter()
+        .map(|c| (c.key.clone(), c.position.to_string()))
+        .collect();
+    let expect = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, p)| ((*k).to_owned(), (*p).to_owned()))
+            .collect()
+    };
+    assert_eq!(
+        seen,
+        expect(&[
+            ("old1", "1796015047440-0"),
+            ("old2", "1796015047440-1"),
+            ("a", "1796015047442-0"),
+            ("b", "1796015047443-0"),
+            ("c", "1796015047444-0"),
+        ])
+    );
+    // Resumed inside the entry of a, b and c.
+    let (rest, _) = store
+        .changes_after(Some(all[2].position), 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        rest.iter().map(|c| c.key.as_str()).collect::<Vec<_>>(),
+        vec!["b", "c"]
+    );
+    // A page cut inside an entry says more follows, and goes on from there.
+    let (page, more) = store.changes_after(Some(all[1].position), 2).await.unwrap();
+    assert_eq!(
+        (
+            page.iter().map(|c| c.key.as_str()).collect::<Vec<_>>(),
+            more
+        ),
+        (vec!["a", "b"], true)
+    );
+    // 40 records in one call: entries of at most 16, numbered on.
+    let keys: Vec<String> = (0..40).map(|i| format!("m{i}")).collect();
+    let big: Vec<(String, Record)> = keys
+        .iter()
+        .map(|k| (k.clone(), rec(20, 0, "n1", Some("2"))))
+        .collect();
+    store.apply(&big).await.unwrap();
+    let entries: usize = redis::cmd("XLEN")
+        .arg("kv:log-a:changes")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(entries, 2 + 1 + 3);
+    let (tail, _) = store
+        .changes_after(Some(all[4].position), 100)
+        .await
+        .unwrap();
+    let numbers: Vec<u64> = tail.iter().map(|c| c.position.ms).collect();
+    assert_eq!(
+        numbers,
+        (1_796_015_047_445..1_796_015_047_485).collect::<Vec<_>>()
+    );
+    assert_eq!(tail.iter().map(|c| c.key.clone()).collect::<Vec<_>>(), keys);
+    let bounds = store.change_log_bounds().await.unwrap();
+    assert_eq!(bounds.newest.map(|p| p.ms), Some(1_796_015_047_484));
+    assert!(!bounds.trimmed);
+
+    // Trimming counts changes: 300 calls of 16 records (4,800 changes in
+    // 300 entries) with a log of 50 keep at least the last 50 changes and
+    // far from all of them (`~` trims whole stream nodes of 100 entries).
+    for call in 0..300u64 {
+        let records: Vec<(String, Record)> = (0..16)
+            .map(|i| (format!("t{i}"), rec(100 + call, 0, "n1", Some("3"))))
+            .collect();
+        store.apply(&records).await.unwrap();
+    }
+    let bounds = store.change_log_bounds().await.unwrap();
+    let newest = bounds.newest.unwrap().ms;
+    assert_eq!(newest, 1_796_015_047_484 + 4_800);
+    let (kept, _) = store.changes_after(None, 10_000).await.unwrap();
+    assert!(kept.len() >= 50, "kept {} changes", kept.len());
+    assert!(kept.len() <= 2_000, "kept {} changes", kept.len());
+    assert_eq!(kept.last().map(|c| c.position.ms), Some(newest));
+    assert_eq!(bounds.first_kept, kept.first().map(|c| c.position));
+    assert!(bounds.trimmed);
+    // A watcher that saw the change right before the oldest kept missed
+    // nothing; one that saw an older one did (it gets a `reset`).
+    let first = kept[0].position;
+    let before = |n: u64| shared::core::watch::LogPosition {
+        ms: first.ms - n,
+        seq: 0,
+    };
+    assert!(!shared::core::watch::missed_on_resume(before(1), &bounds));
+    assert!(shared::core::watch::missed_on_resume(before(2), &bounds));
+    drop(c);
+}

@@ -231,3 +231,50 @@ async fn a_watcher_too_slow_for_the_feed_is_told_and_disconnected() {
     let ev = again.next(Duration::from_secs(20)).await.expect("an event");
     assert_eq!(ev.data["key"], "slow/after", "{ev:?}");
 }
+
+/// A watcher that comes back after the change log was trimmed past its
+/// last event is told so first (`reset`: list the keys again); one that
+/// comes back within the log is not. The log is 20 changes here, and 300
+/// writes each append an entry of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_resuming_after_changes_the_log_dropped_is_told_to_list_again() {
+    let c = Cluster::start(
+        Options {
+            nodes: 1,
+            ..Options::default()
+        }
+        .env("KV_WATCH_LOG_LEN", "20"),
+    )
+    .await;
+    let mut w = Watcher::open(&c, 0, "prefix=t%2F", None).await;
+    put_all(&c, 0, &["t/first".to_owned()], json!(1), "one").await;
+    let ev = w.next(Duration::from_secs(20)).await.expect("an event");
+    let old_id = ev.id.expect("an id");
+    drop(w);
+    let many: Vec<String> = (0..300).map(|i| format!("t/m{i}")).collect();
+    put_all(&c, 0, &many, json!(2), "one").await;
+
+    let mut w = Watcher::open(&c, 0, "prefix=t%2F", Some(&old_id)).await;
+    let ev = w.next(Duration::from_secs(20)).await.expect("an event");
+    assert_eq!(ev.event, "reset", "{ev:?}");
+    assert_eq!(ev.data["code"], "changes_dropped");
+    drop(w);
+
+    // Within the log: no reset, the next change comes first.
+    let mut w = Watcher::open(&c, 0, "prefix=t%2F", None).await;
+    put_all(&c, 0, &["t/last".to_owned()], json!(3), "one").await;
+    let recent_id = w
+        .next(Duration::from_secs(20))
+        .await
+        .and_then(|ev| ev.id)
+        .expect("an event with an id");
+    drop(w);
+    let mut w = Watcher::open(&c, 0, "prefix=t%2F", Some(&recent_id)).await;
+    put_all(&c, 0, &["t/after".to_owned()], json!(4), "one").await;
+    let ev = w.next(Duration::from_secs(20)).await.expect("an event");
+    assert_eq!(
+        (ev.event.as_str(), ev.data["key"].as_str()),
+        ("put", Some("t/after")),
+        "{ev:?}"
+    );
+}

@@ -109,12 +109,12 @@ pub async fn watch(
         });
     };
     let store = state.coord.store().clone();
-    let (newest, max_deleted) = store.change_log_bounds().await?;
-    let reset = resume.is_some_and(|p| missed_on_resume(p, max_deleted));
+    let bounds = store.change_log_bounds().await?;
+    let reset = resume.is_some_and(|p| missed_on_resume(p, &bounds));
     let watch = Watch {
         store,
         prefix,
-        after: resume.or(newest).unwrap_or_default(),
+        after: resume.or(bounds.newest).unwrap_or_default(),
         phase: if resume.is_some() {
             Phase::Backlog
         } else {
@@ -210,8 +210,7 @@ async fn backlog_page(
     after: LogPosition,
     prefix: Option<&str>,
 ) -> Result<(Vec<(Change, Option<Record>)>, LogPosition, bool), StoreError> {
-    let page = store.changes_after(Some(after), WATCH_READ_LEN).await?;
-    let full = page.len() >= WATCH_READ_LEN;
+    let (page, more) = store.changes_after(Some(after), WATCH_READ_LEN).await?;
     let last = page.last().map_or(after, |c| c.position);
     let wanted: Vec<Change> = page
         .into_iter()
@@ -219,7 +218,7 @@ async fn backlog_page(
         .collect();
     let keys: Vec<String> = wanted.iter().map(|c| c.key.clone()).collect();
     let records = store.get_many(&keys).await?;
-    Ok((wanted.into_iter().zip(records).collect(), last, full))
+    Ok((wanted.into_iter().zip(records).collect(), last, more))
 }
 
 fn error_event(code: &str, message: &str) -> Event {

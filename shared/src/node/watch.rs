@@ -84,7 +84,7 @@ async fn run(
 ) {
     let mut after = loop {
         match store.change_log_bounds().await {
-            Ok((last, _)) => break last.unwrap_or_default(),
+            Ok(bounds) => break bounds.newest.unwrap_or_default(),
             Err(error) => {
                 warn!(%error, "change feed: cannot read the change log; retrying");
                 tokio::time::sleep(RETRY_PAUSE).await;
@@ -105,8 +105,8 @@ async fn run(
         if tx.receiver_count() == 0 {
             // Newest position first, watchers second (see the module docs).
             match store.change_log_bounds().await {
-                Ok((newest, _)) if tx.receiver_count() == 0 => {
-                    if let Some(newest) = newest {
+                Ok(bounds) if tx.receiver_count() == 0 => {
+                    if let Some(newest) = bounds.newest {
                         after = after.max(newest);
                     }
                     tokio::select! {
@@ -141,17 +141,27 @@ async fn run(
                     after = last;
                     continue;
                 }
-                let keys: Vec<String> = changes.iter().map(|c| c.key.clone()).collect();
-                match store.get_many(&keys).await {
-                    Ok(records) => {
-                        after = last;
-                        // A watcher that left since is not an error.
-                        let _ = tx.send(Arc::new(changes.into_iter().zip(records).collect()));
-                    }
-                    Err(error) => {
-                        // Not advanced: the same changes are read again.
-                        warn!(%error, "change feed: reading the changed records failed; retrying");
-                        tokio::time::sleep(RETRY_PAUSE).await;
+                // One read holds up to WATCH_READ_LEN entries of up to
+                // CHANGE_LOG_ENTRY_LEN_MAX changes each; a batch holds at
+                // most WATCH_READ_LEN changes, as each watcher's buffer
+                // counts batches.
+                for batch in changes.chunks(WATCH_READ_LEN) {
+                    let keys: Vec<String> = batch.iter().map(|c| c.key.clone()).collect();
+                    match store.get_many(&keys).await {
+                        Ok(records) => {
+                            if let Some(change) = batch.last() {
+                                after = change.position;
+                            }
+                            // A watcher that left since is not an error.
+                            let _ = tx.send(Arc::new(batch.iter().cloned().zip(records).collect()));
+                        }
+                        Err(error) => {
+                            // Not advanced: the rest is read again (a
+                            // watcher skips what it was sent already).
+                            warn!(%error, "change feed: reading the changed records failed; retrying");
+                            tokio::time::sleep(RETRY_PAUSE).await;
+                            break;
+                        }
                     }
                 }
             }

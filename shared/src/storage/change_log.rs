@@ -1,33 +1,51 @@
 //! The change log of a node's Redis store (`kv:{node}:changes`, a stream
 //! the apply script appends to): reading it after a position, waiting for
 //! new entries, and its bounds. See `core::watch`.
+//!
+//! An entry holds the changes of one apply call (at most
+//! `scripts::CHANGE_LOG_ENTRY_LEN_MAX`), and its id is the position of its
+//! last change, so a read from "entries after position p" (`(p`) starts
+//! with the entry holding the change after p; [`page_after`] drops the
+//! changes of that entry at or before p.
 
 use redis::aio::ConnectionManager;
 
 use super::StoreError;
 use super::redis_store::RedisStore;
-use crate::core::watch::{Change, LogPosition};
+use crate::core::record::Version;
+use crate::core::watch::{Change, LogBounds, LogPosition, entry_changes, page_after};
 use crate::keyspace::changes_key;
 
 impl RedisStore {
     /// Up to `count` changes after `after` (`None`: from the oldest kept),
-    /// in log order; entries that do not parse are skipped.
+    /// in log order, and whether more may follow; entries that do not parse
+    /// are skipped. Reads at most `count` entries.
     pub(super) async fn changes_after(
         &self,
         after: Option<LogPosition>,
         count: usize,
-    ) -> Result<Vec<Change>, StoreError> {
+    ) -> Result<(Vec<Change>, bool), StoreError> {
         let mut conn = self.connection();
         let start = after.map_or_else(|| "-".to_owned(), |p| format!("({p}"));
+        let count = count.max(1);
         let raw: redis::Value = redis::cmd("XRANGE")
             .arg(changes_key(self.node()))
             .arg(start)
             .arg("+")
             .arg("COUNT")
-            .arg(count.max(1))
+            .arg(count)
             .query_async(&mut conn)
             .await?;
-        Ok(parse_entries(&raw))
+        let entries = match &raw {
+            redis::Value::Array(entries) => entries.len(),
+            _ => 0,
+        };
+        Ok(page_after(
+            parse_entries(&raw),
+            after,
+            count,
+            entries >= count,
+        ))
     }
 
     /// Waits up to `block_ms` for changes after `after` on `conn` (a
@@ -67,11 +85,11 @@ impl RedisStore {
         Ok(entries)
     }
 
-    /// The newest position in the change log, and the newest position the
-    /// log trimmed away (both `None` when there is none).
-    pub(super) async fn change_log_bounds(
-        &self,
-    ) -> Result<(Option<LogPosition>, Option<LogPosition>), StoreError> {
+    /// The change log's newest change, its oldest change still held, and
+    /// whether it ever dropped an entry (`XINFO STREAM`: fewer entries held
+    /// than added; a server that does not report `entries-added`, before
+    /// Redis 7, counts as trimmed).
+    pub(super) async fn change_log_bounds(&self) -> Result<LogBounds, StoreError> {
         let mut conn = self.connection();
         let key = changes_key(self.node());
         let exists: bool = redis::cmd("EXISTS")
@@ -79,29 +97,45 @@ impl RedisStore {
             .query_async(&mut conn)
             .await?;
         if !exists {
-            return Ok((None, None));
+            return Ok(LogBounds::default());
         }
         let info: redis::Value = redis::cmd("XINFO")
             .arg("STREAM")
             .arg(&key)
             .query_async(&mut conn)
             .await?;
-        let field = |name: &str| -> Option<LogPosition> {
-            let pairs: Vec<(&redis::Value, &redis::Value)> = match &info {
-                redis::Value::Array(flat) => flat
-                    .chunks(2)
-                    .filter_map(|c| Some((c.first()?, c.get(1)?)))
-                    .collect(),
-                redis::Value::Map(map) => map.iter().map(|(k, v)| (k, v)).collect(),
-                _ => Vec::new(),
-            };
-            pairs
-                .into_iter()
-                .find_map(|(k, v)| (text(k)? == name).then(|| text(v)?.parse().ok()).flatten())
+        let pairs: Vec<(&redis::Value, &redis::Value)> = match &info {
+            redis::Value::Array(flat) => flat
+                .chunks(2)
+                .filter_map(|c| Some((c.first()?, c.get(1)?)))
+                .collect(),
+            redis::Value::Map(map) => map.iter().map(|(k, v)| (k, v)).collect(),
+            _ => Vec::new(),
         };
-        let last = field("last-generated-id");
-        let deleted = field("max-deleted-entry-id").filter(|p| *p != LogPosition::default());
-        Ok((last, deleted))
+        let field = |name: &str| {
+            pairs
+                .iter()
+                .find_map(|(k, v)| (text(k).as_deref() == Some(name)).then_some(*v))
+        };
+        let number = |name: &str| -> Option<u64> { text(field(name)?)?.parse().ok() };
+        let newest = field("last-generated-id")
+            .and_then(text)
+            .and_then(|t| t.parse().ok())
+            .filter(|p: &LogPosition| *p != LogPosition::default());
+        let first_kept = field("first-entry").and_then(|entry| {
+            parse_entries(&redis::Value::Array(vec![entry.clone()]))
+                .first()
+                .map(|c| c.position)
+        });
+        let trimmed = match (number("entries-added"), number("length")) {
+            (Some(added), Some(length)) => added > length,
+            _ => true,
+        };
+        Ok(LogBounds {
+            newest,
+            first_kept,
+            trimmed,
+        })
     }
 }
 
@@ -110,8 +144,10 @@ fn text(v: &redis::Value) -> Option<String> {
     redis::from_redis_value_ref(v).ok()
 }
 
-/// Stream entries `[[id, [field, value, ...]], ...]` as changes; an entry
-/// without a parsable id, key or version is skipped.
+/// Stream entries `[[id, [k, key, v, version, k, ...]], ...]` as changes,
+/// each at its position (see [`entry_changes`]); an entry without a
+/// parsable id, or with a key or version that does not parse, is skipped
+/// whole (its changes' positions depend on how many it holds).
 fn parse_entries(raw: &redis::Value) -> Vec<Change> {
     let redis::Value::Array(entries) = raw else {
         return Vec::new();
@@ -122,23 +158,24 @@ fn parse_entries(raw: &redis::Value) -> Vec<Change> {
             let redis::Value::Array(parts) = entry else {
                 return None;
             };
-            let position = text(parts.first()?)?.parse().ok()?;
+            let id: LogPosition = text(parts.first()?)?.parse().ok()?;
             let redis::Value::Array(fields) = parts.get(1)? else {
                 return None;
             };
-            let (mut key, mut version) = (None, None);
+            let mut pairs: Vec<(String, Version)> = Vec::with_capacity(fields.len() / 4);
+            let mut key = None;
             for pair in fields.chunks(2) {
                 match (pair.first().and_then(text).as_deref(), pair.get(1)) {
-                    (Some("k"), Some(v)) => key = text(v),
-                    (Some("v"), Some(v)) => version = text(v).and_then(|t| t.parse().ok()),
-                    _ => {}
+                    (Some("k"), Some(v)) => key = Some(text(v)?),
+                    (Some("v"), Some(v)) => {
+                        let version = text(v)?.parse().ok()?;
+                        pairs.push((key.take()?, version));
+                    }
+                    _ => return None,
                 }
             }
-            Some(Change {
-                position,
-                key: key?,
-                version: version?,
-            })
+            (!pairs.is_empty() && key.is_none()).then(|| entry_changes(id, pairs))
         })
+        .flatten()
         .collect()
 }

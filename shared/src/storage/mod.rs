@@ -31,7 +31,7 @@ use crate::config::Config;
 use crate::core::listing::{KeyRange, NodePage};
 use crate::core::merkle::Leaf;
 use crate::core::record::{DecodeError, Record};
-use crate::core::watch::{Change, LogPosition};
+use crate::core::watch::{Change, LogBounds, LogPosition};
 
 pub use self::memory::MemoryStore;
 pub use self::redis_store::RedisStore;
@@ -149,26 +149,25 @@ impl Store {
         }
     }
 
-    /// Up to `count` entries of the change log after `after` (`None`: from
-    /// the oldest kept). The memory store keeps no change log.
+    /// Up to `count` changes of the change log after `after` (`None`: from
+    /// the oldest kept), and whether more may follow. The memory store keeps
+    /// no change log.
     pub async fn changes_after(
         &self,
         after: Option<LogPosition>,
         count: usize,
-    ) -> Result<Vec<Change>, StoreError> {
+    ) -> Result<(Vec<Change>, bool), StoreError> {
         match self {
             Store::Redis(s) => s.changes_after(after, count).await,
-            Store::Memory(_) => Ok(Vec::new()),
+            Store::Memory(_) => Ok((Vec::new(), false)),
         }
     }
 
-    /// The change log's newest position and the newest one it trimmed away.
-    pub async fn change_log_bounds(
-        &self,
-    ) -> Result<(Option<LogPosition>, Option<LogPosition>), StoreError> {
+    /// The change log's ends (see [`LogBounds`]).
+    pub async fn change_log_bounds(&self) -> Result<LogBounds, StoreError> {
         match self {
             Store::Redis(s) => s.change_log_bounds().await,
-            Store::Memory(_) => Ok((None, None)),
+            Store::Memory(_) => Ok(LogBounds::default()),
         }
     }
 

@@ -19,8 +19,8 @@ use crate::core::listing::{KeyRange, NodePage};
 use crate::core::merkle::{LEAVES, Leaf, leaf_field, leaf_of, parse_leaf_field, record_digest};
 use crate::core::record::Record;
 use crate::keyspace::{
-    changes_key, count_key, data_leaf_key, data_leaf_prefix, hints_key, key_index_key, leaves_key,
-    legacy_data_key, tombstones_key, tree_key,
+    changes_key, changes_seq_key, count_key, data_leaf_key, data_leaf_prefix, hints_key,
+    key_index_key, leaves_key, legacy_data_key, tombstones_key, tree_key,
 };
 
 /// Leaves read per Redis round trip when whole leaves are fetched.
@@ -261,7 +261,8 @@ impl RedisStore {
             .key(tombstones_key(&self.node))
             .key(leaves_key(&self.node))
             .key(key_index_key(&self.node))
-            .key(changes_key(&self.node));
+            .key(changes_key(&self.node))
+            .key(changes_seq_key(&self.node));
         call.arg(self.change_log_len);
         for (key, record) in records {
             let leaf = leaf_of(key);
