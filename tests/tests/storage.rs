@@ -425,9 +425,9 @@ async fn memory_store() {
     derived_suite(Store::Memory(MemoryStore::default())).await;
 }
 
-#[tokio::test]
-async fn redis_store_and_namespacing() {
-    // A real redis-server, started (and stopped) by a 1-node cluster.
+/// A real redis-server, started (and stopped, when the cluster is
+/// dropped) by a 1-node cluster whose API is stopped, and a connection to it.
+async fn one_redis() -> (Cluster, redis::aio::ConnectionManager) {
     let mut c = Cluster::start(Options {
         nodes: 1,
         ..Options::default()
@@ -436,7 +436,12 @@ async fn redis_store_and_namespacing() {
     c.kill_api(0);
     let url = c.redis_url(0);
     let cfg = Config::from_lookup(|name| (name == "REDIS_URL").then(|| url.clone())).unwrap();
-    let conn = connect_redis(&cfg).await.unwrap();
+    (c, connect_redis(&cfg).await.unwrap())
+}
+
+#[tokio::test]
+async fn redis_store_and_namespacing() {
+    let (_c, conn) = one_redis().await;
     suite(Store::Redis(RedisStore::new(conn.clone(), "suite-a"))).await;
     check_derived(&Store::Redis(RedisStore::new(conn.clone(), "suite-a"))).await;
     derived_suite(Store::Redis(RedisStore::new(conn.clone(), "suite-d"))).await;
@@ -551,15 +556,7 @@ async fn redis_store_and_namespacing() {
 /// and trimming keeps about the configured number of changes.
 #[tokio::test]
 async fn redis_change_log_numbers_each_change_of_grouped_entries() {
-    let mut c = Cluster::start(Options {
-        nodes: 1,
-        ..Options::default()
-    })
-    .await;
-    c.kill_api(0);
-    let url = c.redis_url(0);
-    let cfg = Config::from_lookup(|name| (name == "REDIS_URL").then(|| url.clone())).unwrap();
-    let mut conn = connect_redis(&cfg).await.unwrap();
+    let (c, mut conn) = one_redis().await;
     // Two entries as an older build wrote them.
     for (id, key) in [("1796015047440-0", "old1"), ("1796015047440-1", "old2")] {
         let version = rec(1, 0, "n1", None).version.to_string();
